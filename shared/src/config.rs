@@ -1,0 +1,233 @@
+//! Configuration from `CHECKLINE_*` environment variables.
+//!
+//! Every setting has a default and a validated range; a bad value stops the
+//! process at start-up with an error that names the variable.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A setting that could not be used, with the variable that holds it.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            var,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where settings are read from: the process environment, or a map in tests.
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// Snapshot of the process environment (only `CHECKLINE_*` variables).
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars()
+                .filter(|(k, _)| k.starts_with("CHECKLINE_"))
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+
+    /// The raw value, `None` when unset or empty.
+    pub fn raw(&self, var: &str) -> Option<&str> {
+        self.vars
+            .get(var)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn string(&self, var: &'static str, default: &str) -> String {
+        self.raw(var).unwrap_or(default).trim().to_owned()
+    }
+
+    /// A number within `min..=max`.
+    pub fn number<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display + Copy,
+    {
+        let value = match self.raw(var) {
+            None => default,
+            Some(raw) => raw.trim().parse::<T>().map_err(|_| {
+                ConfigError::new(var, format!("expected a whole number, got {raw:?}"))
+            })?,
+        };
+        if value < min || value > max {
+            return Err(ConfigError::new(
+                var,
+                format!("{value} is out of range {min}..={max}"),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// A duration in milliseconds within `min_ms..=max_ms`.
+    pub fn millis(
+        &self,
+        var: &'static str,
+        default_ms: u64,
+        min_ms: u64,
+        max_ms: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.number(var, default_ms, min_ms, max_ms)
+            .map(Duration::from_millis)
+    }
+
+    pub fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(var).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+            Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+            Some(v) => Err(ConfigError::new(
+                var,
+                format!("expected true or false, got {v:?}"),
+            )),
+        }
+    }
+}
+
+/// Settings both binaries need: where the dependencies are and how the queue is cut.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// PostgreSQL, the source of truth. The database is created if missing.
+    pub database_url: String,
+    /// NATS with JetStream (2.12 or newer).
+    pub nats_url: String,
+    /// Redis, a cache only: the system stays correct without it.
+    pub redis_url: String,
+    /// Namespace of NATS subjects, the stream name and Redis keys, so that
+    /// several deployments (or test runs) can share one NATS and one Redis.
+    pub prefix: String,
+    /// Number of queue partitions. Fixed for the life of a deployment: every
+    /// product is assigned one at creation.
+    pub partitions: u32,
+    /// Upper bound on a Redis round trip before it counts as a miss.
+    pub redis_timeout: Duration,
+    /// How long a binary waits at start-up for PostgreSQL and NATS.
+    pub startup_timeout: Duration,
+    /// Bytes the queue stream may hold; past it new orders are refused (503),
+    /// accepted ones are never dropped.
+    pub stream_max_bytes: i64,
+    /// JetStream's `Nats-Msg-Id` deduplication window.
+    pub duplicate_window: Duration,
+}
+
+pub const PARTITIONS_MAX: u32 = 1024;
+
+impl CommonConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let prefix = env.string("CHECKLINE_PREFIX", "checkline");
+        validate_prefix(&prefix).map_err(|m| ConfigError::new("CHECKLINE_PREFIX", m))?;
+        let database_url = env.string(
+            "CHECKLINE_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/checkline",
+        );
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "CHECKLINE_DATABASE_URL",
+                "expected a postgres:// URL",
+            ));
+        }
+        let nats_url = env.string("CHECKLINE_NATS_URL", "nats://127.0.0.1:4250");
+        let redis_url = env.string("CHECKLINE_REDIS_URL", "redis://127.0.0.1:6379/0");
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "CHECKLINE_REDIS_URL",
+                "expected a redis:// URL",
+            ));
+        }
+        Ok(Self {
+            database_url,
+            nats_url,
+            redis_url,
+            prefix,
+            partitions: env.number("CHECKLINE_PARTITIONS", 8, 1, PARTITIONS_MAX)?,
+            redis_timeout: env.millis("CHECKLINE_REDIS_TIMEOUT_MS", 100, 1, 10_000)?,
+            startup_timeout: env.millis("CHECKLINE_STARTUP_TIMEOUT_MS", 30_000, 0, 600_000)?,
+            stream_max_bytes: env.number(
+                "CHECKLINE_STREAM_MAX_BYTES",
+                4 * 1024 * 1024 * 1024,
+                1024 * 1024,
+                i64::MAX,
+            )?,
+            duplicate_window: Duration::from_secs(env.number(
+                "CHECKLINE_DUPLICATE_WINDOW_SECS",
+                120,
+                1,
+                86_400,
+            )?),
+        })
+    }
+}
+
+/// The prefix goes into NATS subjects and a stream name: lowercase letters,
+/// digits and `_` only, starting with a letter, at most 32 characters.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 32
+        && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{prefix:?} must be 1-32 characters of a-z, 0-9 and _, starting with a letter"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_when_unset() {
+        let config = CommonConfig::from_env(&Env::from_pairs([])).unwrap();
+        assert_eq!(config.partitions, 8);
+        assert_eq!(config.prefix, "checkline");
+        assert_eq!(config.nats_url, "nats://127.0.0.1:4250");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err =
+            CommonConfig::from_env(&Env::from_pairs([("CHECKLINE_PARTITIONS", "0")])).unwrap_err();
+        assert_eq!(err.var, "CHECKLINE_PARTITIONS");
+        let err = CommonConfig::from_env(&Env::from_pairs([("CHECKLINE_PARTITIONS", "lots")]))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("CHECKLINE_PARTITIONS: "));
+        let err =
+            CommonConfig::from_env(&Env::from_pairs([("CHECKLINE_PREFIX", "a.b")])).unwrap_err();
+        assert_eq!(err.var, "CHECKLINE_PREFIX");
+    }
+
+    #[test]
+    fn booleans_parse_common_spellings() {
+        let env = Env::from_pairs([("CHECKLINE_X", "yes"), ("CHECKLINE_Y", "maybe")]);
+        assert!(env.boolean("CHECKLINE_X", false).unwrap());
+        assert!(env.boolean("CHECKLINE_Y", false).is_err());
+        assert!(!env.boolean("CHECKLINE_Z", false).unwrap());
+    }
+}

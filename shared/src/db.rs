@@ -1,0 +1,242 @@
+//! PostgreSQL: connecting, creating the database, migrating, and the row
+//! mappings both binaries read.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use uuid::Uuid;
+
+use crate::config::ConfigError;
+use crate::domain::{Order, OrderStatus, Product, RejectReason};
+
+/// The schema, embedded at build time from `migrations/`.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("CHECKLINE_DATABASE_URL: {0}")]
+    Url(String),
+    #[error("database unreachable: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Pool sizing and timeouts for one binary.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    /// How long to keep retrying the first connection.
+    pub startup_timeout: Duration,
+}
+
+/// Creates the database if it is missing, connects a pool and applies the
+/// migrations. Retries with backoff while the server is not up yet.
+pub async fn connect_and_migrate(
+    url: &str,
+    settings: PoolSettings,
+) -> Result<PgPool, DbSetupError> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| DbSetupError::Url(e.to_string()))?;
+    let retry = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_total_delay(Some(settings.startup_timeout));
+    let pool = (|| async {
+        ensure_database(&options).await?;
+        PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options.clone())
+            .await
+    })
+    .retry(retry)
+    .when(is_transient)
+    .notify(|err, after| tracing::warn!(error = %err, retry_in = ?after, "database not ready"))
+    .await
+    .map_err(DbSetupError::Connect)?;
+    // The migrator takes an advisory lock: api and worker may start together.
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        // 57P03 cannot_connect_now: the server is starting up.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c == "57P03"),
+        _ => false,
+    }
+}
+
+/// `CREATE DATABASE` for the URL's database unless it exists.
+async fn ensure_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut conn = options.clone().database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it first: 42P04 duplicate_database, or
+            // 23505 when both passed the existence check at the same moment.
+            Err(sqlx::Error::Database(e))
+                if e.code().is_some_and(|c| c == "42P04" || c == "23505") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.close().await
+}
+
+/// Makes sure every partition has its cursor row, and that no product was
+/// assigned to a partition this deployment no longer has.
+pub async fn ensure_partitions(pool: &PgPool, partitions: u32) -> Result<(), DbSetupError> {
+    let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
+    let highest: Option<i32> = sqlx::query_scalar("SELECT max(partition) FROM products")
+        .fetch_one(pool)
+        .await
+        .map_err(DbSetupError::Connect)?;
+    if let Some(highest) = highest.filter(|h| *h >= partitions) {
+        return Err(ConfigError::new(
+            "CHECKLINE_PARTITIONS",
+            format!(
+                "{partitions} partitions configured, but products are assigned to partition \
+                 {highest}; the partition count cannot shrink"
+            ),
+        )
+        .into());
+    }
+    sqlx::query(
+        "INSERT INTO partition_cursors (partition) SELECT generate_series(0, $1 - 1) \
+         ON CONFLICT (partition) DO NOTHING",
+    )
+    .bind(partitions)
+    .execute(pool)
+    .await
+    .map_err(DbSetupError::Connect)?;
+    Ok(())
+}
+
+/// Columns selected for an [`Order`], in [`OrderRow`]'s order.
+pub const ORDER_COLUMNS: &str = "id, customer_id, product_id, quantity, status, reason, \
+     unit_price_cents, total_cents, created_at, decided_at";
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub product_id: Uuid,
+    pub quantity: i32,
+    pub status: String,
+    pub reason: Option<String>,
+    pub unit_price_cents: Option<i64>,
+    pub total_cents: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+impl From<OrderRow> for Order {
+    fn from(row: OrderRow) -> Self {
+        Order {
+            id: row.id,
+            customer_id: row.customer_id,
+            product_id: row.product_id,
+            quantity: row.quantity,
+            // The table's CHECK constraints only admit known values.
+            status: OrderStatus::parse(&row.status).unwrap_or(OrderStatus::Pending),
+            reason: row.reason.as_deref().and_then(RejectReason::parse),
+            unit_price_cents: row.unit_price_cents,
+            total_cents: row.total_cents,
+            created_at: row.created_at,
+            decided_at: row.decided_at,
+        }
+    }
+}
+
+/// Columns selected for a [`Product`], in [`ProductRow`]'s order.
+pub const PRODUCT_COLUMNS: &str =
+    "id, sku, name, price_cents, stock, max_per_customer, active, partition, updated_at";
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct ProductRow {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    pub max_per_customer: Option<i32>,
+    pub active: bool,
+    pub partition: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ProductRow> for Product {
+    fn from(row: ProductRow) -> Self {
+        Product {
+            id: row.id,
+            sku: row.sku,
+            name: row.name,
+            price_cents: row.price_cents,
+            stock: row.stock,
+            max_per_customer: row.max_per_customer,
+            active: row.active,
+            partition: row.partition,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// Reads one order.
+pub async fn fetch_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<OrderRow> =
+        sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(Order::from))
+}
+
+/// The same server URL with another database name (query parameters kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let query_start = url.find('?').unwrap_or(url.len());
+    let path_start = url[authority_start..query_start]
+        .find('/')
+        .map_or(query_start, |i| i + authority_start);
+    format!("{}/{database}{}", &url[..path_start], &url[query_start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/checkline", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(
+            with_database("postgres://h/db?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! Domain types. Outside input is parsed into these at the edge (the API), so
+//! that nothing invalid reaches the queue, the worker or a NATS subject.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Parses an id in the canonical 36-character hyphenated form.
+///
+/// Only this form is accepted: ids end up in NATS subjects and URLs, and one
+/// spelling per id keeps caches and logs unambiguous.
+pub fn parse_id(raw: &str) -> Option<Uuid> {
+    let bytes = raw.as_bytes();
+    if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
+        return None;
+    }
+    Uuid::try_parse(raw).ok()
+}
+
+/// The authenticated customer (the JWT `sub`): 1–64 chars of `[A-Za-z0-9_.@-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CustomerId(String);
+
+impl CustomerId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = (1..=Self::MAX_LEN).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A client-chosen idempotency key: 1–255 visible ASCII characters (0x21–0x7E).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = (1..=Self::MAX_LEN).contains(&raw.len())
+            && raw.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where an order stands. It only ever moves from `Pending` to a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Rejected,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Confirmed => "confirmed",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "pending" => Some(Self::Pending),
+            "confirmed" => Some(Self::Confirmed),
+            "rejected" => Some(Self::Rejected),
+            _ => None,
+        }
+    }
+
+    pub fn is_decided(self) -> bool {
+        self != Self::Pending
+    }
+}
+
+/// Why an order was rejected. These strings are part of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Stock was 0 when the order's turn came.
+    SoldOut,
+    /// 0 < stock < quantity.
+    InsufficientStock,
+    /// The customer would exceed the product's `max_per_customer`.
+    LimitExceeded,
+    /// The product is inactive.
+    ProductUnavailable,
+    /// Another request with the same key but a different body took the key.
+    IdempotencyKeyReused,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SoldOut => "sold_out",
+            Self::InsufficientStock => "insufficient_stock",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::ProductUnavailable => "product_unavailable",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "sold_out" => Some(Self::SoldOut),
+            "insufficient_stock" => Some(Self::InsufficientStock),
+            "limit_exceeded" => Some(Self::LimitExceeded),
+            "product_unavailable" => Some(Self::ProductUnavailable),
+            "idempotency_key_reused" => Some(Self::IdempotencyKeyReused),
+            _ => None,
+        }
+    }
+}
+
+/// An order as the contract shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: Uuid,
+    pub customer_id: String,
+    pub product_id: Uuid,
+    pub quantity: i32,
+    pub status: OrderStatus,
+    pub reason: Option<RejectReason>,
+    pub unit_price_cents: Option<i64>,
+    pub total_cents: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// A product as the contract shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    pub max_per_customer: Option<i32>,
+    pub active: bool,
+    pub partition: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What stock subscribers receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockEvent {
+    pub product_id: Uuid,
+    pub stock: i64,
+    pub sold_out: bool,
+}
+
+impl StockEvent {
+    pub fn new(product_id: Uuid, stock: i64) -> Self {
+        Self {
+            product_id,
+            stock,
+            sold_out: stock <= 0,
+        }
+    }
+}
+
+/// The answer to a restock, once applied (or still queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestockResult {
+    pub product_id: Uuid,
+    pub stock: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_must_be_canonical() {
+        assert!(parse_id("67e55044-10b1-426f-9247-bb680e5fe0c8").is_some());
+        assert!(parse_id("67e5504410b1426f9247bb680e5fe0c8").is_none());
+        assert!(parse_id("{67e55044-10b1-426f-9247-bb680e5fe0c8}").is_none());
+        assert!(parse_id("67e55044-10b1-426f-9247-bb680e5fe0c.").is_none());
+        assert!(parse_id("").is_none());
+        assert!(parse_id("67e55044-10b1-426f-9247-bb680e5fe0c8 ").is_none());
+    }
+
+    #[test]
+    fn customer_ids() {
+        assert!(CustomerId::parse("alice").is_some());
+        assert!(CustomerId::parse("a.b@c-d_e").is_some());
+        assert!(CustomerId::parse("").is_none());
+        assert!(CustomerId::parse("a b").is_none());
+        assert!(CustomerId::parse("a*").is_none());
+        assert!(CustomerId::parse(&"x".repeat(64)).is_some());
+        assert!(CustomerId::parse(&"x".repeat(65)).is_none());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert!(IdempotencyKey::parse("k-1").is_some());
+        assert!(IdempotencyKey::parse("!~").is_some());
+        assert!(IdempotencyKey::parse("").is_none());
+        assert!(IdempotencyKey::parse("has space").is_none());
+        assert!(IdempotencyKey::parse("tab\t").is_none());
+        assert!(IdempotencyKey::parse("é").is_none());
+        assert!(IdempotencyKey::parse(&"k".repeat(255)).is_some());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_none());
+    }
+
+    #[test]
+    fn order_json_matches_the_contract() {
+        let order = Order {
+            id: Uuid::nil(),
+            customer_id: "alice".into(),
+            product_id: Uuid::nil(),
+            quantity: 1,
+            status: OrderStatus::Rejected,
+            reason: Some(RejectReason::SoldOut),
+            unit_price_cents: None,
+            total_cents: None,
+            created_at: DateTime::from_timestamp(0, 0).unwrap(),
+            decided_at: None,
+        };
+        let json = serde_json::to_value(&order).unwrap();
+        assert_eq!(json["status"], "rejected");
+        assert_eq!(json["reason"], "sold_out");
+        assert_eq!(json["created_at"], "1970-01-01T00:00:00Z");
+        assert!(json["decided_at"].is_null());
+    }
+
+    proptest! {
+        #[test]
+        fn parsed_keys_are_visible_ascii(raw in "\\PC{0,300}") {
+            if let Some(key) = IdempotencyKey::parse(&raw) {
+                prop_assert!(key.as_str().bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                prop_assert!(!key.as_str().is_empty() && key.as_str().len() <= 255);
+            }
+        }
+
+        #[test]
+        fn parsed_ids_are_safe_in_subjects(raw in "\\PC{0,40}") {
+            if let Some(id) = parse_id(&raw) {
+                let text = id.to_string();
+                prop_assert!(!text.contains(['.', '*', '>', ' ']));
+            }
+        }
+
+        #[test]
+        fn status_and_reason_strings_round_trip(i in 0usize..5) {
+            let reasons = [RejectReason::SoldOut, RejectReason::InsufficientStock,
+                RejectReason::LimitExceeded, RejectReason::ProductUnavailable,
+                RejectReason::IdempotencyKeyReused];
+            prop_assert_eq!(RejectReason::parse(reasons[i].as_str()), Some(reasons[i]));
+            let statuses = [OrderStatus::Pending, OrderStatus::Confirmed, OrderStatus::Rejected];
+            let s = statuses[i % 3];
+            prop_assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Building blocks shared by the checkline api and worker.
+//!
+//! # Layout
+//!
+//! - [`config`]: reading and validating `CHECKLINE_*` environment variables.
+//! - [`domain`]: newtypes that parse at the edge (customer ids, idempotency
+//!   keys, quantities, ids) and the `Order` / `Product` records of the contract.
+//! - [`messages`]: what travels through JetStream (queued orders and restocks)
+//!   and the result events published after a decision.
+//! - [`subjects`]: every NATS subject, stream name and Redis key, in one place.
+//! - [`db`]: PostgreSQL pool, database creation and migrations.
+//! - [`queue`]: NATS connection and the JetStream stream definition.
+//! - [`cache`]: the Redis cache; every operation degrades to "miss" on failure.
+//! - [`telemetry`] and [`shutdown`]: logging set-up and the shutdown signal.
+
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod messages;
+pub mod queue;
+pub mod shutdown;
+pub mod subjects;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,82 @@
+//! What travels through NATS.
+//!
+//! - [`QueueMessage`]: a JetStream message on a partition's per-product
+//!   subject. Its position in the stream is its place in the product's queue.
+//! - Result events are core NATS messages published by the worker after it has
+//!   committed: the `Order` itself, a `StockEvent` or a `RestockResult`. They
+//!   are notifications only; a missed one costs latency (readers fall back to
+//!   PostgreSQL), never correctness.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Header that carries the HTTP request id into the worker's span.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A queued unit of work for one product.
+///
+/// The order or restock row already exists in PostgreSQL (written by the API
+/// before publishing); the worker decides from the row, and the message only
+/// fixes its place in the queue. The remaining fields are for observability
+/// and for tools that inspect the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum QueueMessage {
+    Order {
+        order_id: Uuid,
+        product_id: Uuid,
+        customer_id: String,
+        quantity: i32,
+        accepted_at: DateTime<Utc>,
+    },
+    Restock {
+        restock_id: Uuid,
+        product_id: Uuid,
+        quantity: i64,
+    },
+}
+
+impl QueueMessage {
+    /// The id JetStream deduplicates on (`Nats-Msg-Id`) within its window.
+    pub fn message_id(&self) -> String {
+        match self {
+            Self::Order { order_id, .. } => order_id.to_string(),
+            Self::Restock { restock_id, .. } => restock_id.to_string(),
+        }
+    }
+
+    pub fn product_id(&self) -> Uuid {
+        match self {
+            Self::Order { product_id, .. } | Self::Restock { product_id, .. } => *product_id,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing these plain structs cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_tags() {
+        let msg = QueueMessage::Restock {
+            restock_id: Uuid::nil(),
+            product_id: Uuid::nil(),
+            quantity: 5,
+        };
+        let bytes = msg.encode();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["type"], "restock");
+        assert_eq!(QueueMessage::decode(&bytes).unwrap(), msg);
+        assert!(QueueMessage::decode(b"{\"type\":\"other\"}").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! NATS: the connection and the JetStream stream that holds every partition's
+//! queue. The stream is declared here, once, and created or updated
+//! idempotently by both binaries at start-up.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::config::CommonConfig;
+use crate::subjects::Subjects;
+
+/// Oldest server we accept: `sync_interval`, per-subject purge filters and
+/// atomic batches are needed, and Debian's 2.9 lacks them.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueSetupError {
+    #[error("CHECKLINE_NATS_URL: cannot connect: {0}")]
+    Connect(#[source] async_nats::ConnectError),
+    #[error("CHECKLINE_NATS_URL: nats-server {found} is too old, {}.{} or newer is required", MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1)]
+    ServerTooOld { found: String },
+    #[error("cannot create stream {name}: {source}")]
+    Stream {
+        name: String,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+}
+
+/// Limits of the queue stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Bytes the stream may hold before publishes are refused (discard=new):
+    /// refusing new orders is recoverable, dropping accepted ones is not.
+    pub max_bytes: i64,
+    /// Window in which JetStream drops a republished message with the same
+    /// `Nats-Msg-Id`; the database is the guard beyond it.
+    pub duplicate_window: Duration,
+}
+
+impl StreamLimits {
+    pub fn from_config(config: &CommonConfig) -> Self {
+        Self {
+            max_bytes: config.stream_max_bytes,
+            duplicate_window: config.duplicate_window,
+        }
+    }
+}
+
+/// Connects to NATS, retrying while it is not up yet (bounded by the start-up
+/// timeout) and reconnecting forever afterwards.
+pub async fn connect(
+    config: &CommonConfig,
+    client_name: &str,
+) -> Result<async_nats::Client, QueueSetupError> {
+    let deadline = tokio::time::Instant::now() + config.startup_timeout;
+    let mut delay = Duration::from_millis(100);
+    let client = loop {
+        let attempt = async_nats::ConnectOptions::new()
+            .name(client_name)
+            .connection_timeout(Duration::from_secs(2))
+            .max_reconnects(None)
+            .connect(config.nats_url.as_str())
+            .await;
+        match attempt {
+            Ok(client) => break client,
+            Err(err) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(error = %err, retry_in = ?delay, "nats not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => return Err(QueueSetupError::Connect(err)),
+        }
+    };
+    let version = client.server_info().version;
+    if !version_at_least(&version, MIN_SERVER_VERSION) {
+        return Err(QueueSetupError::ServerTooOld { found: version });
+    }
+    Ok(client)
+}
+
+fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
+/// The queue stream's definition.
+pub fn stream_config(subjects: &Subjects, limits: StreamLimits) -> stream::Config {
+    stream::Config {
+        name: subjects.stream_name(),
+        description: Some(
+            "checkline order queue: one subject per product, grouped in partitions".into(),
+        ),
+        subjects: vec![subjects.orders_all()],
+        storage: stream::StorageType::File,
+        // Limits retention with no age limit: messages stay until the worker
+        // that decided them purges them (see worker::partition). Work-queue
+        // retention would tie deletion to acks, which the worker replaces with
+        // a cursor in PostgreSQL.
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        max_bytes: limits.max_bytes,
+        max_messages: -1,
+        max_age: Duration::ZERO,
+        duplicate_window: limits.duplicate_window,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream, or updates it to the current definition.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    limits: StreamLimits,
+) -> Result<stream::Stream, QueueSetupError> {
+    let config = stream_config(subjects, limits);
+    let name = config.name.clone();
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|source| QueueSetupError::Stream {
+            name: name.clone(),
+            source,
+        })?;
+    js.get_stream(&name)
+        .await
+        .map_err(|e| QueueSetupError::Stream {
+            name,
+            source: jetstream::context::CreateStreamError::with_source(
+                jetstream::context::CreateStreamErrorKind::JetStreamUnavailable,
+                e,
+            ),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_comparison() {
+        assert!(version_at_least("2.15.1", (2, 12)));
+        assert!(version_at_least("2.12.0", (2, 12)));
+        assert!(!version_at_least("2.9.10", (2, 12)));
+        assert!(version_at_least("3.0.0-beta", (2, 12)));
+        assert!(!version_at_least("garbage", (2, 12)));
+    }
+}
+
+/// Why a queue publish did not get its acknowledgement.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("publish not acknowledged within {0:?}")]
+    Timeout(Duration),
+    #[error("publish failed: {0}")]
+    Failed(String),
+}
+
+/// Publishes a queue message and waits for JetStream's acknowledgement, which
+/// under `sync_interval: always` means the message is on disk. Returns the
+/// stream sequence. `Nats-Msg-Id` is the order or restock id, so a republish
+/// inside the duplicate window is dropped by the server.
+pub async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    message: &crate::messages::QueueMessage,
+    request_id: Option<&str>,
+    timeout: Duration,
+) -> Result<u64, PublishError> {
+    let mut publish = jetstream::message::PublishMessage::build()
+        .payload(message.encode().into())
+        .message_id(message.message_id());
+    if let Some(request_id) = request_id {
+        publish = publish.header(crate::messages::REQUEST_ID_HEADER, request_id);
+    }
+    let attempt = async {
+        let ack = js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| PublishError::Failed(e.to_string()))?;
+        ack.await.map_err(|e| PublishError::Failed(e.to_string()))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(ack)) => Ok(ack.sequence),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(PublishError::Timeout(timeout)),
+    }
+}

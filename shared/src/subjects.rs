@@ -1,0 +1,123 @@
+//! Every NATS subject, stream name and Redis key used by checkline.
+//!
+//! Ids that go into subjects are `Uuid`s, whose text form never contains the
+//! subject metacharacters `.`, `*`, `>` or whitespace; raw client input never
+//! reaches a subject.
+
+use uuid::Uuid;
+
+/// Names derived from the deployment prefix (`CHECKLINE_PREFIX`).
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// `prefix` must already be validated by [`crate::config::validate_prefix`].
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The JetStream stream holding every partition's queue.
+    pub fn stream_name(&self) -> String {
+        format!("{}_ORDERS", self.prefix.to_ascii_uppercase())
+    }
+
+    /// All queue subjects: `<prefix>.orders.p<partition>.<product_id>`.
+    pub fn orders_all(&self) -> String {
+        format!("{}.orders.>", self.prefix)
+    }
+
+    /// One partition's queue, every product in it.
+    pub fn partition_filter(&self, partition: u32) -> String {
+        format!("{}.orders.p{partition}.*", self.prefix)
+    }
+
+    /// One product's queue subject.
+    pub fn product_queue(&self, partition: u32, product_id: Uuid) -> String {
+        format!("{}.orders.p{partition}.{product_id}", self.prefix)
+    }
+
+    /// All result events (core NATS, not persisted).
+    pub fn events_all(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    pub fn order_event(&self, order_id: Uuid) -> String {
+        format!("{}.events.order.{order_id}", self.prefix)
+    }
+
+    pub fn stock_event(&self, product_id: Uuid) -> String {
+        format!("{}.events.stock.{product_id}", self.prefix)
+    }
+
+    pub fn restock_event(&self, restock_id: Uuid) -> String {
+        format!("{}.events.restock.{restock_id}", self.prefix)
+    }
+
+    /// Redis key of a decided order's cached JSON.
+    pub fn order_cache_key(&self, order_id: Uuid) -> String {
+        format!("{}:order:{order_id}", self.prefix)
+    }
+}
+
+/// What a result event subject refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSubject {
+    Order(Uuid),
+    Stock(Uuid),
+    Restock(Uuid),
+}
+
+impl Subjects {
+    /// Parses a subject produced by the `*_event` methods.
+    pub fn parse_event(&self, subject: &str) -> Option<EventSubject> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".events.")?;
+        let (kind, id) = rest.split_once('.')?;
+        let id = Uuid::try_parse(id).ok()?;
+        match kind {
+            "order" => Some(EventSubject::Order(id)),
+            "stock" => Some(EventSubject::Stock(id)),
+            "restock" => Some(EventSubject::Restock(id)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let s = Subjects::new("checkline");
+        let id = Uuid::nil();
+        assert_eq!(s.stream_name(), "CHECKLINE_ORDERS");
+        assert_eq!(
+            s.product_queue(3, id),
+            "checkline.orders.p3.00000000-0000-0000-0000-000000000000"
+        );
+        assert_eq!(s.partition_filter(3), "checkline.orders.p3.*");
+        assert_eq!(
+            s.parse_event(&s.order_event(id)),
+            Some(EventSubject::Order(id))
+        );
+        assert_eq!(
+            s.parse_event(&s.stock_event(id)),
+            Some(EventSubject::Stock(id))
+        );
+        assert_eq!(
+            s.parse_event(&s.restock_event(id)),
+            Some(EventSubject::Restock(id))
+        );
+        assert_eq!(s.parse_event("other.events.order.x"), None);
+    }
+}
