@@ -1,0 +1,67 @@
+//! The worker's settings.
+
+use std::time::Duration;
+
+use checkline_shared::config::{CommonConfig, ConfigError, Env};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub common: CommonConfig,
+    /// Names this worker in `partition_cursors.owner` and in logs.
+    pub worker_id: String,
+    /// Most queued messages decided in one transaction.
+    pub batch_max: usize,
+    /// PostgreSQL connections (one per busy partition is enough).
+    pub db_pool_max: u32,
+    /// A pending order older than this, in a caught-up partition, is taken as
+    /// never queued and is published again.
+    pub requeue_after: Duration,
+    /// How often decided messages are purged from the stream.
+    pub purge_interval: Duration,
+    /// How long a decided order stays in the Redis cache.
+    pub order_cache_ttl: Duration,
+    /// Longest pause between retries of a batch that failed transiently.
+    pub retry_max_delay: Duration,
+    /// With no message for this long, a partition counts as idle (caught up).
+    pub idle_after: Duration,
+}
+
+impl WorkerConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_env(env)?;
+        // Host name and pid: unique across containers (where the pid is often 1)
+        // and across processes on one host.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "worker".into());
+        let default_id = format!("{host}-{}", std::process::id());
+        let worker_id = env.string("CHECKLINE_WORKER_ID", &default_id);
+        if worker_id.len() > 128 || worker_id.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                "CHECKLINE_WORKER_ID",
+                "at most 128 printable characters",
+            ));
+        }
+        Ok(Self {
+            worker_id,
+            batch_max: env.number("CHECKLINE_BATCH_MAX", 1000, 1, 10_000)?,
+            db_pool_max: env.number(
+                "CHECKLINE_WORKER_DB_POOL_MAX",
+                common.partitions.clamp(2, 16) + 2,
+                1,
+                512,
+            )?,
+            requeue_after: env.millis("CHECKLINE_REQUEUE_AFTER_MS", 15_000, 1_000, 86_400_000)?,
+            purge_interval: env.millis("CHECKLINE_PURGE_INTERVAL_MS", 5_000, 100, 3_600_000)?,
+            order_cache_ttl: Duration::from_secs(env.number(
+                "CHECKLINE_ORDER_CACHE_TTL_SECS",
+                86_400,
+                1,
+                30 * 86_400,
+            )?),
+            retry_max_delay: env.millis("CHECKLINE_RETRY_MAX_DELAY_MS", 5_000, 10, 60_000)?,
+            idle_after: env.millis("CHECKLINE_IDLE_AFTER_MS", 1_000, 10, 60_000)?,
+            common,
+        })
+    }
+}

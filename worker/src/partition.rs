@@ -1,0 +1,280 @@
+//! One partition's consumer loop.
+//!
+//! The partition's position is its cursor in PostgreSQL (the stream sequence
+//! of the last applied message), not a JetStream ack floor. The loop reads the
+//! cursor, opens an ordered consumer on the partition's subjects starting
+//! right after it, and applies whatever is ready as one batch in one
+//! transaction that also advances the cursor. A crash anywhere replays from
+//! the committed cursor; a message is applied at most once because the cursor
+//! only moves by compare-and-set, and at least once because nothing moves it
+//! but a commit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::{self, stream::Stream as JsStream};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use checkline_shared::cache::Cache;
+use checkline_shared::messages::QueueMessage;
+use checkline_shared::queue;
+use checkline_shared::subjects::Subjects;
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::WorkerConfig;
+use crate::notify;
+use crate::store::{self, QueuedKind, QueuedRef, StoreError, Stranded};
+
+/// Everything a partition loop needs; shared by all partitions of a worker.
+#[derive(Clone)]
+pub struct Deps {
+    pub config: Arc<WorkerConfig>,
+    pub pool: PgPool,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub stream: JsStream,
+    pub cache: Cache,
+    pub subjects: Subjects,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoopError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("queue: {0}")]
+    Queue(String),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Runs the partition until `shutdown` turns true, restarting from the
+/// database cursor after any error.
+pub async fn run(deps: Deps, partition: u32, mut shutdown: watch::Receiver<bool>) {
+    let span = tracing::info_span!("partition", partition, worker = %deps.config.worker_id);
+    async move {
+        let mut backoff = retry_delays(&deps.config);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match consume(&deps, partition, &mut shutdown).await {
+                Ok(()) | Err(LoopError::Shutdown) => return,
+                Err(err) => {
+                    let delay = backoff.next().unwrap_or(deps.config.retry_max_delay);
+                    tracing::warn!(error = %err, retry_in = ?delay, "partition loop restarting");
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+fn retry_delays(config: &WorkerConfig) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(config.retry_max_delay)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn consume(
+    deps: &Deps,
+    partition: u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), LoopError> {
+    let config = &deps.config;
+    let mut cursor = store::load_cursor(&deps.pool, partition).await?;
+    let deliver_policy = if cursor == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: cursor + 1,
+        }
+    };
+    let consumer = deps
+        .stream
+        .create_consumer(OrderedConfig {
+            filter_subject: deps.subjects.partition_filter(partition),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| LoopError::Queue(e.to_string()))?;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| LoopError::Queue(e.to_string()))?;
+    // Whatever is ready, up to batch_max: a lone order is decided at once, a
+    // burst in large batches.
+    let mut batches = messages.ready_chunks(config.batch_max);
+    tracing::info!(cursor, "consuming");
+
+    let mut last_purge = Instant::now();
+    let mut purged_below = 0;
+    let mut last_sweep = Instant::now();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => return Err(LoopError::Shutdown),
+            next = tokio::time::timeout(config.idle_after, batches.next()) => next,
+        };
+        let chunk = match next {
+            Err(_idle) => {
+                if last_sweep.elapsed() >= config.requeue_after / 2 {
+                    last_sweep = Instant::now();
+                    requeue_stranded(deps, partition).await?;
+                }
+                if cursor + 1 > purged_below {
+                    purge(deps, partition, cursor).await;
+                    purged_below = cursor + 1;
+                    last_purge = Instant::now();
+                }
+                continue;
+            }
+            Ok(None) => return Err(LoopError::Queue("consumer stream ended".into())),
+            Ok(Some(chunk)) => chunk,
+        };
+
+        let mut batch = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            let message = item.map_err(|e| LoopError::Queue(e.to_string()))?;
+            let sequence = message
+                .info()
+                .map_err(|e| LoopError::Queue(e.to_string()))?
+                .stream_sequence;
+            if sequence <= cursor {
+                continue;
+            }
+            let kind = match QueueMessage::decode(&message.payload) {
+                Ok(QueueMessage::Order { order_id, .. }) => QueuedKind::Order(order_id),
+                Ok(QueueMessage::Restock { restock_id, .. }) => QueuedKind::Restock(restock_id),
+                Err(err) => {
+                    tracing::error!(sequence, error = %err, subject = %message.subject, "undecodable message skipped");
+                    QueuedKind::Skip
+                }
+            };
+            batch.push(QueuedRef { sequence, kind });
+        }
+        let Some(last) = batch.last().map(|r| r.sequence) else {
+            continue;
+        };
+
+        let started = Instant::now();
+        let applied = apply_with_retry(deps, partition, cursor, &batch, shutdown).await?;
+        cursor = last;
+        tracing::debug!(
+            size = batch.len(),
+            decided = applied.orders.len(),
+            duplicates = applied.duplicates,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            cursor,
+            "batch committed"
+        );
+        notify::publish(&deps.client, &deps.cache, &deps.subjects, &applied).await;
+
+        if last_purge.elapsed() >= config.purge_interval {
+            purge(deps, partition, cursor).await;
+            purged_below = cursor + 1;
+            last_purge = Instant::now();
+        }
+    }
+}
+
+/// Retries transient failures (database down, connection lost) with backoff
+/// for as long as it takes; anything else goes back to the caller, which
+/// restarts from the database cursor.
+async fn apply_with_retry(
+    deps: &Deps,
+    partition: u32,
+    cursor: u64,
+    batch: &[QueuedRef],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<store::Applied, LoopError> {
+    let mut delays = retry_delays(&deps.config);
+    loop {
+        match store::apply_batch(&deps.pool, partition, &deps.config.worker_id, cursor, batch).await
+        {
+            Ok(applied) => return Ok(applied),
+            Err(err) if err.is_transient() => {
+                let delay = delays.next().unwrap_or(deps.config.retry_max_delay);
+                tracing::warn!(error = %err, retry_in = ?delay, "batch failed, retrying");
+                tokio::select! {
+                    _ = shutdown.changed() => return Err(LoopError::Shutdown),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Drops the partition's messages below `cursor + 1`: they are decided, and
+/// the database holds everything about them.
+async fn purge(deps: &Deps, partition: u32, cursor: u64) {
+    if cursor == 0 {
+        return;
+    }
+    let result = deps
+        .stream
+        .purge()
+        .filter(deps.subjects.partition_filter(partition))
+        .sequence(cursor + 1)
+        .await;
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "purge failed; will retry");
+    }
+}
+
+/// Publishes again what was written as pending but, by its age, never made it
+/// into the queue (its publish failed or the API died before it). A copy of
+/// something that is in the queue after all is harmless: JetStream drops it
+/// within the duplicate window, and the worker skips decided rows.
+async fn requeue_stranded(deps: &Deps, partition: u32) -> Result<(), LoopError> {
+    let stranded = store::stranded(&deps.pool, partition, deps.config.requeue_after, 1000).await?;
+    if stranded.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(count = stranded.len(), "requeueing stranded items");
+    for item in stranded {
+        let message = match item {
+            Stranded::Order {
+                order_id,
+                product_id,
+                customer_id,
+                quantity,
+                created_at,
+            } => QueueMessage::Order {
+                order_id,
+                product_id,
+                customer_id,
+                quantity,
+                accepted_at: created_at,
+            },
+            Stranded::Restock {
+                restock_id,
+                product_id,
+                quantity,
+            } => QueueMessage::Restock {
+                restock_id,
+                product_id,
+                quantity,
+            },
+        };
+        let subject = deps.subjects.product_queue(partition, message.product_id());
+        queue::publish(&deps.js, subject, &message, None, Duration::from_secs(10))
+            .await
+            .map_err(|e| LoopError::Queue(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,595 @@
+//! PostgreSQL side of the worker: one transaction per batch that advances the
+//! partition cursor, decides the batch and writes every effect, or nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
+use checkline_shared::domain::{Order, RestockResult, StockEvent};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::decide::{self, Decision, Item, Outcome, ProductState, Purchases};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The cursor is not where this worker left it: another worker applied
+    /// messages of this partition. Nothing was written; resume from the
+    /// database's cursor.
+    #[error("partition cursor moved: expected {expected}")]
+    CursorMoved { expected: u64 },
+    /// The database refused the batch's stock change although the in-memory
+    /// decision allowed it. Nothing was written; this is a bug, never an
+    /// oversell.
+    #[error("stock guard refused the batch for product {product_id}")]
+    StockGuard { product_id: Uuid },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Worth retrying the same batch (after a backoff): the database or the
+    /// network failed, not the batch.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Db(err) => is_transient_db_error(err),
+            Self::CursorMoved { .. } | Self::StockGuard { .. } => false,
+        }
+    }
+}
+
+/// Connection-level failures and serialization conflicts, as opposed to
+/// errors that would repeat on every attempt.
+pub fn is_transient_db_error(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 40001 serialization_failure, 40P01 deadlock_detected, class 08
+            // connection exceptions, 57P01..57P03 admin shutdown / crash / starting.
+            code == "40001" || code == "40P01" || code.starts_with("08") || code.starts_with("57P")
+        }),
+        _ => false,
+    }
+}
+
+/// A queued message of a batch, with its JetStream stream sequence.
+#[derive(Debug, Clone)]
+pub struct QueuedRef {
+    pub sequence: u64,
+    pub kind: QueuedKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum QueuedKind {
+    Order(Uuid),
+    Restock(Uuid),
+    /// A message that could not be decoded: it only advances the cursor.
+    Skip,
+}
+
+/// What a committed batch changed, for the notifications that follow.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub orders: Vec<Order>,
+    pub stock: Vec<StockEvent>,
+    pub restocks: Vec<(Uuid, RestockResult)>,
+    /// Messages whose order or restock was already decided (redeliveries).
+    pub duplicates: usize,
+}
+
+/// Reads where a partition's queue stands.
+pub async fn load_cursor(pool: &PgPool, partition: u32) -> Result<u64, sqlx::Error> {
+    let seq: i64 =
+        sqlx::query_scalar("SELECT last_sequence FROM partition_cursors WHERE partition = $1")
+            .bind(partition_i32(partition))
+            .fetch_one(pool)
+            .await?;
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+fn partition_i32(partition: u32) -> i32 {
+    i32::try_from(partition).unwrap_or(i32::MAX)
+}
+
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Applies one batch (messages in queue order, all after `expected_cursor`)
+/// in a single transaction.
+pub async fn apply_batch(
+    pool: &PgPool,
+    partition: u32,
+    worker_id: &str,
+    expected_cursor: u64,
+    batch: &[QueuedRef],
+) -> Result<Applied, StoreError> {
+    let Some(last) = batch.last() else {
+        return Ok(Applied::default());
+    };
+    let mut tx = pool.begin().await?;
+
+    // The cursor row is the first lock taken: two workers that both think
+    // they own the partition serialize here, and the loser finds the cursor
+    // moved and writes nothing.
+    let advanced = sqlx::query(
+        "UPDATE partition_cursors \
+         SET last_sequence = $3, owner = $4, last_decided_at = now(), updated_at = now() \
+         WHERE partition = $1 AND last_sequence = $2",
+    )
+    .bind(partition_i32(partition))
+    .bind(seq_i64(expected_cursor))
+    .bind(seq_i64(last.sequence))
+    .bind(worker_id)
+    .execute(&mut *tx)
+    .await?;
+    if advanced.rows_affected() != 1 {
+        return Err(StoreError::CursorMoved {
+            expected: expected_cursor,
+        });
+    }
+
+    let order_ids: Vec<Uuid> = batch
+        .iter()
+        .filter_map(|r| match r.kind {
+            QueuedKind::Order(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    let restock_ids: Vec<Uuid> = batch
+        .iter()
+        .filter_map(|r| match r.kind {
+            QueuedKind::Restock(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+
+    // Only still-pending rows are decided: a redelivered or republished
+    // message of a decided order finds nothing here, which is what makes
+    // deciding exactly-once.
+    let pending_orders: Vec<(Uuid, String, Uuid, i32)> = sqlx::query_as(
+        "SELECT id, customer_id, product_id, quantity FROM orders \
+         WHERE id = ANY($1) AND status = 'pending' FOR UPDATE",
+    )
+    .bind(&order_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let pending_restocks: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+        "SELECT id, product_id, quantity FROM restocks \
+         WHERE id = ANY($1) AND status = 'pending' FOR UPDATE",
+    )
+    .bind(&restock_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let orders: HashMap<Uuid, (String, Uuid, i32)> = pending_orders
+        .into_iter()
+        .map(|(id, c, p, q)| (id, (c, p, q)))
+        .collect();
+    let restocks: HashMap<Uuid, (Uuid, i64)> = pending_restocks
+        .into_iter()
+        .map(|(id, p, q)| (id, (p, q)))
+        .collect();
+
+    // Items in queue order; each id at most once even if the batch holds a
+    // message twice.
+    let mut seen = HashSet::new();
+    let mut items = Vec::with_capacity(batch.len());
+    let mut sequences = Vec::with_capacity(batch.len());
+    let mut duplicates = 0;
+    for r in batch {
+        let item = match r.kind {
+            QueuedKind::Order(id) => orders.get(&id).map(|(c, p, q)| Item::Order {
+                order_id: id,
+                product_id: *p,
+                customer_id: c.clone(),
+                quantity: *q,
+            }),
+            QueuedKind::Restock(id) => restocks.get(&id).map(|(p, q)| Item::Restock {
+                restock_id: id,
+                product_id: *p,
+                quantity: *q,
+            }),
+            QueuedKind::Skip => continue,
+        };
+        let id = match r.kind {
+            QueuedKind::Order(id) | QueuedKind::Restock(id) => id,
+            QueuedKind::Skip => continue,
+        };
+        match item {
+            Some(item) if seen.insert(id) => {
+                items.push(item);
+                sequences.push(r.sequence);
+            }
+            _ => duplicates += 1,
+        }
+    }
+    if items.is_empty() {
+        tx.commit().await?;
+        return Ok(Applied {
+            duplicates,
+            ..Applied::default()
+        });
+    }
+
+    let mut product_ids: Vec<Uuid> = items
+        .iter()
+        .map(|i| match i {
+            Item::Order { product_id, .. } | Item::Restock { product_id, .. } => *product_id,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    // A fixed lock order keeps two transactions from deadlocking.
+    product_ids.sort_unstable();
+    let product_rows: Vec<(Uuid, i64, i64, Option<i32>, bool)> = sqlx::query_as(
+        "SELECT id, stock, price_cents, max_per_customer, active FROM products \
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&product_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut products: HashMap<Uuid, ProductState> = product_rows
+        .into_iter()
+        .map(|(id, stock, price_cents, max_per_customer, active)| {
+            (
+                id,
+                ProductState {
+                    stock,
+                    price_cents,
+                    max_per_customer,
+                    active,
+                },
+            )
+        })
+        .collect();
+    let stock_before: HashMap<Uuid, i64> = products.iter().map(|(id, p)| (*id, p.stock)).collect();
+
+    let (pair_customers, pair_products): (Vec<String>, Vec<Uuid>) = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Order {
+                customer_id,
+                product_id,
+                ..
+            } => Some((customer_id.clone(), *product_id)),
+            Item::Restock { .. } => None,
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .unzip();
+    let purchase_rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
+        "SELECT cp.customer_id, cp.product_id, cp.confirmed_quantity \
+         FROM customer_purchases cp \
+         JOIN unnest($1::text[], $2::uuid[]) AS k(customer_id, product_id) \
+           ON cp.customer_id = k.customer_id AND cp.product_id = k.product_id",
+    )
+    .bind(&pair_customers)
+    .bind(&pair_products)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut purchases: Purchases = purchase_rows
+        .into_iter()
+        .map(|(c, p, q)| ((c, p), q))
+        .collect();
+    let purchases_before = purchases.clone();
+
+    let decisions = decide::decide(&mut products, &mut purchases, &items);
+
+    write_stock(&mut tx, &decisions, &stock_before, &products).await?;
+    let decided_orders = write_orders(&mut tx, &decisions, &sequences).await?;
+    write_purchases(&mut tx, &purchases_before, &purchases).await?;
+    let restock_results = write_restocks(&mut tx, &decisions, &sequences).await?;
+    tx.commit().await?;
+
+    let stock = product_ids
+        .iter()
+        .filter_map(|id| products.get(id).map(|p| StockEvent::new(*id, p.stock)))
+        .collect();
+    Ok(Applied {
+        orders: decided_orders,
+        stock,
+        restocks: restock_results,
+        duplicates,
+    })
+}
+
+/// One conditional update per touched product: the combined decrement must
+/// leave stock non-negative (`stock + added >= taken`), and the CHECK
+/// constraint backs it up. If the database disagrees with the in-memory
+/// decision, the whole batch rolls back.
+async fn write_stock(
+    tx: &mut Transaction<'_, Postgres>,
+    decisions: &[Decision],
+    before: &HashMap<Uuid, i64>,
+    after: &HashMap<Uuid, ProductState>,
+) -> Result<(), StoreError> {
+    let mut taken: HashMap<Uuid, i64> = HashMap::new();
+    let mut added: HashMap<Uuid, i64> = HashMap::new();
+    for d in decisions {
+        match d {
+            Decision::Order {
+                product_id,
+                quantity,
+                outcome: Outcome::Confirmed { .. },
+                ..
+            } => *taken.entry(*product_id).or_default() += i64::from(*quantity),
+            Decision::Restock {
+                product_id,
+                quantity,
+                ..
+            } => *added.entry(*product_id).or_default() += *quantity,
+            Decision::Order { .. } => {}
+        }
+    }
+    let changed: Vec<Uuid> = taken
+        .keys()
+        .chain(added.keys())
+        .copied()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let ids = changed.clone();
+    let takes: Vec<i64> = ids
+        .iter()
+        .map(|id| taken.get(id).copied().unwrap_or(0))
+        .collect();
+    let adds: Vec<i64> = ids
+        .iter()
+        .map(|id| added.get(id).copied().unwrap_or(0))
+        .collect();
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "UPDATE products p SET stock = p.stock + d.added - d.taken, updated_at = now() \
+         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS d(id, taken, added) \
+         WHERE p.id = d.id AND p.stock + d.added >= d.taken \
+         RETURNING p.id, p.stock",
+    )
+    .bind(&ids)
+    .bind(&takes)
+    .bind(&adds)
+    .fetch_all(&mut **tx)
+    .await?;
+    let updated: HashMap<Uuid, i64> = rows.into_iter().collect();
+    for id in &ids {
+        let expected = after.get(id).map(|p| p.stock);
+        if updated.get(id).copied() != expected {
+            tracing::error!(
+                product_id = %id,
+                before = ?before.get(id),
+                expected = ?expected,
+                got = ?updated.get(id),
+                "stock guard disagrees with the decision; rolling back"
+            );
+            return Err(StoreError::StockGuard { product_id: *id });
+        }
+    }
+    Ok(())
+}
+
+async fn write_orders(
+    tx: &mut Transaction<'_, Postgres>,
+    decisions: &[Decision],
+    sequences: &[u64],
+) -> Result<Vec<Order>, StoreError> {
+    let mut ids = Vec::new();
+    let mut statuses = Vec::new();
+    let mut reasons: Vec<Option<&'static str>> = Vec::new();
+    let mut prices: Vec<Option<i64>> = Vec::new();
+    let mut totals: Vec<Option<i64>> = Vec::new();
+    let mut seqs = Vec::new();
+    for (d, seq) in decisions.iter().zip(sequences) {
+        if let Decision::Order {
+            order_id, outcome, ..
+        } = d
+        {
+            ids.push(*order_id);
+            seqs.push(seq_i64(*seq));
+            match outcome {
+                Outcome::Confirmed {
+                    unit_price_cents,
+                    total_cents,
+                } => {
+                    statuses.push("confirmed");
+                    reasons.push(None);
+                    prices.push(Some(*unit_price_cents));
+                    totals.push(Some(*total_cents));
+                }
+                Outcome::Rejected(reason) => {
+                    statuses.push("rejected");
+                    reasons.push(Some(reason.as_str()));
+                    prices.push(None);
+                    totals.push(None);
+                }
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "UPDATE orders o SET status = d.status, reason = d.reason, \
+             unit_price_cents = d.unit_price_cents, total_cents = d.total_cents, \
+             decided_at = now(), queue_sequence = d.seq \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[]) \
+             AS d(id, status, reason, unit_price_cents, total_cents, seq) \
+         WHERE o.id = d.id AND o.status = 'pending' \
+         RETURNING {}",
+        ORDER_COLUMNS
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&reasons)
+    .bind(&prices)
+    .bind(&totals)
+    .bind(&seqs)
+    .fetch_all(&mut **tx)
+    .await?;
+    // The rows were locked pending at the start of the transaction.
+    debug_assert_eq!(rows.len(), ids.len());
+    Ok(rows.into_iter().map(Order::from).collect())
+}
+
+async fn write_purchases(
+    tx: &mut Transaction<'_, Postgres>,
+    before: &Purchases,
+    after: &Purchases,
+) -> Result<(), StoreError> {
+    let mut customers = Vec::new();
+    let mut products = Vec::new();
+    let mut deltas = Vec::new();
+    for ((customer, product), total) in after {
+        let delta = total
+            - before
+                .get(&(customer.clone(), *product))
+                .copied()
+                .unwrap_or(0);
+        if delta > 0 {
+            customers.push(customer.clone());
+            products.push(*product);
+            deltas.push(delta);
+        }
+    }
+    if customers.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO customer_purchases (customer_id, product_id, confirmed_quantity) \
+         SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[]) \
+         ON CONFLICT (customer_id, product_id) DO UPDATE \
+         SET confirmed_quantity = customer_purchases.confirmed_quantity + EXCLUDED.confirmed_quantity",
+    )
+    .bind(&customers)
+    .bind(&products)
+    .bind(&deltas)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_restocks(
+    tx: &mut Transaction<'_, Postgres>,
+    decisions: &[Decision],
+    sequences: &[u64],
+) -> Result<Vec<(Uuid, RestockResult)>, StoreError> {
+    let mut ids = Vec::new();
+    let mut after = Vec::new();
+    let mut seqs = Vec::new();
+    let mut results = Vec::new();
+    for (d, seq) in decisions.iter().zip(sequences) {
+        if let Decision::Restock {
+            restock_id,
+            product_id,
+            stock_after,
+            ..
+        } = d
+        {
+            ids.push(*restock_id);
+            after.push(*stock_after);
+            seqs.push(seq_i64(*seq));
+            results.push((
+                *restock_id,
+                RestockResult {
+                    product_id: *product_id,
+                    stock: *stock_after,
+                },
+            ));
+        }
+    }
+    if ids.is_empty() {
+        return Ok(results);
+    }
+    sqlx::query(
+        "UPDATE restocks r SET status = 'applied', applied_at = now(), \
+             stock_after = d.stock_after, queue_sequence = d.seq \
+         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS d(id, stock_after, seq) \
+         WHERE r.id = d.id AND r.status = 'pending'",
+    )
+    .bind(&ids)
+    .bind(&after)
+    .bind(&seqs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(results)
+}
+
+/// An order or restock that has waited in `pending` longer than it should if
+/// it had been queued: its publish failed (or the API died between writing it
+/// and publishing it).
+#[derive(Debug, Clone)]
+pub enum Stranded {
+    Order {
+        order_id: Uuid,
+        product_id: Uuid,
+        customer_id: String,
+        quantity: i32,
+        created_at: chrono::DateTime<chrono::Utc>,
+    },
+    Restock {
+        restock_id: Uuid,
+        product_id: Uuid,
+        quantity: i64,
+    },
+}
+
+/// Pending items of a partition older than `older_than`, oldest first.
+pub async fn stranded(
+    pool: &PgPool,
+    partition: u32,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Stranded>, sqlx::Error> {
+    let age = older_than.as_secs_f64();
+    let orders: Vec<(Uuid, Uuid, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT id, product_id, customer_id, quantity, created_at FROM orders \
+         WHERE partition = $1 AND status = 'pending' \
+           AND created_at < now() - make_interval(secs => $2) \
+         ORDER BY created_at LIMIT $3",
+    )
+    .bind(partition_i32(partition))
+    .bind(age)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let restocks: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+        "SELECT id, product_id, quantity FROM restocks \
+         WHERE partition = $1 AND status = 'pending' \
+           AND created_at < now() - make_interval(secs => $2) \
+         ORDER BY created_at LIMIT $3",
+    )
+    .bind(partition_i32(partition))
+    .bind(age)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(orders
+        .into_iter()
+        .map(
+            |(order_id, product_id, customer_id, quantity, created_at)| Stranded::Order {
+                order_id,
+                product_id,
+                customer_id,
+                quantity,
+                created_at,
+            },
+        )
+        .chain(
+            restocks
+                .into_iter()
+                .map(|(restock_id, product_id, quantity)| Stranded::Restock {
+                    restock_id,
+                    product_id,
+                    quantity,
+                }),
+        )
+        .collect())
+}
