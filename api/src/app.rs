@@ -1,0 +1,269 @@
+//! Application state, the router, and the server's life cycle.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use checkline_shared::cache::Cache;
+use checkline_shared::config::ConfigError;
+use checkline_shared::db::{self, DbSetupError, PoolSettings};
+use checkline_shared::messages::QueueMessage;
+use checkline_shared::queue::{self, QueueSetupError, StreamLimits};
+use checkline_shared::subjects::Subjects;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Verifier;
+use crate::config::ApiConfig;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::routes;
+
+/// A monotonic counter for `/metrics`.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub orders_accepted: Counter,
+    pub orders_replayed: Counter,
+    pub sold_out_fast: Counter,
+    pub publish_failures: Counter,
+}
+
+impl Metrics {
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "checkline_orders_accepted_total",
+                "Orders queued and answered 202.",
+                self.orders_accepted.get(),
+            ),
+            (
+                "checkline_orders_replayed_total",
+                "Retries answered from the stored order.",
+                self.orders_replayed.get(),
+            ),
+            (
+                "checkline_orders_sold_out_fast_total",
+                "Orders refused 409 sold_out without queueing.",
+                self.sold_out_fast.get(),
+            ),
+            (
+                "checkline_queue_publish_failures_total",
+                "Queue publishes that were not acknowledged.",
+                self.publish_failures.get(),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+        out
+    }
+}
+
+/// Everything a handler may need.
+pub struct AppState {
+    pub config: ApiConfig,
+    pub pool: PgPool,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub cache: Cache,
+    pub subjects: Subjects,
+    pub hub: Arc<Hub>,
+    pub verifier: Verifier,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// Publishes to the product's queue subject and waits for JetStream's
+    /// acknowledgement.
+    pub async fn enqueue(
+        &self,
+        partition: i32,
+        message: &QueueMessage,
+        request_id: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let partition = u32::try_from(partition).map_err(ApiError::internal)?;
+        let subject = self.subjects.product_queue(partition, message.product_id());
+        match queue::publish(
+            &self.js,
+            subject,
+            message,
+            request_id,
+            self.config.publish_timeout,
+        )
+        .await
+        {
+            Ok(_sequence) => Ok(()),
+            Err(err) => {
+                self.metrics.publish_failures.inc();
+                tracing::warn!(error = %err, partition, "queue publish failed");
+                Err(ApiError::Unavailable(
+                    "the order queue is unavailable; retry with the same Idempotency-Key".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// The router, with its middleware.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_max = state.config.body_max_bytes;
+    Router::new()
+        .route("/v1/products", get(routes::products::list).post(routes::products::create))
+        .route("/v1/products/{id}", get(routes::products::get).patch(routes::products::patch))
+        .route("/v1/products/{id}/restock", post(routes::products::restock))
+        .route("/v1/products/{id}/events", get(routes::stock::events))
+        .route("/v1/orders", get(routes::orders::list).post(routes::orders::create))
+        .route("/v1/orders/{id}", get(routes::orders::get))
+        .route("/v1/orders/{id}/events", get(routes::orders::events))
+        .route("/v1/admin/stats", get(routes::admin::stats))
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/openapi.json", get(routes::ops::openapi))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_max))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+                    let request_id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+                }))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiSetupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbSetupError),
+    #[error(transparent)]
+    Queue(#[from] QueueSetupError),
+    #[error("CHECKLINE_HTTP_ADDR: cannot listen: {0}")]
+    Bind(#[source] std::io::Error),
+}
+
+/// A built API, bound to its address, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    hub_task: tokio::task::JoinHandle<()>,
+}
+
+/// How long in-flight requests (long polls, event streams) get after a
+/// shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Application {
+    pub async fn build(config: ApiConfig) -> Result<Self, ApiSetupError> {
+        let common = &config.common;
+        let pool = db::connect_and_migrate(
+            &common.database_url,
+            PoolSettings {
+                max_connections: config.db_pool_max,
+                acquire_timeout: Duration::from_secs(5),
+                startup_timeout: common.startup_timeout,
+            },
+        )
+        .await?;
+        db::ensure_partitions(&pool, common.partitions).await?;
+        let subjects = Subjects::new(&common.prefix);
+        let client = queue::connect(common, "checkline-api").await?;
+        let js = async_nats::jetstream::new(client.clone());
+        queue::ensure_stream(&js, &subjects, StreamLimits::from_config(common)).await?;
+        let cache = Cache::new(
+            &common.redis_url,
+            subjects.clone(),
+            common.redis_timeout,
+            config.order_cache_ttl,
+        )?;
+        let hub = Arc::new(Hub::default());
+        let hub_task = tokio::spawn(hub.clone().run(client.clone(), subjects.clone()));
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(ApiSetupError::Bind)?;
+        let verifier = Verifier::new(&config.jwt_secret, config.jwt_leeway_secs);
+        let state = Arc::new(AppState {
+            config,
+            pool,
+            client,
+            js,
+            cache,
+            subjects,
+            hub,
+            verifier,
+            metrics: Metrics::default(),
+        });
+        Ok(Self {
+            listener,
+            state,
+            hub_task,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish
+    /// for a bounded time.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "api listening");
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = router(self.state.clone());
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        });
+        let result = tokio::select! {
+            result = server => result,
+            () = async {
+                let _ = stopping_rx.await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("requests still open after the grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        self.hub_task.abort();
+        self.state.pool.close().await;
+        tracing::info!("api stopped");
+        result
+    }
+}

@@ -1,0 +1,135 @@
+//! Parsing of request parts the contract is strict about: JSON bodies, the
+//! Idempotency-Key header, path ids and query parameters.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderMap, StatusCode};
+use checkline_shared::domain::{parse_id, IdempotencyKey};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Parses a JSON body after checking its media type and size.
+pub fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    max_bytes: usize,
+) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(max_bytes)
+        } else {
+            ApiError::InvalidRequest("the request body could not be read".into())
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|err| ApiError::InvalidRequest(describe_json_error(&err)))
+}
+
+fn describe_json_error(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Syntax | Category::Eof | Category::Io => format!("malformed JSON: {err}"),
+        Category::Data => format!("invalid body: {err}"),
+    }
+}
+
+/// The `Idempotency-Key` header: required, 1–255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+    let value = headers
+        .get("idempotency-key")
+        .ok_or(ApiError::MissingIdempotencyKey)?;
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidIdempotencyKey)?;
+    IdempotencyKey::parse(text).ok_or(ApiError::InvalidIdempotencyKey)
+}
+
+/// A path id.
+pub fn path_id(raw: &str) -> Result<Uuid, ApiError> {
+    parse_id(raw).ok_or(ApiError::InvalidId)
+}
+
+/// `limit` and `cursor` of a list call. The cursor is the last id of the
+/// previous page.
+pub fn page(query: &HashMap<String, String>) -> Result<(i64, Option<Uuid>), ApiError> {
+    for key in query.keys() {
+        if key != "limit" && key != "cursor" {
+            return Err(ApiError::InvalidRequest(format!(
+                "unknown query parameter {key:?}"
+            )));
+        }
+    }
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=200).contains(l))
+            .ok_or_else(|| {
+                ApiError::InvalidRequest("limit must be an integer from 1 to 200".into())
+            })?,
+    };
+    let cursor = match query.get("cursor") {
+        None => None,
+        Some(raw) => Some(
+            parse_id(raw).ok_or_else(|| ApiError::InvalidRequest("cursor is not valid".into()))?,
+        ),
+    };
+    Ok((limit, cursor))
+}
+
+/// The request id set (or echoed) by the request-id layer.
+pub fn request_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn media_type_and_syntax() {
+        let mut headers = HeaderMap::new();
+        let body = || Ok(Bytes::from_static(b"{\"a\":1}"));
+        let err = json_body::<serde_json::Value>(&headers, body(), 10).unwrap_err();
+        assert_eq!(err.code(), "unsupported_media_type");
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert!(json_body::<serde_json::Value>(&headers, body(), 10).is_ok());
+        let err =
+            json_body::<serde_json::Value>(&headers, Ok(Bytes::from_static(b"{")), 10).unwrap_err();
+        assert_eq!(err.code(), "invalid_request");
+    }
+
+    #[test]
+    fn keys_and_pages() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            idempotency_key(&headers).unwrap_err().code(),
+            "missing_idempotency_key"
+        );
+        headers.insert("idempotency-key", HeaderValue::from_static("has space"));
+        assert_eq!(
+            idempotency_key(&headers).unwrap_err().code(),
+            "invalid_idempotency_key"
+        );
+        let q = HashMap::from([("limit".to_string(), "0".to_string())]);
+        assert!(page(&q).is_err());
+        let q = HashMap::from([("limit".to_string(), "200".to_string())]);
+        assert_eq!(page(&q).unwrap(), (200, None));
+    }
+}

@@ -1,0 +1,140 @@
+//! Result events from the workers, fanned out to the requests waiting on them.
+//!
+//! One core NATS subscription per API process receives every result event;
+//! requests waiting on an order (long polls, order streams), a restock or a
+//! product's stock subscribe here by id. A `watch` channel per id keeps only
+//! the latest value, which is exactly the coalescing stock streams want.
+//! Events are hints: waiters re-read PostgreSQL periodically, so a lost event
+//! (NATS reconnecting, say) costs latency, never a missed decision.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use checkline_shared::domain::{Order, RestockResult, StockEvent};
+use checkline_shared::subjects::{EventSubject, Subjects};
+use futures::StreamExt;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Latest value per key, for whoever currently watches that key.
+pub struct Watchers<K, V> {
+    map: Arc<Mutex<HashMap<K, watch::Sender<Option<V>>>>>,
+}
+
+impl<K, V> Default for Watchers<K, V> {
+    fn default() -> Self {
+        Self {
+            map: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V> Watchers<K, V> {
+    pub fn subscribe(&self, key: K) -> Watch<K, V> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = map
+            .entry(key.clone())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        Watch {
+            rx,
+            key,
+            map: self.map.clone(),
+        }
+    }
+
+    /// Delivers `value` if anyone watches `key`; otherwise drops it.
+    pub fn publish(&self, key: &K, value: V) {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(key) {
+            tx.send_replace(Some(value));
+        }
+    }
+
+    pub fn watched(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// A subscription; unregisters its key when the last watcher goes.
+pub struct Watch<K: Eq + Hash, V> {
+    pub rx: watch::Receiver<Option<V>>,
+    key: K,
+    map: Arc<Mutex<HashMap<K, watch::Sender<Option<V>>>>>,
+}
+
+impl<K: Eq + Hash, V> Drop for Watch<K, V> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // This receiver is still alive here, hence 1.
+        if map
+            .get(&self.key)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Hub {
+    pub orders: Watchers<Uuid, Order>,
+    pub stock: Watchers<Uuid, StockEvent>,
+    pub restocks: Watchers<Uuid, RestockResult>,
+}
+
+impl Hub {
+    /// Feeds the hub from the result-event subscription until it ends.
+    pub async fn run(self: Arc<Self>, client: async_nats::Client, subjects: Subjects) {
+        let mut subscription = match client.subscribe(subjects.events_all()).await {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot subscribe to result events; waiters will poll");
+                return;
+            }
+        };
+        while let Some(message) = subscription.next().await {
+            let payload = &message.payload;
+            match subjects.parse_event(message.subject.as_str()) {
+                Some(EventSubject::Order(id)) => {
+                    if let Ok(order) = serde_json::from_slice(payload) {
+                        self.orders.publish(&id, order);
+                    }
+                }
+                Some(EventSubject::Stock(id)) => {
+                    if let Ok(stock) = serde_json::from_slice(payload) {
+                        self.stock.publish(&id, stock);
+                    }
+                }
+                Some(EventSubject::Restock(id)) => {
+                    if let Ok(result) = serde_json::from_slice(payload) {
+                        self.restocks.publish(&id, result);
+                    }
+                }
+                None => tracing::debug!(subject = %message.subject, "unknown event subject"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn delivers_to_watchers_and_forgets_unwatched_keys() {
+        let w: Watchers<u32, &'static str> = Watchers::default();
+        w.publish(&1, "nobody listens");
+        let mut a = w.subscribe(1);
+        let b = w.subscribe(1);
+        assert_eq!(w.watched(), 1);
+        w.publish(&1, "decided");
+        a.rx.changed().await.unwrap();
+        assert_eq!(*a.rx.borrow(), Some("decided"));
+        drop(a);
+        assert_eq!(w.watched(), 1);
+        drop(b);
+        assert_eq!(w.watched(), 0);
+    }
+}

@@ -1,0 +1,83 @@
+//! `GET /v1/products/{id}/events`: a product's stock as server-sent events.
+//! The first event is the current stock; then changes, coalesced to at most
+//! one per `CHECKLINE_STOCK_EVENT_INTERVAL_MS`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use checkline_shared::domain::StockEvent;
+use futures::Stream;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::extract::path_id;
+use crate::hub::Watch;
+
+/// Without events, PostgreSQL is re-read this often (events may be lost).
+const REFRESH: Duration = Duration::from_secs(5);
+
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = path_id(&id)?;
+    // Subscribe before reading, so no change falls between the two.
+    let watch = state.hub.stock.subscribe(id);
+    let product = crate::routes::products::fetch(&state.pool, id)
+        .await?
+        .ok_or(ApiError::ProductNotFound)?;
+    let first = StockEvent::new(id, product.stock);
+    let keepalive = state.config.sse_keepalive;
+    struct Cursor {
+        state: Arc<AppState>,
+        watch: Watch<uuid::Uuid, StockEvent>,
+        last_sent: Option<StockEvent>,
+        pending_first: Option<StockEvent>,
+    }
+    let cursor = Cursor {
+        state,
+        watch,
+        last_sent: None,
+        pending_first: Some(first),
+    };
+    let stream = futures::stream::unfold(cursor, |mut c| async move {
+        if let Some(first) = c.pending_first.take() {
+            c.last_sent = Some(first);
+            return Some((Ok(stock_event(&first)), c));
+        }
+        loop {
+            let interval = c.state.config.stock_event_interval;
+            tokio::time::sleep(interval).await;
+            let next = tokio::select! {
+                changed = c.watch.rx.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    *c.watch.rx.borrow_and_update()
+                }
+                () = tokio::time::sleep(REFRESH) => {
+                    let product_id = c.last_sent.map(|e| e.product_id)?;
+                    match crate::routes::products::fetch(&c.state.pool, product_id).await {
+                        Ok(Some(p)) => Some(StockEvent::new(product_id, p.stock)),
+                        _ => None,
+                    }
+                }
+            };
+            if let Some(event) = next.filter(|e| Some(*e) != c.last_sent) {
+                c.last_sent = Some(event);
+                return Some((Ok(stock_event(&event)), c));
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
+}
+
+fn stock_event(event: &StockEvent) -> Event {
+    Event::default()
+        .event("stock")
+        .json_data(event)
+        .unwrap_or_else(|_| Event::default().event("stock"))
+}
