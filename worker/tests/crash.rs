@@ -1,0 +1,167 @@
+//! The worker as a real process, killed with SIGKILL in the middle of a flash
+//! sale and started again: nothing accepted is lost, nothing is decided
+//! twice, and first-come first-served holds across the crash.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../api/tests/common/mod.rs"]
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestApp;
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+fn spawn_worker(app: &TestApp, id: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
+        .envs(app.worker_vars(id))
+        // Small batches, so that a kill lands between and inside them.
+        .env("CHECKLINE_BATCH_MAX", "7")
+        .env("CHECKLINE_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker binary starts")
+}
+
+async fn decided_count(app: &TestApp, product_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE product_id = $1::uuid AND status <> 'pending'",
+    )
+    .bind(product_id)
+    .fetch_one(&app.env.pool)
+    .await
+    .unwrap()
+}
+
+/// Places `n` orders from distinct buyers, concurrently; returns the
+/// accepted order ids with their buyers' tokens.
+async fn stampede(
+    app: &Arc<TestApp>,
+    product_id: &str,
+    from: usize,
+    n: usize,
+) -> Vec<(String, String)> {
+    let buyers = (from..from + n).map(|i| {
+        let app = app.clone();
+        let pid = product_id.to_owned();
+        tokio::spawn(async move {
+            let token = app.customer(&format!("buyer-{i}"));
+            let response = app.order(&token, &format!("k-{i}"), &pid, 1).await;
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            match status {
+                StatusCode::ACCEPTED => Some((token, body["id"].as_str().unwrap().to_owned())),
+                StatusCode::CONFLICT => None,
+                other => panic!("unexpected {other}: {body}"),
+            }
+        })
+    });
+    join_all(buyers)
+        .await
+        .into_iter()
+        .filter_map(Result::unwrap)
+        .collect()
+}
+
+async fn check_invariants(
+    app: &TestApp,
+    product_id: &str,
+    stock: i64,
+    accepted: &[(String, String)],
+) {
+    for (token, id) in accepted {
+        app.decided(token, id).await;
+    }
+    let (confirmed, pending): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'confirmed'), count(*) FILTER (WHERE status = 'pending') \
+         FROM orders WHERE product_id = $1::uuid",
+    )
+    .bind(product_id)
+    .fetch_one(&app.env.pool)
+    .await
+    .unwrap();
+    assert_eq!(pending, 0, "every accepted order is decided");
+    assert_eq!(
+        confirmed,
+        stock.min(accepted.len() as i64),
+        "exactly the stock is sold"
+    );
+    assert_eq!(app.product(product_id).await["stock"], stock - confirmed);
+    assert!(
+        app.balanced(product_id).await,
+        "initial stock = stock + confirmed: nothing decided twice"
+    );
+    let (last_confirmed, first_rejected): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT max(queue_sequence) FILTER (WHERE status = 'confirmed'), \
+                min(queue_sequence) FILTER (WHERE status = 'rejected') \
+         FROM orders WHERE product_id = $1::uuid",
+    )
+    .bind(product_id)
+    .fetch_one(&app.env.pool)
+    .await
+    .unwrap();
+    if let (Some(last), Some(first)) = (last_confirmed, first_rejected) {
+        assert!(last < first, "confirmed orders are the first ones queued");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_worker_loses_nothing_and_decides_nothing_twice() {
+    let app = Arc::new(TestApp::spawn_without_worker().await);
+    let product = app.create_product(100, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+
+    let mut worker = spawn_worker(&app, "crash-1");
+    let first = tokio::spawn({
+        let app = app.clone();
+        let pid = pid.clone();
+        async move { stampede(&app, &pid, 0, 300).await }
+    });
+    // Kill the worker once it has decided some, but not all, of the orders.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while decided_count(&app, &pid).await < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.start_kill().unwrap();
+    worker.wait().await.unwrap();
+    let killed_at = decided_count(&app, &pid).await;
+
+    // Orders keep being accepted while no worker runs.
+    let mut accepted = first.await.unwrap();
+    accepted.extend(stampede(&app, &pid, 300, 100).await);
+    assert!(killed_at < accepted.len() as i64, "the kill landed mid-run");
+
+    let mut worker = spawn_worker(&app, "crash-2");
+    check_invariants(&app, &pid, 100, &accepted).await;
+    worker.start_kill().unwrap();
+    worker.wait().await.unwrap();
+    Arc::into_inner(app).unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn two_workers_on_the_same_partitions_never_double_decide() {
+    // Until partition leases exist, two workers may both consume a
+    // partition; the cursor's compare-and-set must keep them from applying a
+    // message twice.
+    let app = Arc::new(TestApp::spawn_without_worker().await);
+    let product = app.create_product(60, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let mut a = spawn_worker(&app, "twin-a");
+    let mut b = spawn_worker(&app, "twin-b");
+    let accepted = stampede(&app, &pid, 0, 200).await;
+    check_invariants(&app, &pid, 60, &accepted).await;
+    for worker in [&mut a, &mut b] {
+        worker.start_kill().unwrap();
+        worker.wait().await.unwrap();
+    }
+    Arc::into_inner(app).unwrap().shutdown().await;
+}
