@@ -1,0 +1,218 @@
+//! One buyer placing one order the way a real storefront does: a fresh
+//! Idempotency-Key, honouring `Retry-After` on 429/503 and retrying transport
+//! failures with the same key, a bounded number of times.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+use crate::client::{error_chain, transport_error_kind, ApiClient, Order};
+
+/// Delay used when a 429/503 carries no usable `Retry-After`.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+const NETWORK_BACKOFF_BASE: Duration = Duration::from_millis(100);
+const NETWORK_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included (at least 1).
+    pub max_attempts: u32,
+    /// Upper bound on a honoured `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+impl RetryPolicy {
+    /// `Retry-After` (capped) plus up to 10% jitter, so that buyers told to
+    /// come back at the same moment do not all return in the same millisecond.
+    fn backpressure_delay(&self, retry_after: Option<Duration>) -> Duration {
+        let base = retry_after
+            .unwrap_or(DEFAULT_RETRY_AFTER)
+            .min(self.max_retry_after);
+        base + jitter(base / 10)
+    }
+
+    /// Exponential backoff with jitter for the `retry`-th transport retry.
+    fn network_delay(&self, retry: u32) -> Duration {
+        let exp = NETWORK_BACKOFF_BASE.saturating_mul(1u32 << retry.saturating_sub(1).min(16));
+        let capped = exp.min(NETWORK_BACKOFF_MAX);
+        capped / 2 + jitter(capped / 2)
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    let max_micros = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+    if max_micros == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_micros(rand::thread_rng().gen_range(0..=max_micros))
+}
+
+/// What a buyer asks for.
+#[derive(Debug, Clone)]
+pub struct OrderRequest {
+    pub customer_id: String,
+    pub token: Arc<str>,
+    pub product_id: Uuid,
+    pub quantity: u32,
+    pub idempotency_key: String,
+}
+
+impl OrderRequest {
+    pub fn new(customer_id: String, token: String, product_id: Uuid, quantity: u32) -> Self {
+        Self {
+            customer_id,
+            token: token.into(),
+            product_id,
+            quantity,
+            idempotency_key: Uuid::new_v4().to_string(),
+        }
+    }
+}
+
+/// The final answer a buyer got.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// `202` (or `200` replay): the order exists.
+    Accepted {
+        order: Order,
+        replayed: bool,
+        /// Round trip of the attempt that was accepted.
+        latency: Duration,
+        received_at: Instant,
+    },
+    /// Any other HTTP answer (`409 sold_out` included), or a 429/503 once the
+    /// attempts ran out.
+    Refused {
+        status: u16,
+        code: Option<String>,
+        latency: Duration,
+    },
+    /// A 2xx whose body is not an order: the order may exist but its id is
+    /// unknown.
+    Unreadable { status: u16, error: String },
+    /// No HTTP answer after every attempt.
+    Unreachable { kind: &'static str, error: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub request: OrderRequest,
+    pub answer: Answer,
+    pub backpressure_retries: u32,
+    pub network_retries: u32,
+}
+
+/// Places `request`'s order, retrying as a storefront would.
+pub async fn submit(client: ApiClient, request: OrderRequest, policy: RetryPolicy) -> Submission {
+    let mut backpressure_retries = 0u32;
+    let mut network_retries = 0u32;
+    let mut attempt = 1u32;
+    let answer = loop {
+        let result = client
+            .place_order(
+                &request.token,
+                &request.idempotency_key,
+                request.product_id,
+                request.quantity,
+            )
+            .await;
+        let may_retry = attempt < policy.max_attempts;
+        attempt += 1;
+        match result {
+            Err(_) if may_retry => {
+                network_retries += 1;
+                tokio::time::sleep(policy.network_delay(network_retries)).await;
+            }
+            Err(err) => {
+                break Answer::Unreachable {
+                    kind: transport_error_kind(&err),
+                    error: error_chain(&err),
+                }
+            }
+            Ok(reply) if reply.is_backpressure() && may_retry => {
+                backpressure_retries += 1;
+                tokio::time::sleep(policy.backpressure_delay(reply.retry_after)).await;
+            }
+            Ok(reply) if reply.status == StatusCode::ACCEPTED || reply.status == StatusCode::OK => {
+                break match reply.json::<Order>() {
+                    Ok(order) => Answer::Accepted {
+                        order,
+                        replayed: reply.replayed || reply.status == StatusCode::OK,
+                        latency: reply.latency,
+                        received_at: reply.received_at,
+                    },
+                    Err(err) => Answer::Unreadable {
+                        status: reply.status.as_u16(),
+                        error: format!("{err:#}"),
+                    },
+                };
+            }
+            Ok(reply) => {
+                break Answer::Refused {
+                    status: reply.status.as_u16(),
+                    code: reply.code(),
+                    latency: reply.latency,
+                }
+            }
+        }
+    };
+    Submission {
+        request,
+        answer,
+        backpressure_retries,
+        network_retries,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn backpressure_delay_honours_retry_after_with_bounded_jitter() {
+        for _ in 0..100 {
+            let delay = policy().backpressure_delay(Some(Duration::from_secs(2)));
+            assert!(delay >= Duration::from_secs(2), "{delay:?}");
+            assert!(delay <= Duration::from_millis(2200), "{delay:?}");
+        }
+        let capped = policy().backpressure_delay(Some(Duration::from_secs(600)));
+        assert!(capped <= Duration::from_secs(33), "{capped:?}");
+        let default = policy().backpressure_delay(None);
+        assert!(default >= DEFAULT_RETRY_AFTER, "{default:?}");
+        assert_eq!(
+            policy().backpressure_delay(Some(Duration::ZERO)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn network_backoff_grows_and_is_capped() {
+        for _ in 0..100 {
+            let first = policy().network_delay(1);
+            assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
+            let late = policy().network_delay(40);
+            assert!((Duration::from_secs(1)..=NETWORK_BACKOFF_MAX).contains(&late));
+        }
+    }
+
+    #[test]
+    fn requests_get_distinct_valid_keys() {
+        let a = OrderRequest::new("c".into(), "t".into(), Uuid::nil(), 1);
+        let b = OrderRequest::new("c".into(), "t".into(), Uuid::nil(), 1);
+        assert_ne!(a.idempotency_key, b.idempotency_key);
+        assert!(a
+            .idempotency_key
+            .bytes()
+            .all(|byte| (0x21..=0x7e).contains(&byte)));
+    }
+}

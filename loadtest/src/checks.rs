@@ -1,0 +1,999 @@
+//! Invariant checks, as a pure function of figures gathered from the load
+//! generator, the API and PostgreSQL (see [`crate::db`] for the queries).
+//!
+//! The numbering follows the contract's invariants (API.md):
+//! 1. stock is conserved and never negative;
+//! 2. one order per (customer, idempotency key), a distinct order for every
+//!    accepted buyer, and orders only for accepted requests;
+//! 3. every accepted order is decided, exactly once;
+//! 4. orders are decided in queue order (first come, first served);
+//! 5. the per-customer limit holds.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Rejection reasons caused by the stock level (as opposed to limits, an
+/// inactive product or a reused key).
+const STOCK_REASONS: [&str; 2] = ["sold_out", "insufficient_stock"];
+/// How many example ids a failure detail names.
+const EXAMPLES: usize = 3;
+
+/// One check's verdict, with the figures behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// The contract invariant this check belongs to (1–5).
+    pub invariant: u8,
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(invariant: u8, name: &str, passed: bool, detail: String) -> Self {
+        Self {
+            invariant,
+            name: name.to_owned(),
+            passed,
+            detail,
+        }
+    }
+}
+
+/// What the scenario set up, hence what the outcome must be.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    pub initial_stock: i64,
+    /// Quantity of every order (all buyers order the same amount).
+    pub quantity: i64,
+    pub max_per_customer: Option<i64>,
+}
+
+/// A decision as the buyer observed it through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedDecision {
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+/// What the load generator saw, plus the stock the API reports.
+#[derive(Debug, Clone, Default)]
+pub struct ClientView {
+    /// Distinct order ids answered 202 (or replayed with 200).
+    pub accepted: BTreeSet<Uuid>,
+    /// Buyers whose order was accepted; each is a distinct customer with its
+    /// own key, so each must have got a different order id.
+    pub accepted_buyers: u64,
+    /// Decisions observed by polling.
+    pub decisions: HashMap<Uuid, ObservedDecision>,
+    /// `stock` from `GET /v1/products/{id}`.
+    pub api_stock: i64,
+}
+
+/// The product's row of the `stock_audit` view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockAudit {
+    pub initial_stock: i64,
+    pub restocked: i64,
+    pub stock: i64,
+    pub confirmed_units: i64,
+    pub balanced: Option<bool>,
+}
+
+/// A (customer, idempotency key) pair found on more than one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateKey {
+    pub customer_id: String,
+    pub idempotency_key: String,
+    pub count: i64,
+}
+
+/// One `orders` row of the product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub status: String,
+    pub reason: Option<String>,
+    pub quantity: i64,
+    pub queue_sequence: Option<i64>,
+}
+
+/// Confirmed quantity of one customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerTotal {
+    pub customer_id: String,
+    pub confirmed_quantity: i64,
+}
+
+/// What PostgreSQL holds for the product.
+#[derive(Debug, Clone, Default)]
+pub struct DbView {
+    pub audit: Option<StockAudit>,
+    pub duplicate_keys: Vec<DuplicateKey>,
+    pub orders: Vec<OrderRow>,
+    pub confirmed_per_customer: Vec<CustomerTotal>,
+}
+
+/// Evaluates every check. The per-customer limit check is included only when
+/// the product has a limit.
+pub fn evaluate(expect: &Expectation, client: &ClientView, db: &DbView) -> Vec<Check> {
+    let mut checks = Vec::new();
+    stock_checks(expect, client, db, &mut checks);
+    idempotency_checks(client, db, &mut checks);
+    decision_checks(client, db, &mut checks);
+    fifo_checks(db, &mut checks);
+    if let Some(limit) = expect.max_per_customer {
+        checks.push(limit_check(limit, db));
+    }
+    checks
+}
+
+/// True when there are checks and all of them passed.
+pub fn all_passed(checks: &[Check]) -> bool {
+    !checks.is_empty() && checks.iter().all(|check| check.passed)
+}
+
+/// The checks as `PASS`/`FAIL` lines, with a closing verdict.
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::from("Invariant checks\n");
+    for check in checks {
+        let _ = writeln!(
+            out,
+            "  {} [{}] {}: {}",
+            if check.passed { "PASS" } else { "FAIL" },
+            check.invariant,
+            check.name,
+            check.detail
+        );
+    }
+    let failed = checks.iter().filter(|check| !check.passed).count();
+    if all_passed(checks) {
+        let _ = writeln!(out, "Result: PASS (all {} checks passed)", checks.len());
+    } else {
+        let _ = writeln!(
+            out,
+            "Result: FAIL ({failed} of {} checks failed)",
+            checks.len()
+        );
+    }
+    out
+}
+
+fn confirmed_units(db: &DbView) -> i64 {
+    db.orders
+        .iter()
+        .filter(|row| row.status == "confirmed")
+        .map(|row| row.quantity)
+        .sum()
+}
+
+fn stock_checks(expect: &Expectation, client: &ClientView, db: &DbView, out: &mut Vec<Check>) {
+    let Some(audit) = &db.audit else {
+        let missing = || "the product has no row in stock_audit".to_owned();
+        out.push(Check::new(1, "stock audit balanced", false, missing()));
+        out.push(Check::new(1, "stock not negative", false, missing()));
+        out.push(Check::new(
+            1,
+            "API stock matches the database",
+            false,
+            missing(),
+        ));
+        out.push(Check::new(
+            1,
+            "stock = initial stock - confirmed units",
+            false,
+            missing(),
+        ));
+        out.push(confirmed_count_check(expect, client, db));
+        return;
+    };
+
+    let lhs = audit.initial_stock + audit.restocked;
+    let rhs = audit.stock + audit.confirmed_units;
+    out.push(Check::new(
+        1,
+        "stock audit balanced",
+        audit.balanced == Some(true),
+        format!(
+            "initial {} + restocked {} {} stock {} + confirmed units {} (balanced = {})",
+            audit.initial_stock,
+            audit.restocked,
+            if lhs == rhs { "=" } else { "!=" },
+            audit.stock,
+            audit.confirmed_units,
+            audit
+                .balanced
+                .map_or_else(|| "null".to_owned(), |b| b.to_string()),
+        ),
+    ));
+
+    out.push(Check::new(
+        1,
+        "stock not negative",
+        audit.stock >= 0,
+        format!("stock {}", audit.stock),
+    ));
+
+    out.push(Check::new(
+        1,
+        "API stock matches the database",
+        client.api_stock == audit.stock,
+        format!("API {}, database {}", client.api_stock, audit.stock),
+    ));
+
+    let units = confirmed_units(db);
+    let expected_stock = expect.initial_stock - units;
+    out.push(Check::new(
+        1,
+        "stock = initial stock - confirmed units",
+        audit.initial_stock == expect.initial_stock
+            && audit.restocked == 0
+            && audit.stock == expected_stock,
+        format!(
+            "stock {}, expected {} - {units} = {expected_stock} (initial stock recorded {}, restocked {})",
+            audit.stock, expect.initial_stock, audit.initial_stock, audit.restocked
+        ),
+    ));
+
+    out.push(confirmed_count_check(expect, client, db));
+}
+
+/// With distinct buyers placing one order each of the same quantity and no
+/// restock, first come first served confirms exactly the first
+/// `initial_stock / quantity` accepted orders (none if the quantity exceeds
+/// the per-customer limit).
+fn confirmed_count_check(expect: &Expectation, client: &ClientView, db: &DbView) -> Check {
+    let accepted = to_i64(client.accepted.len());
+    let confirmed = to_i64(
+        db.orders
+            .iter()
+            .filter(|row| row.status == "confirmed")
+            .count(),
+    );
+    let quantity = expect.quantity.max(1);
+    let over_limit = expect
+        .max_per_customer
+        .is_some_and(|limit| quantity > limit);
+    let (expected, why) = if over_limit {
+        (
+            0,
+            format!(
+                "every order's quantity {quantity} exceeds the per-customer limit {}",
+                expect.max_per_customer.unwrap_or_default()
+            ),
+        )
+    } else {
+        let fits = expect.initial_stock / quantity;
+        let expected = fits.min(accepted);
+        let formula = if quantity == 1 {
+            format!("min(stock {}, accepted {accepted})", expect.initial_stock)
+        } else {
+            format!(
+                "min(stock {} / quantity {quantity}, accepted {accepted})",
+                expect.initial_stock
+            )
+        };
+        (expected, formula)
+    };
+    Check::new(
+        1,
+        "confirmed orders = first-come share of the stock",
+        confirmed == expected,
+        format!("confirmed {confirmed}, expected {expected} = {why}"),
+    )
+}
+
+fn idempotency_checks(client: &ClientView, db: &DbView, out: &mut Vec<Check>) {
+    let duplicates = &db.duplicate_keys;
+    let detail = if duplicates.is_empty() {
+        "no (customer, idempotency key) on more than one order".to_owned()
+    } else {
+        format!(
+            "{} keys on more than one order, e.g. {}",
+            duplicates.len(),
+            duplicates
+                .iter()
+                .take(EXAMPLES)
+                .map(|d| format!("{}/{} x{}", d.customer_id, d.idempotency_key, d.count))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    out.push(Check::new(
+        2,
+        "one order per idempotency key",
+        duplicates.is_empty(),
+        detail,
+    ));
+
+    let distinct = u64::try_from(client.accepted.len()).unwrap_or(u64::MAX);
+    out.push(Check::new(
+        2,
+        "a distinct order for every accepted buyer",
+        distinct == client.accepted_buyers,
+        format!(
+            "{} buyers accepted, {distinct} distinct order ids",
+            client.accepted_buyers
+        ),
+    ));
+
+    let in_db: BTreeSet<Uuid> = db.orders.iter().map(|row| row.id).collect();
+    let missing: Vec<Uuid> = client.accepted.difference(&in_db).copied().collect();
+    let unexpected: Vec<Uuid> = in_db.difference(&client.accepted).copied().collect();
+    let mut detail = format!(
+        "{} order rows, {} accepted order ids",
+        db.orders.len(),
+        client.accepted.len()
+    );
+    if !missing.is_empty() {
+        let _ = write!(
+            detail,
+            "; accepted but not in the database: {}",
+            examples(&missing)
+        );
+    }
+    if !unexpected.is_empty() {
+        let _ = write!(
+            detail,
+            "; in the database but never accepted: {}",
+            examples(&unexpected)
+        );
+    }
+    out.push(Check::new(
+        2,
+        "order rows = accepted orders",
+        db.orders.len() == client.accepted.len() && missing.is_empty() && unexpected.is_empty(),
+        detail,
+    ));
+}
+
+fn decision_checks(client: &ClientView, db: &DbView, out: &mut Vec<Check>) {
+    let mut rows_by_id: HashMap<Uuid, Vec<&OrderRow>> = HashMap::new();
+    for row in &db.orders {
+        rows_by_id.entry(row.id).or_default().push(row);
+    }
+
+    let (mut decided, mut pending, mut missing, mut duplicated) = (0usize, 0usize, 0usize, 0usize);
+    let mut bad = Vec::new();
+    for id in &client.accepted {
+        match rows_by_id.get(id).map(Vec::as_slice) {
+            None | Some([]) => {
+                missing += 1;
+                bad.push(*id);
+            }
+            Some([row]) if row.status == "pending" => {
+                pending += 1;
+                bad.push(*id);
+            }
+            Some([_]) => decided += 1,
+            Some(_) => {
+                duplicated += 1;
+                bad.push(*id);
+            }
+        }
+    }
+    let mut detail = format!(
+        "{} accepted: {decided} decided, {pending} pending, {missing} missing, {duplicated} duplicated",
+        client.accepted.len()
+    );
+    if !bad.is_empty() {
+        let _ = write!(detail, "; e.g. {}", examples(&bad));
+    }
+    out.push(Check::new(
+        3,
+        "every accepted order decided exactly once",
+        bad.is_empty(),
+        detail,
+    ));
+
+    let unobserved: Vec<Uuid> = client
+        .accepted
+        .iter()
+        .filter(|id| !client.decisions.contains_key(id))
+        .copied()
+        .collect();
+    let mut detail = format!(
+        "{} of {} accepted orders seen decided",
+        client.accepted.len() - unobserved.len(),
+        client.accepted.len()
+    );
+    if !unobserved.is_empty() {
+        let _ = write!(detail, "; never seen decided: {}", examples(&unobserved));
+    }
+    out.push(Check::new(
+        3,
+        "every buyer learned the decision in time",
+        unobserved.is_empty(),
+        detail,
+    ));
+
+    let mut disagreements = Vec::new();
+    for (id, seen) in &client.decisions {
+        let agrees = match rows_by_id.get(id).map(Vec::as_slice) {
+            Some([row]) => row.status == seen.status && row.reason == seen.reason,
+            _ => false,
+        };
+        if !agrees {
+            disagreements.push(*id);
+        }
+    }
+    disagreements.sort_unstable();
+    let mut detail = format!(
+        "{} observed decisions, {} differ from the database",
+        client.decisions.len(),
+        disagreements.len()
+    );
+    if let Some(first) = disagreements.first() {
+        let api = client.decisions.get(first).map(describe_decision);
+        let database = rows_by_id
+            .get(first)
+            .and_then(|rows| rows.first())
+            .map(|row| describe_status(&row.status, row.reason.as_deref()));
+        let _ = write!(
+            detail,
+            "; e.g. {first}: API said {}, database has {}",
+            api.unwrap_or_else(|| "nothing".to_owned()),
+            database.unwrap_or_else(|| "no row".to_owned())
+        );
+    }
+    out.push(Check::new(
+        3,
+        "observed decisions match the database",
+        disagreements.is_empty(),
+        detail,
+    ));
+}
+
+fn fifo_checks(db: &DbView, out: &mut Vec<Check>) {
+    let decided: Vec<&OrderRow> = db
+        .orders
+        .iter()
+        .filter(|row| row.status != "pending")
+        .collect();
+    let unsequenced: Vec<Uuid> = decided
+        .iter()
+        .filter(|row| row.queue_sequence.is_none())
+        .map(|row| row.id)
+        .collect();
+    let mut detail = format!(
+        "{} of {} decided orders without queue_sequence",
+        unsequenced.len(),
+        decided.len()
+    );
+    if !unsequenced.is_empty() {
+        let _ = write!(detail, "; e.g. {}", examples(&unsequenced));
+    }
+    out.push(Check::new(
+        4,
+        "queue_sequence set on every decided order",
+        unsequenced.is_empty(),
+        detail,
+    ));
+
+    let confirmed: Vec<i64> = decided
+        .iter()
+        .filter(|row| row.status == "confirmed")
+        .filter_map(|row| row.queue_sequence)
+        .collect();
+    let stock_rejections: Vec<i64> = decided
+        .iter()
+        .filter(|row| {
+            row.status == "rejected"
+                && row
+                    .reason
+                    .as_deref()
+                    .is_some_and(|reason| STOCK_REASONS.contains(&reason))
+        })
+        .filter_map(|row| row.queue_sequence)
+        .collect();
+    let (passed, detail) = match (confirmed.iter().max(), stock_rejections.iter().min()) {
+        (Some(&last_confirmed), Some(&first_rejected)) => {
+            let late = confirmed
+                .iter()
+                .filter(|&&seq| seq > first_rejected)
+                .count();
+            let mut detail = format!(
+                "last confirmed at queue_sequence {last_confirmed}, first stock rejection at {first_rejected}"
+            );
+            if late > 0 {
+                let _ = write!(detail, "; {late} confirmed after the first stock rejection");
+            }
+            (last_confirmed < first_rejected, detail)
+        }
+        _ => (
+            true,
+            format!(
+                "nothing to compare: {} confirmed and {} stock rejections with a queue_sequence",
+                confirmed.len(),
+                stock_rejections.len()
+            ),
+        ),
+    };
+    out.push(Check::new(
+        4,
+        "confirmed orders precede stock rejections (FIFO)",
+        passed,
+        detail,
+    ));
+}
+
+fn limit_check(limit: i64, db: &DbView) -> Check {
+    let over: Vec<&CustomerTotal> = db
+        .confirmed_per_customer
+        .iter()
+        .filter(|total| total.confirmed_quantity > limit)
+        .collect();
+    let highest = db
+        .confirmed_per_customer
+        .iter()
+        .map(|total| total.confirmed_quantity)
+        .max()
+        .unwrap_or(0);
+    let mut detail = format!(
+        "highest confirmed quantity per customer {highest}, limit {limit}; {} customers over",
+        over.len()
+    );
+    if !over.is_empty() {
+        let names: Vec<String> = over
+            .iter()
+            .take(EXAMPLES)
+            .map(|total| format!("{} ({})", total.customer_id, total.confirmed_quantity))
+            .collect();
+        let _ = write!(detail, ", e.g. {}", names.join(", "));
+    }
+    Check::new(
+        5,
+        "confirmed quantity per customer within the limit",
+        over.is_empty(),
+        detail,
+    )
+}
+
+fn describe_status(status: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) => format!("{status}/{reason}"),
+        None => status.to_owned(),
+    }
+}
+
+fn describe_decision(decision: &ObservedDecision) -> String {
+    describe_status(&decision.status, decision.reason.as_deref())
+}
+
+fn examples(ids: &[Uuid]) -> String {
+    let mut text = ids
+        .iter()
+        .take(EXAMPLES)
+        .map(Uuid::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > EXAMPLES {
+        let _ = write!(text, " and {} more", ids.len() - EXAMPLES);
+    }
+    text
+}
+
+fn to_i64(len: usize) -> i64 {
+    i64::try_from(len).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A consistent world: `accepted` buyers with distinct ids in queue order,
+    /// quantity 1, the first `stock` confirmed and the rest sold out.
+    struct World {
+        expect: Expectation,
+        client: ClientView,
+        db: DbView,
+    }
+
+    fn healthy(stock: i64, accepted: usize) -> World {
+        let mut client = ClientView::default();
+        let mut db = DbView::default();
+        let mut confirmed = 0i64;
+        for seq in 0..accepted {
+            let id = Uuid::from_u128(seq as u128 + 1);
+            let (status, reason) = if confirmed < stock {
+                confirmed += 1;
+                ("confirmed", None)
+            } else {
+                ("rejected", Some("sold_out".to_owned()))
+            };
+            client.accepted.insert(id);
+            client.accepted_buyers += 1;
+            client.decisions.insert(
+                id,
+                ObservedDecision {
+                    status: status.to_owned(),
+                    reason: reason.clone(),
+                },
+            );
+            db.orders.push(OrderRow {
+                id,
+                status: status.to_owned(),
+                reason,
+                quantity: 1,
+                queue_sequence: Some(100 + seq as i64),
+            });
+            if status == "confirmed" {
+                db.confirmed_per_customer.push(CustomerTotal {
+                    customer_id: format!("buyer-run-{seq}"),
+                    confirmed_quantity: 1,
+                });
+            }
+        }
+        client.api_stock = stock - confirmed;
+        db.audit = Some(StockAudit {
+            initial_stock: stock,
+            restocked: 0,
+            stock: stock - confirmed,
+            confirmed_units: confirmed,
+            balanced: Some(true),
+        });
+        World {
+            expect: Expectation {
+                initial_stock: stock,
+                quantity: 1,
+                max_per_customer: None,
+            },
+            client,
+            db,
+        }
+    }
+
+    impl World {
+        fn checks(&self) -> Vec<Check> {
+            evaluate(&self.expect, &self.client, &self.db)
+        }
+
+        fn failed(&self) -> Vec<String> {
+            self.checks()
+                .into_iter()
+                .filter(|check| !check.passed)
+                .map(|check| check.name)
+                .collect()
+        }
+    }
+
+    fn by_name<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+        checks
+            .iter()
+            .find(|check| check.name == name)
+            .unwrap_or_else(|| panic!("no check named {name:?}"))
+    }
+
+    #[test]
+    fn a_healthy_sale_passes_everything() {
+        for (stock, accepted) in [(100, 2000), (100, 40), (0, 10), (5, 5), (3, 0)] {
+            let world = healthy(stock, accepted);
+            let checks = world.checks();
+            assert!(all_passed(&checks), "{stock}/{accepted}: {checks:#?}");
+            assert_eq!(checks.len(), 13, "no limit check without a limit");
+        }
+    }
+
+    #[test]
+    fn confirmed_count_is_the_first_come_share() {
+        let world = healthy(100, 40);
+        let checks = world.checks();
+        let check = by_name(&checks, "confirmed orders = first-come share of the stock");
+        assert_eq!(
+            check.detail,
+            "confirmed 40, expected 40 = min(stock 100, accepted 40)"
+        );
+
+        // One more confirmation than stock allows (and the stock figures
+        // adjusted so only this check can notice).
+        let mut world = healthy(10, 20);
+        let row = world
+            .db
+            .orders
+            .iter_mut()
+            .find(|row| row.status == "rejected")
+            .unwrap();
+        row.status = "confirmed".into();
+        row.reason = None;
+        let id = row.id;
+        world.client.decisions.get_mut(&id).unwrap().status = "confirmed".into();
+        world.client.decisions.get_mut(&id).unwrap().reason = None;
+        let failed = world.failed();
+        assert!(failed.contains(&"confirmed orders = first-come share of the stock".to_owned()));
+        assert!(failed.contains(&"stock = initial stock - confirmed units".to_owned()));
+    }
+
+    #[test]
+    fn larger_quantities_and_limits_change_the_expectation() {
+        // Quantity 3 out of 10: three orders fit.
+        let mut world = healthy(10, 0);
+        world.expect.quantity = 3;
+        for seq in 0..5i64 {
+            let id = Uuid::from_u128(seq as u128 + 1);
+            let (status, reason) = if seq < 3 {
+                ("confirmed", None)
+            } else {
+                ("rejected", Some("insufficient_stock".to_owned()))
+            };
+            world.client.accepted.insert(id);
+            world.client.accepted_buyers += 1;
+            world.client.decisions.insert(
+                id,
+                ObservedDecision {
+                    status: status.into(),
+                    reason: reason.clone(),
+                },
+            );
+            world.db.orders.push(OrderRow {
+                id,
+                status: status.into(),
+                reason,
+                quantity: 3,
+                queue_sequence: Some(seq),
+            });
+        }
+        world.db.audit = Some(StockAudit {
+            initial_stock: 10,
+            restocked: 0,
+            stock: 1,
+            confirmed_units: 9,
+            balanced: Some(true),
+        });
+        world.client.api_stock = 1;
+        assert!(all_passed(&world.checks()), "{:#?}", world.checks());
+
+        // A limit below the quantity: nothing may be confirmed.
+        world.expect.max_per_customer = Some(2);
+        let checks = world.checks();
+        let check = by_name(&checks, "confirmed orders = first-come share of the stock");
+        assert!(!check.passed);
+        assert!(
+            check.detail.contains("exceeds the per-customer limit 2"),
+            "{}",
+            check.detail
+        );
+    }
+
+    #[test]
+    fn stock_problems_are_reported() {
+        let mut world = healthy(10, 20);
+        world.client.api_stock = 3;
+        let audit = world.db.audit.as_mut().unwrap();
+        audit.balanced = Some(false);
+        audit.stock = -1;
+        let failed = world.failed();
+        for name in [
+            "stock audit balanced",
+            "stock not negative",
+            "API stock matches the database",
+            "stock = initial stock - confirmed units",
+        ] {
+            assert!(failed.contains(&name.to_owned()), "{name}: {failed:?}");
+        }
+        let checks = world.checks();
+        assert_eq!(
+            by_name(&checks, "API stock matches the database").detail,
+            "API 3, database -1"
+        );
+        assert!(by_name(&checks, "stock audit balanced")
+            .detail
+            .contains("!="));
+
+        world.db.audit = None;
+        let checks = world.checks();
+        assert!(!all_passed(&checks));
+        assert_eq!(checks.iter().filter(|c| c.invariant == 1).count(), 5);
+    }
+
+    #[test]
+    fn restocks_are_unexpected_in_a_flash_sale() {
+        let mut world = healthy(10, 20);
+        let audit = world.db.audit.as_mut().unwrap();
+        audit.restocked = 5;
+        audit.stock += 5;
+        world.client.api_stock += 5;
+        assert_eq!(world.failed(), ["stock = initial stock - confirmed units"]);
+    }
+
+    #[test]
+    fn duplicate_keys_and_stray_orders_fail_invariant_2() {
+        let mut world = healthy(10, 20);
+        world.db.duplicate_keys.push(DuplicateKey {
+            customer_id: "buyer-run-1".into(),
+            idempotency_key: "k".into(),
+            count: 2,
+        });
+        // An order the API refused to us but created anyway.
+        world.db.orders.push(OrderRow {
+            id: Uuid::from_u128(999),
+            status: "rejected".into(),
+            reason: Some("sold_out".into()),
+            quantity: 1,
+            queue_sequence: Some(10_000),
+        });
+        assert_eq!(
+            world.failed(),
+            [
+                "one order per idempotency key",
+                "order rows = accepted orders"
+            ]
+        );
+        let checks = world.checks();
+        let rows = by_name(&checks, "order rows = accepted orders");
+        assert!(
+            rows.detail.contains("21 order rows, 20 accepted order ids"),
+            "{}",
+            rows.detail
+        );
+        assert!(rows
+            .detail
+            .contains("never accepted: 00000000-0000-0000-0000-0000000003e7"));
+    }
+
+    #[test]
+    fn lost_and_undecided_orders_fail_invariant_3() {
+        let mut world = healthy(10, 20);
+        let lost = Uuid::from_u128(5);
+        world.db.orders.retain(|row| row.id != lost);
+        world.db.orders[0].status = "pending".into();
+        world.db.orders[0].reason = None;
+        let checks = world.checks();
+        let decided = by_name(&checks, "every accepted order decided exactly once");
+        assert!(!decided.passed);
+        assert!(
+            decided
+                .detail
+                .starts_with("20 accepted: 18 decided, 1 pending, 1 missing, 0 duplicated"),
+            "{}",
+            decided.detail
+        );
+        let matches = by_name(&checks, "observed decisions match the database");
+        assert!(!matches.passed);
+        assert!(matches.detail.contains("2 differ"), "{}", matches.detail);
+    }
+
+    #[test]
+    fn duplicated_rows_and_unobserved_decisions() {
+        let mut world = healthy(10, 20);
+        let copy = world.db.orders[3].clone();
+        world.db.orders.push(copy);
+        let unseen = Uuid::from_u128(7);
+        world.client.decisions.remove(&unseen);
+        let checks = world.checks();
+        assert!(
+            by_name(&checks, "every accepted order decided exactly once")
+                .detail
+                .contains("1 duplicated")
+        );
+        let learned = by_name(&checks, "every buyer learned the decision in time");
+        assert!(!learned.passed);
+        assert!(learned
+            .detail
+            .starts_with("19 of 20 accepted orders seen decided"));
+    }
+
+    #[test]
+    fn one_order_id_for_two_buyers_fails_invariant_2() {
+        let mut world = healthy(10, 20);
+        world.client.accepted_buyers += 1;
+        assert_eq!(
+            world.failed(),
+            ["a distinct order for every accepted buyer"]
+        );
+        let checks = world.checks();
+        assert_eq!(
+            by_name(&checks, "a distinct order for every accepted buyer").detail,
+            "21 buyers accepted, 20 distinct order ids"
+        );
+    }
+
+    #[test]
+    fn decisions_that_disagree_with_the_database() {
+        let mut world = healthy(10, 20);
+        let id = Uuid::from_u128(15);
+        world.client.decisions.insert(
+            id,
+            ObservedDecision {
+                status: "confirmed".into(),
+                reason: None,
+            },
+        );
+        assert_eq!(world.failed(), ["observed decisions match the database"]);
+        let checks = world.checks();
+        assert!(by_name(&checks, "observed decisions match the database")
+            .detail
+            .contains("API said confirmed, database has rejected/sold_out"));
+    }
+
+    #[test]
+    fn fifo_violations_fail_invariant_4() {
+        let mut world = healthy(10, 20);
+        // Swap the queue positions of the last confirmed and first rejected.
+        world.db.orders[9].queue_sequence = Some(110);
+        world.db.orders[10].queue_sequence = Some(109);
+        let checks = world.checks();
+        let fifo = by_name(&checks, "confirmed orders precede stock rejections (FIFO)");
+        assert!(!fifo.passed);
+        assert!(fifo
+            .detail
+            .contains("last confirmed at queue_sequence 110, first stock rejection at 109"));
+        assert!(fifo.detail.contains("1 confirmed after"));
+
+        let mut world = healthy(10, 20);
+        world.db.orders[4].queue_sequence = None;
+        assert_eq!(
+            world.failed(),
+            ["queue_sequence set on every decided order"]
+        );
+
+        // Rejections for other reasons do not count against FIFO.
+        let mut world = healthy(10, 20);
+        world.db.orders[10].reason = Some("limit_exceeded".into());
+        world.db.orders[10].queue_sequence = Some(1);
+        world
+            .client
+            .decisions
+            .get_mut(&world.db.orders[10].id)
+            .unwrap()
+            .reason = Some("limit_exceeded".into());
+        assert!(!world
+            .failed()
+            .contains(&"confirmed orders precede stock rejections (FIFO)".to_owned()));
+    }
+
+    #[test]
+    fn per_customer_limit_is_checked_when_set() {
+        let mut world = healthy(10, 20);
+        world.expect.max_per_customer = Some(1);
+        let checks = world.checks();
+        assert_eq!(checks.len(), 14);
+        assert!(all_passed(&checks));
+
+        world.db.confirmed_per_customer.push(CustomerTotal {
+            customer_id: "greedy".into(),
+            confirmed_quantity: 2,
+        });
+        let checks = world.checks();
+        let limit = by_name(&checks, "confirmed quantity per customer within the limit");
+        assert_eq!(limit.invariant, 5);
+        assert!(!limit.passed);
+        assert_eq!(
+            limit.detail,
+            "highest confirmed quantity per customer 2, limit 1; 1 customers over, e.g. greedy (2)"
+        );
+    }
+
+    #[test]
+    fn rendering() {
+        let world = healthy(1, 2);
+        let text = render(&world.checks());
+        assert!(text.starts_with("Invariant checks\n"));
+        assert!(text.contains("  PASS [1] stock audit balanced: initial 1 + restocked 0 = stock 0 + confirmed units 1 (balanced = true)\n"));
+        assert!(
+            text.ends_with("Result: PASS (all 13 checks passed)\n"),
+            "{text}"
+        );
+
+        let mut world = healthy(1, 2);
+        world.client.api_stock = 7;
+        let text = render(&world.checks());
+        assert!(text.contains("  FAIL [1] API stock matches the database: API 7, database 0\n"));
+        assert!(
+            text.ends_with("Result: FAIL (1 of 13 checks failed)\n"),
+            "{text}"
+        );
+
+        assert!(!all_passed(&[]));
+        assert!(render(&[]).ends_with("Result: FAIL (0 of 0 checks failed)\n"));
+    }
+
+    #[test]
+    fn example_lists_are_bounded() {
+        let ids: Vec<Uuid> = (1..=5u128).map(Uuid::from_u128).collect();
+        let text = examples(&ids);
+        assert!(text.ends_with(" and 2 more"), "{text}");
+        assert_eq!(text.matches(", ").count(), 2);
+    }
+}

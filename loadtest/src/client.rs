@@ -1,0 +1,444 @@
+//! A thin client for the parts of the checkline HTTP API the load test uses.
+//!
+//! Every call is a single attempt that returns the raw [`Reply`] (status,
+//! body, `Retry-After`, latency); retry policy belongs to the callers, which
+//! know whether a request is safe to repeat.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{RequestBuilder, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much of a non-problem error body goes into a message.
+const BODY_SNIPPET_CHARS: usize = 200;
+
+/// Body of `POST /v1/products`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewProduct {
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub stock: u64,
+    /// Serialised as `null` when there is no limit.
+    pub max_per_customer: Option<u32>,
+}
+
+/// The fields of a `Product` the load test reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Product {
+    pub id: Uuid,
+    pub sku: String,
+    pub stock: i64,
+    pub max_per_customer: Option<i64>,
+    pub partition: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Rejected,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Confirmed => "confirmed",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// The fields of an `Order` the load test reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Order {
+    pub id: Uuid,
+    pub status: OrderStatus,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// An RFC 9457 problem document (the fields the load test uses).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Problem {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub detail: Option<String>,
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// One HTTP response, fully read.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    /// `Retry-After`, if present and parseable.
+    pub retry_after: Option<Duration>,
+    /// `Idempotent-Replayed: true` was present.
+    pub replayed: bool,
+    pub body: Vec<u8>,
+    /// From sending the request to having read the whole body.
+    pub latency: Duration,
+    pub received_at: Instant,
+}
+
+impl Reply {
+    /// 429 and 503 ask the client to come back later.
+    pub fn is_backpressure(&self) -> bool {
+        self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+    }
+
+    pub fn problem(&self) -> Option<Problem> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The problem document's `code`, if the body is one.
+    pub fn code(&self) -> Option<String> {
+        self.problem().and_then(|problem| problem.code)
+    }
+
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("decoding the body of a {} response", self.status))
+    }
+
+    /// `"409 Conflict (sold_out): detail"`, for error messages.
+    pub fn describe(&self) -> String {
+        let mut text = self.status.to_string();
+        if let Some(problem) = self.problem() {
+            if let Some(code) = problem.code {
+                text.push_str(&format!(" ({code})"));
+            }
+            if let Some(detail) = problem.detail.or(problem.title) {
+                text.push_str(&format!(": {detail}"));
+            }
+        }
+        text
+    }
+
+    /// Like [`Reply::describe`], with the start of the body when it is not a
+    /// problem document.
+    pub fn describe_with_body(&self) -> String {
+        let is_problem = self
+            .problem()
+            .is_some_and(|p| p.code.is_some() || p.detail.is_some() || p.title.is_some());
+        if is_problem {
+            return self.describe();
+        }
+        let body = String::from_utf8_lossy(&self.body);
+        let body = body.trim();
+        if body.is_empty() {
+            return self.describe();
+        }
+        let snippet: String = body.chars().take(BODY_SNIPPET_CHARS).collect();
+        let ellipsis = if body.chars().count() > BODY_SNIPPET_CHARS {
+            "..."
+        } else {
+            ""
+        };
+        format!("{}: {snippet}{ellipsis}", self.status)
+    }
+}
+
+/// Shared, cheaply cloneable API client (one connection pool for every task).
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: Arc<str>,
+    request_timeout: Duration,
+}
+
+impl ApiClient {
+    /// `pool_size` should cover every request that may be in flight at once.
+    pub fn new(base_url: &Url, pool_size: usize, request_timeout: Duration) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(pool_size)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .user_agent(concat!("checkline-loadtest/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            base: base_url.as_str().trim_end_matches('/').into(),
+            request_timeout,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `GET /readyz`.
+    pub async fn readyz(&self) -> Result<Reply, reqwest::Error> {
+        let request = self.http.get(self.url("/readyz"));
+        self.execute(request, self.request_timeout).await
+    }
+
+    /// `POST /v1/products` (admin).
+    pub async fn create_product(
+        &self,
+        token: &str,
+        product: &NewProduct,
+    ) -> Result<Reply, reqwest::Error> {
+        let request = self
+            .http
+            .post(self.url("/v1/products"))
+            .header(AUTHORIZATION, bearer(token))
+            .json(product);
+        self.execute(request, self.request_timeout).await
+    }
+
+    /// `GET /v1/products/{id}` (public).
+    pub async fn get_product(&self, id: Uuid) -> Result<Reply, reqwest::Error> {
+        let request = self.http.get(self.url(&format!("/v1/products/{id}")));
+        self.execute(request, self.request_timeout).await
+    }
+
+    /// `POST /v1/orders` (customer).
+    pub async fn place_order(
+        &self,
+        token: &str,
+        idempotency_key: &str,
+        product_id: Uuid,
+        quantity: u32,
+    ) -> Result<Reply, reqwest::Error> {
+        let request = self
+            .http
+            .post(self.url("/v1/orders"))
+            .header(AUTHORIZATION, bearer(token))
+            .header(IDEMPOTENCY_KEY, idempotency_key)
+            .json(&serde_json::json!({ "product_id": product_id, "quantity": quantity }));
+        self.execute(request, self.request_timeout).await
+    }
+
+    /// `GET /v1/orders/{id}?wait=<wait_secs>` (owner): a long-poll that returns
+    /// as soon as the order is decided or the wait ends.
+    pub async fn get_order(
+        &self,
+        token: &str,
+        id: Uuid,
+        wait_secs: u64,
+    ) -> Result<Reply, reqwest::Error> {
+        let request = self
+            .http
+            .get(self.url(&format!("/v1/orders/{id}?wait={wait_secs}")))
+            .header(AUTHORIZATION, bearer(token));
+        let timeout = self.request_timeout + Duration::from_secs(wait_secs);
+        self.execute(request, timeout).await
+    }
+
+    async fn execute(
+        &self,
+        request: RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Reply, reqwest::Error> {
+        let started = Instant::now();
+        let response = request.timeout(timeout).send().await?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let replayed = response
+            .headers()
+            .get(IDEMPOTENT_REPLAYED)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"));
+        let body = response.bytes().await?.to_vec();
+        let received_at = Instant::now();
+        Ok(Reply {
+            status,
+            retry_after,
+            replayed,
+            body,
+            latency: received_at.saturating_duration_since(started),
+            received_at,
+        })
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, Utc::now())
+}
+
+/// Parses a `Retry-After` value: delta-seconds (fractions tolerated) or an
+/// HTTP-date, which is turned into the delay from `now` (zero if past).
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    let when = DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (when.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A short, stable label for a transport error (for tallies).
+pub fn transport_error_kind(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connect"
+    } else if err.is_body() || err.is_decode() {
+        "body"
+    } else if err.is_request() {
+        "request"
+    } else {
+        "other"
+    }
+}
+
+/// The error and its sources on one line.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            retry_after: None,
+            replayed: false,
+            body: body.as_bytes().to_vec(),
+            latency: Duration::from_millis(3),
+            received_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("0.5", now),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 22 Nov 2026 10:00:07 GMT", now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 22 Nov 2026 09:59:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("inf", now), None);
+    }
+
+    #[test]
+    fn problem_documents() {
+        let sold_out = reply(
+            409,
+            r#"{"type":"about:blank","title":"Sold out","status":409,"detail":"no stock left","code":"sold_out"}"#,
+        );
+        assert_eq!(sold_out.code().as_deref(), Some("sold_out"));
+        assert_eq!(
+            sold_out.describe(),
+            "409 Conflict (sold_out): no stock left"
+        );
+        assert!(!sold_out.is_backpressure());
+
+        let plain = reply(502, "<html>bad gateway</html>");
+        assert_eq!(plain.code(), None);
+        assert_eq!(plain.describe(), "502 Bad Gateway");
+        assert_eq!(
+            plain.describe_with_body(),
+            "502 Bad Gateway: <html>bad gateway</html>"
+        );
+        assert_eq!(
+            sold_out.describe_with_body(),
+            "409 Conflict (sold_out): no stock left"
+        );
+        let long = reply(503, &format!("{{\"down\":\"{}\"}}", "x".repeat(300)));
+        assert!(long.describe_with_body().ends_with("..."));
+        assert_eq!(
+            reply(500, "").describe_with_body(),
+            "500 Internal Server Error"
+        );
+
+        assert!(reply(429, "{}").is_backpressure());
+        assert!(reply(503, "").is_backpressure());
+    }
+
+    #[test]
+    fn orders_decode() {
+        let body = r#"{"id":"0b8f2d7e-3c1a-4b7e-9a51-2f0c6d1e8a90","customer_id":"alice",
+            "product_id":"5e0c3f8a-1d2b-4c6e-8f9a-0b1c2d3e4f50","quantity":1,
+            "status":"rejected","reason":"sold_out","unit_price_cents":null,
+            "total_cents":null,"created_at":"2026-11-22T10:00:00Z",
+            "decided_at":"2026-11-22T10:00:00.25Z"}"#;
+        let order: Order = reply(200, body).json().unwrap();
+        assert_eq!(order.status, OrderStatus::Rejected);
+        assert_eq!(order.reason.as_deref(), Some("sold_out"));
+        let decided = order.decided_at.unwrap();
+        assert_eq!((decided - order.created_at).num_milliseconds(), 250);
+
+        let unknown_status = body.replace("rejected", "lost");
+        assert!(reply(200, &unknown_status).json::<Order>().is_err());
+    }
+
+    #[test]
+    fn new_product_serialises_no_limit_as_null() {
+        let product = NewProduct {
+            sku: "LOAD-X".into(),
+            name: "Flash sale".into(),
+            price_cents: 1000,
+            stock: 5,
+            max_per_customer: None,
+        };
+        let json = serde_json::to_value(&product).unwrap();
+        assert!(json["max_per_customer"].is_null());
+        assert_eq!(json["stock"], 5);
+    }
+
+    #[test]
+    fn error_chain_joins_sources() {
+        let inner = std::io::Error::other("connection reset");
+        let outer = anyhow::Error::new(inner).context("sending");
+        let boxed: Box<dyn std::error::Error + 'static> = outer.into();
+        assert_eq!(error_chain(boxed.as_ref()), "sending: connection reset");
+    }
+}

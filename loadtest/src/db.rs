@@ -1,0 +1,141 @@
+//! Read-only PostgreSQL queries behind the invariant checks.
+//!
+//! Plain runtime queries (no compile-time checked macros): the load test is
+//! built without a database at hand.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Row};
+use uuid::Uuid;
+
+use crate::checks::{CustomerTotal, DbView, DuplicateKey, OrderRow, StockAudit};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes sure the database answers, then returns a small pool for the checks.
+pub async fn connect(url: &str) -> Result<PgPool> {
+    let options: PgConnectOptions = url.parse().map_err(sql_error(
+        "--database-url (CHECKLINE_DATABASE_URL) is not a valid PostgreSQL URL",
+    ))?;
+    // One direct connection first: a pool would only report "timed out"
+    // where this reports the actual cause (refused, authentication, ...).
+    let mut probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+        .await
+        .map_err(|_elapsed| {
+            anyhow!(
+                "connecting to PostgreSQL (--database-url / CHECKLINE_DATABASE_URL) timed out after {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(sql_error(
+            "connecting to PostgreSQL (--database-url / CHECKLINE_DATABASE_URL)",
+        ))?;
+    sqlx::query("SELECT 1")
+        .execute(&mut probe)
+        .await
+        .map_err(sql_error("querying PostgreSQL"))?;
+    // The probe has done its job; a failed goodbye does not matter.
+    let _ = probe.close().await;
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_lazy_with(options))
+}
+
+/// sqlx errors repeat their source in their own message; keep one copy.
+fn sql_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> anyhow::Error {
+    move |err| anyhow!("{context}: {err}")
+}
+
+/// Everything the checks need to know about `product_id`.
+pub async fn fetch_view(pool: &PgPool, product_id: Uuid) -> Result<DbView> {
+    let audit = sqlx::query(
+        "SELECT initial_stock, restocked, stock, confirmed_units, balanced \
+         FROM stock_audit WHERE product_id = $1",
+    )
+    .bind(product_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(sql_error("reading stock_audit"))?
+    .map(|row| -> Result<StockAudit, sqlx::Error> {
+        Ok(StockAudit {
+            initial_stock: row.try_get("initial_stock")?,
+            restocked: row.try_get("restocked")?,
+            stock: row.try_get("stock")?,
+            confirmed_units: row.try_get("confirmed_units")?,
+            balanced: row.try_get("balanced")?,
+        })
+    })
+    .transpose()
+    .map_err(sql_error("decoding the stock_audit row"))?;
+
+    let duplicate_keys = sqlx::query(
+        "SELECT customer_id, idempotency_key, count(*) AS n \
+         FROM orders WHERE product_id = $1 \
+         GROUP BY customer_id, idempotency_key HAVING count(*) > 1 \
+         ORDER BY customer_id, idempotency_key",
+    )
+    .bind(product_id)
+    .fetch_all(pool)
+    .await
+    .map_err(sql_error("looking for idempotency keys used twice"))?
+    .into_iter()
+    .map(|row| {
+        Ok(DuplicateKey {
+            customer_id: row.try_get("customer_id")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            count: row.try_get("n")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()
+    .map_err(sql_error("decoding duplicate idempotency keys"))?;
+
+    let orders = sqlx::query(
+        "SELECT id, status, reason, quantity::bigint AS quantity, queue_sequence \
+         FROM orders WHERE product_id = $1 ORDER BY queue_sequence NULLS LAST, id",
+    )
+    .bind(product_id)
+    .fetch_all(pool)
+    .await
+    .map_err(sql_error("reading the product's orders"))?
+    .into_iter()
+    .map(|row| {
+        Ok(OrderRow {
+            id: row.try_get("id")?,
+            status: row.try_get("status")?,
+            reason: row.try_get("reason")?,
+            quantity: row.try_get("quantity")?,
+            queue_sequence: row.try_get("queue_sequence")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()
+    .map_err(sql_error("decoding the product's orders"))?;
+
+    let confirmed_per_customer = sqlx::query(
+        "SELECT customer_id, SUM(quantity)::bigint AS confirmed_quantity \
+         FROM orders WHERE product_id = $1 AND status = 'confirmed' \
+         GROUP BY customer_id ORDER BY customer_id",
+    )
+    .bind(product_id)
+    .fetch_all(pool)
+    .await
+    .map_err(sql_error("summing confirmed quantities per customer"))?
+    .into_iter()
+    .map(|row| {
+        Ok(CustomerTotal {
+            customer_id: row.try_get("customer_id")?,
+            confirmed_quantity: row.try_get("confirmed_quantity")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()
+    .map_err(sql_error("decoding per-customer totals"))?;
+
+    Ok(DbView {
+        audit,
+        duplicate_keys,
+        orders,
+        confirmed_per_customer,
+    })
+}

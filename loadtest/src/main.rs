@@ -1,0 +1,50 @@
+//! `checkline-loadtest`: the load generator and invariant checker for checkline.
+//!
+//! It drives the public HTTP API the way a crowd of storefront clients would
+//! (distinct customers, idempotency keys, honouring `Retry-After`), learns the
+//! decision of every accepted order, prints a throughput and latency report, and
+//! then audits the contract's invariants against PostgreSQL and the API.
+//!
+//! Each load shape is a scenario under [`scenario`]; the building blocks
+//! (tokens, HTTP client, submission with retries, decision polling, latency
+//! histograms, report, invariant evaluation) are shared between scenarios.
+//!
+//! Exit codes: `0` every check passed, `1` at least one check failed, `2` the
+//! run could not be carried out (bad flags or configuration, API or database
+//! unreachable, set-up refused).
+
+mod auth;
+mod buyer;
+mod checks;
+mod cli;
+mod client;
+mod db;
+mod decisions;
+mod latency;
+mod report;
+mod scenario;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("checkline-loadtest: error: starting the async runtime: {err}");
+            return ExitCode::from(scenario::EXIT_NOT_RUN);
+        }
+    };
+    match runtime.block_on(scenario::run(cli)) {
+        Ok(verdict) => ExitCode::from(verdict.exit_code()),
+        Err(err) => {
+            eprintln!("checkline-loadtest: error: {err:#}");
+            ExitCode::from(scenario::EXIT_NOT_RUN)
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Scenarios and what they share: connecting to the system under test,
+//! creating the product under load, and turning checks into an exit code.
+
+pub mod flash_sale;
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use reqwest::StatusCode;
+use sqlx::PgPool;
+
+use crate::auth::TokenMinter;
+use crate::checks::{self, Check};
+use crate::cli::{Cli, Command, Connection, FlashSaleSettings};
+use crate::client::{error_chain, ApiClient, NewProduct, Product};
+use crate::db;
+
+/// Every check passed.
+pub const EXIT_PASSED: u8 = 0;
+/// At least one check failed.
+pub const EXIT_FAILED: u8 = 1;
+/// The run could not be carried out: usage or configuration error, the API
+/// or the database could not be reached, or the set-up was refused.
+pub const EXIT_NOT_RUN: u8 = 2;
+
+const PRODUCT_ATTEMPTS: u32 = 5;
+const PRODUCT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    Failed,
+}
+
+impl Verdict {
+    pub fn from_checks(checks: &[Check]) -> Self {
+        if checks::all_passed(checks) {
+            Self::Passed
+        } else {
+            Self::Failed
+        }
+    }
+
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Passed => EXIT_PASSED,
+            Self::Failed => EXIT_FAILED,
+        }
+    }
+}
+
+/// Runs the scenario the command line asks for.
+pub async fn run(cli: Cli) -> Result<Verdict> {
+    let connection = Connection::from_args(&cli.connection)?;
+    match &cli.command {
+        Command::FlashSale(args) => {
+            flash_sale::run(&connection, FlashSaleSettings::from(args)).await
+        }
+    }
+}
+
+/// Connections to the system under test, checked before any load is sent.
+pub struct Harness {
+    pub client: ApiClient,
+    pub minter: TokenMinter,
+    pub pool: PgPool,
+}
+
+impl Harness {
+    /// Builds the HTTP client (with a pool of `http_pool_size` connections),
+    /// and checks that the API is ready and PostgreSQL answers.
+    pub async fn connect(
+        connection: &Connection,
+        http_pool_size: usize,
+        request_timeout: Duration,
+    ) -> Result<Self> {
+        let client = ApiClient::new(&connection.api_url, http_pool_size, request_timeout)?;
+        let ready = client.readyz().await.map_err(|err| {
+            anyhow!(
+                "the checkline API at {} could not be reached (--api-url / CHECKLINE_API_URL): {}",
+                client.base_url(),
+                error_chain(&err)
+            )
+        })?;
+        ensure!(
+            ready.status.is_success(),
+            "the checkline API at {} is not ready: GET /readyz answered {}",
+            client.base_url(),
+            ready.describe_with_body()
+        );
+        let pool = db::connect(&connection.database_url).await?;
+        Ok(Self {
+            client,
+            minter: TokenMinter::new(&connection.jwt_secret),
+            pool,
+        })
+    }
+
+    /// Creates `product` as the administrator, honouring 429/503.
+    pub async fn create_product(&self, product: &NewProduct) -> Result<Product> {
+        let token = self.minter.admin()?;
+        let mut attempt = 1;
+        loop {
+            let reply = self
+                .client
+                .create_product(&token, product)
+                .await
+                .map_err(|err| anyhow!("POST /v1/products failed: {}", error_chain(&err)))?;
+            if reply.status == StatusCode::CREATED {
+                return reply.json().context("reading the created product");
+            }
+            if reply.is_backpressure() && attempt < PRODUCT_ATTEMPTS {
+                attempt += 1;
+                let delay = reply
+                    .retry_after
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(PRODUCT_MAX_RETRY_AFTER);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            let hint = match reply.status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    " (is --jwt-secret / CHECKLINE_JWT_SECRET the API's secret?)"
+                }
+                _ => "",
+            };
+            bail!(
+                "creating product {} was refused: {}{hint}",
+                product.sku,
+                reply.describe_with_body()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_map_to_exit_codes() {
+        let pass = Check {
+            invariant: 1,
+            name: "a".into(),
+            passed: true,
+            detail: String::new(),
+        };
+        let fail = Check {
+            passed: false,
+            ..pass.clone()
+        };
+        assert_eq!(
+            Verdict::from_checks(std::slice::from_ref(&pass)).exit_code(),
+            0
+        );
+        assert_eq!(Verdict::from_checks(&[pass, fail]).exit_code(), 1);
+        assert_eq!(Verdict::from_checks(&[]), Verdict::Failed);
+        assert_eq!(EXIT_NOT_RUN, 2);
+    }
+}
