@@ -4,7 +4,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -112,7 +111,7 @@ impl AppState {
             subject,
             message,
             request_id,
-            self.config.publish_timeout,
+            self.config.common.publish_timeout,
         )
         .await
         {
@@ -182,10 +181,6 @@ pub struct Application {
     hub_task: tokio::task::JoinHandle<()>,
 }
 
-/// How long in-flight requests (long polls, event streams) get after a
-/// shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 impl Application {
     pub async fn build(config: ApiConfig) -> Result<Self, ApiSetupError> {
         let common = &config.common;
@@ -193,7 +188,7 @@ impl Application {
             &common.database_url,
             PoolSettings {
                 max_connections: config.db_pool_max,
-                acquire_timeout: Duration::from_secs(5),
+                acquire_timeout: common.db_acquire_timeout,
                 startup_timeout: common.startup_timeout,
             },
         )
@@ -207,7 +202,7 @@ impl Application {
             &common.redis_url,
             subjects.clone(),
             common.redis_timeout,
-            config.order_cache_ttl,
+            common.order_cache_ttl,
         )?;
         let hub = Arc::new(Hub::default());
         let hub_task = tokio::spawn(hub.clone().run(client.clone(), subjects.clone()));
@@ -246,6 +241,7 @@ impl Application {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "api listening");
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let grace = self.state.config.shutdown_grace;
         let app = router(self.state.clone());
         let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
@@ -255,7 +251,7 @@ impl Application {
             result = server => result,
             () = async {
                 let _ = stopping_rx.await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                tokio::time::sleep(grace).await;
             } => {
                 tracing::warn!("requests still open after the grace period; stopping anyway");
                 Ok(())

@@ -16,8 +16,6 @@ pub struct ApiConfig {
     pub jwt_leeway_secs: u64,
     /// Largest quantity one order may ask for.
     pub order_quantity_max: i64,
-    /// How long the API waits for JetStream to acknowledge an order.
-    pub publish_timeout: Duration,
     /// How long a restock request waits to answer 200 before answering 202.
     pub restock_wait: Duration,
     /// While waiting on a decision, how often PostgreSQL is re-read in case a
@@ -25,18 +23,18 @@ pub struct ApiConfig {
     pub wait_poll_interval: Duration,
     /// Longest `?wait=` accepted, in seconds.
     pub wait_max_secs: u64,
-    /// A pending order older than this is published again when its key is
-    /// retried (its first publish may have been lost).
-    pub requeue_after: Duration,
     pub db_pool_max: u32,
-    /// How long a decided order stays in the Redis cache.
-    pub order_cache_ttl: Duration,
     /// Comment line sent on idle server-sent event streams.
     pub sse_keepalive: Duration,
     /// Least time between two stock events on one stream (coalescing).
     pub stock_event_interval: Duration,
     /// Largest request body, in bytes (413 beyond).
     pub body_max_bytes: usize,
+    /// After a shutdown signal, how long open requests (long polls, event
+    /// streams) may run before the server stops anyway.
+    pub shutdown_grace: Duration,
+    /// Without events, how often a stock stream re-reads PostgreSQL.
+    pub stock_refresh: Duration,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -85,18 +83,10 @@ impl ApiConfig {
             jwt_secret,
             jwt_leeway_secs: env.number("CHECKLINE_JWT_LEEWAY_SECS", 5, 0, 30)?,
             order_quantity_max: env.number("CHECKLINE_ORDER_QUANTITY_MAX", 100, 1, 1_000_000)?,
-            publish_timeout: env.millis("CHECKLINE_PUBLISH_TIMEOUT_MS", 5_000, 10, 60_000)?,
             restock_wait: env.millis("CHECKLINE_RESTOCK_WAIT_MS", 5_000, 0, 60_000)?,
             wait_poll_interval: env.millis("CHECKLINE_WAIT_POLL_MS", 1_000, 10, 60_000)?,
             wait_max_secs: env.number("CHECKLINE_WAIT_MAX_SECS", 30, 0, 300)?,
-            requeue_after: env.millis("CHECKLINE_REQUEUE_AFTER_MS", 15_000, 1_000, 86_400_000)?,
             db_pool_max: env.number("CHECKLINE_API_DB_POOL_MAX", 32, 1, 1024)?,
-            order_cache_ttl: Duration::from_secs(env.number(
-                "CHECKLINE_ORDER_CACHE_TTL_SECS",
-                86_400,
-                1,
-                30 * 86_400,
-            )?),
             sse_keepalive: Duration::from_secs(env.number(
                 "CHECKLINE_SSE_KEEPALIVE_SECS",
                 15,
@@ -110,6 +100,8 @@ impl ApiConfig {
                 60_000,
             )?,
             body_max_bytes: env.number("CHECKLINE_BODY_MAX_BYTES", 16 * 1024, 256, 1024 * 1024)?,
+            shutdown_grace: env.millis("CHECKLINE_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000)?,
+            stock_refresh: env.millis("CHECKLINE_STOCK_REFRESH_MS", 5_000, 100, 600_000)?,
             common,
         })
     }

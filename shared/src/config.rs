@@ -130,6 +130,16 @@ pub struct CommonConfig {
     pub stream_max_bytes: i64,
     /// JetStream's `Nats-Msg-Id` deduplication window.
     pub duplicate_window: Duration,
+    /// How long a queue publish may wait for JetStream's acknowledgement.
+    pub publish_timeout: Duration,
+    /// How long a request may wait for a free PostgreSQL connection.
+    pub db_acquire_timeout: Duration,
+    /// A pending order older than this is taken as possibly never queued: the
+    /// worker's sweep (in a caught-up partition) and a retry of its key
+    /// publish it again. Must exceed the publish timeout.
+    pub requeue_after: Duration,
+    /// How long a decided order stays in the Redis cache.
+    pub order_cache_ttl: Duration,
 }
 
 pub const PARTITIONS_MAX: u32 = 1024;
@@ -176,6 +186,29 @@ impl CommonConfig {
                 1,
                 86_400,
             )?),
+            publish_timeout: env.millis("CHECKLINE_PUBLISH_TIMEOUT_MS", 5_000, 10, 60_000)?,
+            db_acquire_timeout: env.millis(
+                "CHECKLINE_DB_ACQUIRE_TIMEOUT_MS",
+                5_000,
+                10,
+                120_000,
+            )?,
+            requeue_after: env.millis("CHECKLINE_REQUEUE_AFTER_MS", 15_000, 1_000, 86_400_000)?,
+            order_cache_ttl: Duration::from_secs(env.number(
+                "CHECKLINE_ORDER_CACHE_TTL_SECS",
+                86_400,
+                1,
+                30 * 86_400,
+            )?),
+        })
+        .and_then(|config: Self| {
+            if config.requeue_after <= config.publish_timeout {
+                return Err(ConfigError::new(
+                    "CHECKLINE_REQUEUE_AFTER_MS",
+                    "must be longer than CHECKLINE_PUBLISH_TIMEOUT_MS",
+                ));
+            }
+            Ok(config)
         })
     }
 }

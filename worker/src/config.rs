@@ -13,17 +13,14 @@ pub struct WorkerConfig {
     pub batch_max: usize,
     /// PostgreSQL connections (one per busy partition is enough).
     pub db_pool_max: u32,
-    /// A pending order older than this, in a caught-up partition, is taken as
-    /// never queued and is published again.
-    pub requeue_after: Duration,
     /// How often decided messages are purged from the stream.
     pub purge_interval: Duration,
-    /// How long a decided order stays in the Redis cache.
-    pub order_cache_ttl: Duration,
     /// Longest pause between retries of a batch that failed transiently.
     pub retry_max_delay: Duration,
     /// With no message for this long, a partition counts as idle (caught up).
     pub idle_after: Duration,
+    /// Most stranded items republished by one sweep of a partition.
+    pub requeue_batch_max: i64,
 }
 
 impl WorkerConfig {
@@ -51,16 +48,10 @@ impl WorkerConfig {
                 1,
                 512,
             )?,
-            requeue_after: env.millis("CHECKLINE_REQUEUE_AFTER_MS", 15_000, 1_000, 86_400_000)?,
             purge_interval: env.millis("CHECKLINE_PURGE_INTERVAL_MS", 5_000, 100, 3_600_000)?,
-            order_cache_ttl: Duration::from_secs(env.number(
-                "CHECKLINE_ORDER_CACHE_TTL_SECS",
-                86_400,
-                1,
-                30 * 86_400,
-            )?),
             retry_max_delay: env.millis("CHECKLINE_RETRY_MAX_DELAY_MS", 5_000, 10, 60_000)?,
             idle_after: env.millis("CHECKLINE_IDLE_AFTER_MS", 1_000, 10, 60_000)?,
+            requeue_batch_max: env.number("CHECKLINE_REQUEUE_BATCH_MAX", 1_000, 1, 100_000)?,
             common,
         })
     }

@@ -22,7 +22,6 @@ pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use checkline_shared::cache::Cache;
 use checkline_shared::config::ConfigError;
@@ -55,7 +54,7 @@ pub async fn run(
         &common.database_url,
         PoolSettings {
             max_connections: config.db_pool_max,
-            acquire_timeout: Duration::from_secs(10),
+            acquire_timeout: common.db_acquire_timeout,
             startup_timeout: common.startup_timeout,
         },
     )
@@ -69,7 +68,7 @@ pub async fn run(
         &common.redis_url,
         subjects.clone(),
         common.redis_timeout,
-        config.order_cache_ttl,
+        common.order_cache_ttl,
     )?;
     let partitions = common.partitions;
     let deps = partition::Deps {

@@ -131,7 +131,7 @@ async fn consume(
         };
         let chunk = match next {
             Err(_idle) => {
-                if last_sweep.elapsed() >= config.requeue_after / 2 {
+                if last_sweep.elapsed() >= config.common.requeue_after / 2 {
                     last_sweep = Instant::now();
                     requeue_stranded(deps, partition).await?;
                 }
@@ -241,7 +241,13 @@ async fn purge(deps: &Deps, partition: u32, cursor: u64) {
 /// something that is in the queue after all is harmless: JetStream drops it
 /// within the duplicate window, and the worker skips decided rows.
 async fn requeue_stranded(deps: &Deps, partition: u32) -> Result<(), LoopError> {
-    let stranded = store::stranded(&deps.pool, partition, deps.config.requeue_after, 1000).await?;
+    let stranded = store::stranded(
+        &deps.pool,
+        partition,
+        deps.config.common.requeue_after,
+        deps.config.requeue_batch_max,
+    )
+    .await?;
     if stranded.is_empty() {
         return Ok(());
     }
@@ -272,9 +278,15 @@ async fn requeue_stranded(deps: &Deps, partition: u32) -> Result<(), LoopError> 
             },
         };
         let subject = deps.subjects.product_queue(partition, message.product_id());
-        queue::publish(&deps.js, subject, &message, None, Duration::from_secs(10))
-            .await
-            .map_err(|e| LoopError::Queue(e.to_string()))?;
+        queue::publish(
+            &deps.js,
+            subject,
+            &message,
+            None,
+            deps.config.common.publish_timeout,
+        )
+        .await
+        .map_err(|e| LoopError::Queue(e.to_string()))?;
     }
     Ok(())
 }

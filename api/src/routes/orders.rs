@@ -184,7 +184,7 @@ async fn replay(
     let age = (chrono::Utc::now() - order.created_at)
         .to_std()
         .unwrap_or_default();
-    if !order.status.is_decided() && age > state.config.requeue_after {
+    if !order.status.is_decided() && age > state.config.common.requeue_after {
         // Its first publish may never have reached the queue.
         let message = QueueMessage::Order {
             order_id: order.id,

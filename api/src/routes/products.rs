@@ -297,7 +297,7 @@ pub async fn restock(
                 product_id,
                 quantity: input.quantity,
             };
-            if age(created_at) > state.config.requeue_after {
+            if age(created_at) > state.config.common.requeue_after {
                 let _ = state
                     .enqueue(partition, &message, request_id(&headers))
                     .await;

@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -15,9 +14,6 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::extract::path_id;
 use crate::hub::Watch;
-
-/// Without events, PostgreSQL is re-read this often (events may be lost).
-const REFRESH: Duration = Duration::from_secs(5);
 
 pub async fn events(
     State(state): State<Arc<AppState>>,
@@ -58,7 +54,7 @@ pub async fn events(
                     }
                     *c.watch.rx.borrow_and_update()
                 }
-                () = tokio::time::sleep(REFRESH) => {
+                () = tokio::time::sleep(c.state.config.stock_refresh) => {
                     let product_id = c.last_sent.map(|e| e.product_id)?;
                     match crate::routes::products::fetch(&c.state.pool, product_id).await {
                         Ok(Some(p)) => Some(StockEvent::new(product_id, p.stock)),
