@@ -95,8 +95,10 @@ fi
 ensure_rust
 ensure_services
 
-log "building (cargo build --release --bins -p checkline-api -p checkline-worker)"
-cargo build --release --bins -p checkline-api -p checkline-worker
+# One build of every binary (api, worker, token, loadtest): building them
+# together keeps one feature set, so nothing is compiled twice.
+log "building (cargo build --release --workspace --bins)"
+cargo build --release --workspace --bins
 
 BIN=$ROOT/target/release
 for b in checkline-api checkline-worker checkline-token; do
@@ -281,7 +283,6 @@ More tokens: CHECKLINE_JWT_SECRET=... target/release/checkline-token --sub bob -
 Flash-sale demo (10,000 buyers racing for 100 units): scripts/run.sh --demo,
 or against this running system:
 
-  cargo build --release -p checkline-loadtest
   CHECKLINE_API_URL=$CHECKLINE_API_URL \\
   CHECKLINE_JWT_SECRET=$SECRET_SHOWN \\
   CHECKLINE_DATABASE_URL='$CHECKLINE_DATABASE_URL' \\
@@ -294,8 +295,7 @@ EOF
 # ------------------------------------------------------------------- demo --
 
 if ((DEMO)) && ((!STOP)); then
-    log "building the load test (cargo build --release -p checkline-loadtest)"
-    if cargo build --release -p checkline-loadtest && ((!STOP)); then
+    if ((!STOP)); then
         log "running: checkline-loadtest flash-sale --buyers 10000 --stock 100"
         demo_rc=0
         "$BIN/checkline-loadtest" flash-sale --buyers 10000 --stock 100 || demo_rc=$?

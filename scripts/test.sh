@@ -21,10 +21,14 @@ source "$ROOT/scripts/lib/services.sh"
 
 svc_trap_cleanup
 
-# A nats-server started here gets a throwaway store: every test makes streams
-# of its own, and they should not accumulate from run to run.
+# The tests get a nats-server of their own, on its own ports and with a
+# throwaway store: every test makes streams of its own, they should not
+# accumulate from run to run, and they must not share a server (and its
+# storage reservations) with a system that scripts/run.sh may be running.
 SVC_NATS_STORE_DIR=$RUN_DIR/nats-test
 SVC_NATS_EPHEMERAL=1
+CHECKLINE_NATS_PORT=${CHECKLINE_TEST_NATS_PORT:-4251}
+CHECKLINE_NATS_MONITOR_PORT=${CHECKLINE_TEST_NATS_MONITOR_PORT:-8251}
 
 if [[ "${CI:-}" == true ]]; then
     export CARGO_TERM_COLOR=never
@@ -60,6 +64,42 @@ if (($#)); then
 else
     step "cargo test --workspace -- --test-threads=2"
     cargo test --workspace -- --test-threads=2
+fi
+
+# The real binaries, started as an operator would, and the flash sale the
+# README promises: 2,000 buyers for 100 units, every invariant checked by the
+# load test. Its own database and prefix keep it apart from everything else.
+step "end to end: flash sale of 2,000 buyers for 100 units through the built binaries"
+cargo build --workspace --bins
+E2E_DB="checkline_e2e_$$"
+E2E_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+e2e_env=(
+    CHECKLINE_DATABASE_URL="${CHECKLINE_DATABASE_URL%/*}/$E2E_DB"
+    CHECKLINE_PREFIX="e2e$$"
+    CHECKLINE_STREAM_MAX_BYTES=$((64 * 1024 * 1024))
+    CHECKLINE_HTTP_ADDR="127.0.0.1:$E2E_PORT"
+    CHECKLINE_JWT_SECRET="end-to-end-test-secret-end-to-end-test"
+    CHECKLINE_LOG=warn
+)
+mkdir -p "$RUN_DIR/logs"
+env "${e2e_env[@]}" target/debug/checkline-worker >"$RUN_DIR/logs/e2e-worker.log" 2>&1 &
+E2E_WORKER=$!
+svc_on_cleanup "svc_stop_pid $E2E_WORKER e2e-worker"
+env "${e2e_env[@]}" target/debug/checkline-api >"$RUN_DIR/logs/e2e-api.log" 2>&1 &
+E2E_API=$!
+svc_on_cleanup "svc_stop_pid $E2E_API e2e-api"
+for _ in $(seq 1 150); do
+    curl -fsS --max-time 2 "http://127.0.0.1:$E2E_PORT/readyz" >/dev/null 2>&1 && break
+    svc_alive "$E2E_API" || { svc_show_log "$RUN_DIR/logs/e2e-api.log"; svc_die "the api exited"; }
+    sleep 0.2
+done
+env "${e2e_env[@]}" CHECKLINE_API_URL="http://127.0.0.1:$E2E_PORT" \
+    target/debug/checkline-loadtest flash-sale --buyers 2000 --stock 100 --concurrency 128 \
+    --json-out "$RUN_DIR/logs/e2e-flash-sale.json"
+svc_stop_pid "$E2E_API" e2e-api
+svc_stop_pid "$E2E_WORKER" e2e-worker
+if command -v psql >/dev/null 2>&1; then
+    psql -q "${CHECKLINE_DATABASE_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS $E2E_DB WITH (FORCE)" || true
 fi
 
 step "all checks passed"

@@ -112,6 +112,9 @@ pub fn stream_config(subjects: &Subjects, limits: StreamLimits) -> stream::Confi
 }
 
 /// Creates the stream, or updates it to the current definition.
+///
+/// Create comes first: JetStream accepts a create with an identical
+/// configuration, so only a changed definition costs an update.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -119,12 +122,15 @@ pub async fn ensure_stream(
 ) -> Result<stream::Stream, QueueSetupError> {
     let config = stream_config(subjects, limits);
     let name = config.name.clone();
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|source| QueueSetupError::Stream {
-            name: name.clone(),
-            source,
-        })?;
+    if let Err(create_error) = js.create_stream(config.clone()).await {
+        tracing::debug!(error = %create_error, stream = %name, "create refused; updating");
+        js.update_stream(config)
+            .await
+            .map_err(|source| QueueSetupError::Stream {
+                name: name.clone(),
+                source,
+            })?;
+    }
     js.get_stream(&name)
         .await
         .map_err(|e| QueueSetupError::Stream {

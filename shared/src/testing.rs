@@ -71,6 +71,10 @@ impl TestEnv {
                 "CHECKLINE_PARTITIONS".into(),
                 self.config.partitions.to_string(),
             ),
+            (
+                "CHECKLINE_STREAM_MAX_BYTES".into(),
+                self.config.stream_max_bytes.to_string(),
+            ),
         ]
     }
 
