@@ -138,7 +138,7 @@ pub async fn ensure_partitions(pool: &PgPool, partitions: u32) -> Result<(), DbS
 pub const ORDER_COLUMNS: &str = "id, customer_id, product_id, quantity, status, reason, \
      unit_price_cents, total_cents, created_at, decided_at";
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderRow {
     pub id: Uuid,
     pub customer_id: String,

@@ -23,6 +23,13 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum QueueMessage {
+    /// Orders of one product accepted together, in arrival order: one
+    /// message (and so one fsync) for many orders.
+    Orders {
+        product_id: Uuid,
+        orders: Vec<QueuedOrder>,
+    },
+    /// One order, as republished by a retry or the stranded-order sweep.
     Order {
         order_id: Uuid,
         product_id: Uuid,
@@ -37,10 +44,23 @@ pub enum QueueMessage {
     },
 }
 
+/// One order inside a [`QueueMessage::Orders`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedOrder {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub quantity: i32,
+}
+
 impl QueueMessage {
-    /// The id JetStream deduplicates on (`Nats-Msg-Id`) within its window.
+    /// The id JetStream deduplicates on (`Nats-Msg-Id`) within its window:
+    /// the order or restock id (the first order's for a group, whose orders
+    /// are only ever published together).
     pub fn message_id(&self) -> String {
         match self {
+            Self::Orders { orders, product_id } => orders
+                .first()
+                .map_or_else(|| product_id.to_string(), |o| o.order_id.to_string()),
             Self::Order { order_id, .. } => order_id.to_string(),
             Self::Restock { restock_id, .. } => restock_id.to_string(),
         }
@@ -48,7 +68,9 @@ impl QueueMessage {
 
     pub fn product_id(&self) -> Uuid {
         match self {
-            Self::Order { product_id, .. } | Self::Restock { product_id, .. } => *product_id,
+            Self::Orders { product_id, .. }
+            | Self::Order { product_id, .. }
+            | Self::Restock { product_id, .. } => *product_id,
         }
     }
 

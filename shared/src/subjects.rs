@@ -49,12 +49,19 @@ impl Subjects {
         format!("{}.events.>", self.prefix)
     }
 
-    pub fn order_event(&self, order_id: Uuid) -> String {
-        format!("{}.events.order.{order_id}", self.prefix)
+    /// The decisions of one committed batch (a JSON array of orders).
+    pub fn decisions_event(&self, partition: u32) -> String {
+        format!("{}.events.decisions.p{partition}", self.prefix)
     }
 
     pub fn stock_event(&self, product_id: Uuid) -> String {
         format!("{}.events.stock.{product_id}", self.prefix)
+    }
+
+    /// Announced by the API before it queues a restock, so that every API
+    /// instance stops answering "sold out" for the product.
+    pub fn restocking_event(&self, product_id: Uuid) -> String {
+        format!("{}.events.restocking.{product_id}", self.prefix)
     }
 
     pub fn restock_event(&self, restock_id: Uuid) -> String {
@@ -70,9 +77,10 @@ impl Subjects {
 /// What a result event subject refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventSubject {
-    Order(Uuid),
+    Decisions,
     Stock(Uuid),
     Restock(Uuid),
+    Restocking(Uuid),
 }
 
 impl Subjects {
@@ -82,11 +90,14 @@ impl Subjects {
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix(".events.")?;
         let (kind, id) = rest.split_once('.')?;
+        if kind == "decisions" {
+            return Some(EventSubject::Decisions);
+        }
         let id = Uuid::try_parse(id).ok()?;
         match kind {
-            "order" => Some(EventSubject::Order(id)),
             "stock" => Some(EventSubject::Stock(id)),
             "restock" => Some(EventSubject::Restock(id)),
+            "restocking" => Some(EventSubject::Restocking(id)),
             _ => None,
         }
     }
@@ -107,8 +118,8 @@ mod tests {
         );
         assert_eq!(s.partition_filter(3), "checkline.orders.p3.*");
         assert_eq!(
-            s.parse_event(&s.order_event(id)),
-            Some(EventSubject::Order(id))
+            s.parse_event(&s.decisions_event(2)),
+            Some(EventSubject::Decisions)
         );
         assert_eq!(
             s.parse_event(&s.stock_event(id)),

@@ -4,7 +4,7 @@
 //! partition, strictly in queue order), decides each ready batch of orders in
 //! memory against the product's locked row, writes every effect in one
 //! PostgreSQL transaction that also advances the partition's cursor, then
-//! publishes the results (core NATS events for the API, Redis cache).
+//! publishes the results (core NATS events for the API instances).
 //!
 //! # Layout
 //!
@@ -12,7 +12,7 @@
 //! - [`decide`]: the pure decision function, property-tested.
 //! - [`store`]: the batch transaction and the stranded-order sweep queries.
 //! - [`partition`]: the per-partition consumer loop.
-//! - [`notify`]: result events and cache writes after commit.
+//! - [`notify`]: result events after commit.
 
 pub mod config;
 pub mod decide;
@@ -23,7 +23,6 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-use checkline_shared::cache::Cache;
 use checkline_shared::config::ConfigError;
 use checkline_shared::db::{self, DbSetupError, PoolSettings};
 use checkline_shared::queue::{self, QueueSetupError, StreamLimits};
@@ -64,12 +63,6 @@ pub async fn run(
     let client = queue::connect(common, &format!("checkline-worker {}", config.worker_id)).await?;
     let js = async_nats::jetstream::new(client.clone());
     let stream = queue::ensure_stream(&js, &subjects, StreamLimits::from_config(common)).await?;
-    let cache = Cache::new(
-        &common.redis_url,
-        subjects.clone(),
-        common.redis_timeout,
-        common.order_cache_ttl,
-    )?;
     let partitions = common.partitions;
     let deps = partition::Deps {
         config: Arc::new(config),
@@ -77,7 +70,6 @@ pub async fn run(
         client: client.clone(),
         js,
         stream,
-        cache,
         subjects,
     };
 

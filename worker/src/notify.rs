@@ -1,18 +1,16 @@
-//! After a batch commits: tell the API (core NATS result events) and warm the
-//! cache. Both are best effort: the decision is already durable, and readers
-//! fall back to PostgreSQL if an event is lost.
+//! After a batch commits: tell the API instances, with one core NATS message
+//! for the batch's decisions and one per changed product's stock. Best
+//! effort: the decisions are already durable, and readers fall back to
+//! PostgreSQL if an event is lost.
 
 use async_nats::Client;
-use checkline_shared::cache::Cache;
 use checkline_shared::subjects::Subjects;
 
 use crate::store::Applied;
 
-pub async fn publish(client: &Client, cache: &Cache, subjects: &Subjects, applied: &Applied) {
-    // Cache first: a reader woken by the event then finds the decision in Redis.
-    cache.put_orders(&applied.orders).await;
-    for order in &applied.orders {
-        send(client, subjects.order_event(order.id), order).await;
+pub async fn publish(client: &Client, subjects: &Subjects, partition: u32, applied: &Applied) {
+    if !applied.orders.is_empty() {
+        send(client, subjects.decisions_event(partition), &applied.orders).await;
     }
     for (id, result) in &applied.restocks {
         send(client, subjects.restock_event(*id), result).await;
@@ -22,7 +20,7 @@ pub async fn publish(client: &Client, cache: &Cache, subjects: &Subjects, applie
     }
 }
 
-async fn send<T: serde::Serialize>(client: &Client, subject: String, value: &T) {
+async fn send<T: serde::Serialize + ?Sized>(client: &Client, subject: String, value: &T) {
     let Ok(payload) = serde_json::to_vec(value) else {
         return;
     };

@@ -16,7 +16,6 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, stream::Stream as JsStream};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use checkline_shared::cache::Cache;
 use checkline_shared::messages::QueueMessage;
 use checkline_shared::queue;
 use checkline_shared::subjects::Subjects;
@@ -37,7 +36,6 @@ pub struct Deps {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub stream: JsStream,
-    pub cache: Cache,
     pub subjects: Subjects,
 }
 
@@ -156,15 +154,30 @@ async fn consume(
             if sequence <= cursor {
                 continue;
             }
-            let kind = match QueueMessage::decode(&message.payload) {
-                Ok(QueueMessage::Order { order_id, .. }) => QueuedKind::Order(order_id),
-                Ok(QueueMessage::Restock { restock_id, .. }) => QueuedKind::Restock(restock_id),
+            let single = |kind| QueuedRef {
+                sequence,
+                index: 0,
+                kind,
+            };
+            match QueueMessage::decode(&message.payload) {
+                Ok(QueueMessage::Orders { orders, .. }) => {
+                    batch.extend(orders.iter().enumerate().map(|(i, o)| QueuedRef {
+                        sequence,
+                        index: u32::try_from(i).unwrap_or(u32::MAX),
+                        kind: QueuedKind::Order(o.order_id),
+                    }));
+                }
+                Ok(QueueMessage::Order { order_id, .. }) => {
+                    batch.push(single(QueuedKind::Order(order_id)))
+                }
+                Ok(QueueMessage::Restock { restock_id, .. }) => {
+                    batch.push(single(QueuedKind::Restock(restock_id)));
+                }
                 Err(err) => {
                     tracing::error!(sequence, error = %err, subject = %message.subject, "undecodable message skipped");
-                    QueuedKind::Skip
+                    batch.push(single(QueuedKind::Skip));
                 }
-            };
-            batch.push(QueuedRef { sequence, kind });
+            }
         }
         let Some(last) = batch.last().map(|r| r.sequence) else {
             continue;
@@ -181,7 +194,7 @@ async fn consume(
             cursor,
             "batch committed"
         );
-        notify::publish(&deps.client, &deps.cache, &deps.subjects, &applied).await;
+        notify::publish(&deps.client, &deps.subjects, partition, &applied).await;
 
         if last_purge.elapsed() >= config.purge_interval {
             purge(deps, partition, cursor).await;

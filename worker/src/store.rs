@@ -60,6 +60,8 @@ pub fn is_transient_db_error(err: &sqlx::Error) -> bool {
 #[derive(Debug, Clone)]
 pub struct QueuedRef {
     pub sequence: u64,
+    /// Position inside a multi-order message (0 for single items).
+    pub index: u32,
     pub kind: QueuedKind,
 }
 
@@ -202,7 +204,7 @@ pub async fn apply_batch(
         match item {
             Some(item) if seen.insert(id) => {
                 items.push(item);
-                sequences.push(r.sequence);
+                sequences.push((r.sequence, r.index));
             }
             _ => duplicates += 1,
         }
@@ -375,7 +377,7 @@ async fn write_stock(
 async fn write_orders(
     tx: &mut Transaction<'_, Postgres>,
     decisions: &[Decision],
-    sequences: &[u64],
+    sequences: &[(u64, u32)],
 ) -> Result<Vec<Order>, StoreError> {
     let mut ids = Vec::new();
     let mut statuses = Vec::new();
@@ -383,13 +385,15 @@ async fn write_orders(
     let mut prices: Vec<Option<i64>> = Vec::new();
     let mut totals: Vec<Option<i64>> = Vec::new();
     let mut seqs = Vec::new();
-    for (d, seq) in decisions.iter().zip(sequences) {
+    let mut indexes = Vec::new();
+    for (d, (seq, index)) in decisions.iter().zip(sequences) {
         if let Decision::Order {
             order_id, outcome, ..
         } = d
         {
             ids.push(*order_id);
             seqs.push(seq_i64(*seq));
+            indexes.push(i32::try_from(*index).unwrap_or(i32::MAX));
             match outcome {
                 Outcome::Confirmed {
                     unit_price_cents,
@@ -415,9 +419,9 @@ async fn write_orders(
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
         "UPDATE orders o SET status = d.status, reason = d.reason, \
              unit_price_cents = d.unit_price_cents, total_cents = d.total_cents, \
-             decided_at = now(), queue_sequence = d.seq \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[]) \
-             AS d(id, status, reason, unit_price_cents, total_cents, seq) \
+             decided_at = now(), queue_sequence = d.seq, queue_index = d.idx \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[]) \
+             AS d(id, status, reason, unit_price_cents, total_cents, seq, idx) \
          WHERE o.id = d.id AND o.status = 'pending' \
          RETURNING {}",
         ORDER_COLUMNS
@@ -432,6 +436,7 @@ async fn write_orders(
     .bind(&prices)
     .bind(&totals)
     .bind(&seqs)
+    .bind(&indexes)
     .fetch_all(&mut **tx)
     .await?;
     // The rows were locked pending at the start of the transaction.
@@ -479,13 +484,13 @@ async fn write_purchases(
 async fn write_restocks(
     tx: &mut Transaction<'_, Postgres>,
     decisions: &[Decision],
-    sequences: &[u64],
+    sequences: &[(u64, u32)],
 ) -> Result<Vec<(Uuid, RestockResult)>, StoreError> {
     let mut ids = Vec::new();
     let mut after = Vec::new();
     let mut seqs = Vec::new();
     let mut results = Vec::new();
-    for (d, seq) in decisions.iter().zip(sequences) {
+    for (d, (seq, _)) in decisions.iter().zip(sequences) {
         if let Decision::Restock {
             restock_id,
             product_id,

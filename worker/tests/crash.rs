@@ -96,13 +96,23 @@ async fn check_invariants(
         app.balanced(product_id).await,
         "initial stock = stock + confirmed: nothing decided twice"
     );
-    let (last_confirmed, first_rejected): (Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT max(queue_sequence) FILTER (WHERE status = 'confirmed'), \
-                min(queue_sequence) FILTER (WHERE status = 'rejected') \
-         FROM orders WHERE product_id = $1::uuid",
+    // Queue order is (message sequence, position in the message).
+    let last_confirmed: Option<(i64, i32)> = sqlx::query_as(
+        "SELECT queue_sequence, COALESCE(queue_index, 0) FROM orders \
+         WHERE product_id = $1::uuid AND status = 'confirmed' \
+         ORDER BY queue_sequence DESC, COALESCE(queue_index, 0) DESC LIMIT 1",
     )
     .bind(product_id)
-    .fetch_one(&app.env.pool)
+    .fetch_optional(&app.env.pool)
+    .await
+    .unwrap();
+    let first_rejected: Option<(i64, i32)> = sqlx::query_as(
+        "SELECT queue_sequence, COALESCE(queue_index, 0) FROM orders \
+         WHERE product_id = $1::uuid AND status = 'rejected' \
+         ORDER BY queue_sequence, COALESCE(queue_index, 0) LIMIT 1",
+    )
+    .bind(product_id)
+    .fetch_optional(&app.env.pool)
     .await
     .unwrap();
     if let (Some(last), Some(first)) = (last_confirmed, first_rejected) {
