@@ -20,7 +20,9 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::accept::{self, Acceptor, Backlog};
 use crate::auth::Verifier;
+use crate::catalog::Catalog;
 use crate::config::ApiConfig;
 use crate::error::ApiError;
 use crate::hub::Hub;
@@ -35,6 +37,10 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -46,6 +52,8 @@ pub struct Metrics {
     pub orders_replayed: Counter,
     pub sold_out_fast: Counter,
     pub publish_failures: Counter,
+    pub accept_batches: Counter,
+    pub accept_batch_orders: Counter,
 }
 
 impl Metrics {
@@ -73,6 +81,16 @@ impl Metrics {
                 "Queue publishes that were not acknowledged.",
                 self.publish_failures.get(),
             ),
+            (
+                "checkline_accept_batches_total",
+                "Accept batches processed (orders written and queued together).",
+                self.accept_batches.get(),
+            ),
+            (
+                "checkline_accept_batch_orders_total",
+                "Order requests handled in accept batches; divided by the batches, the mean batch size.",
+                self.accept_batch_orders.get(),
+            ),
         ] {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
@@ -92,7 +110,9 @@ pub struct AppState {
     pub subjects: Subjects,
     pub hub: Arc<Hub>,
     pub verifier: Verifier,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub catalog: Arc<Catalog>,
+    pub acceptor: Acceptor,
 }
 
 impl AppState {
@@ -124,6 +144,19 @@ impl AppState {
                 ))
             }
         }
+    }
+}
+
+impl AppState {
+    /// Tells every API instance (this one at once) that a restock of the
+    /// product is on its way.
+    pub async fn announce_restocking(&self, product_id: uuid::Uuid) {
+        self.catalog.restocking(product_id);
+        let subject = self.subjects.restocking_event(product_id);
+        if let Err(err) = self.client.publish(subject, bytes::Bytes::new()).await {
+            tracing::warn!(error = %err, "restock announcement not published");
+        }
+        let _ = self.client.flush().await;
     }
 }
 
@@ -178,7 +211,8 @@ pub enum ApiSetupError {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
-    hub_task: tokio::task::JoinHandle<()>,
+    /// Background tasks (result events, backlog measurement).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -204,8 +238,32 @@ impl Application {
             common.redis_timeout,
             common.order_cache_ttl,
         )?;
+        let catalog = Arc::new(Catalog::new(config.sold_out_ttl));
         let hub = Arc::new(Hub::default());
-        let hub_task = tokio::spawn(hub.clone().run(client.clone(), subjects.clone()));
+        let hub_task = tokio::spawn(hub.clone().run(
+            client.clone(),
+            subjects.clone(),
+            catalog.clone(),
+        ));
+        let metrics = Arc::new(Metrics::default());
+        let backlog = Arc::new(Backlog::new(
+            common.partitions,
+            config.partition_backlog_max,
+        ));
+        let backlog_task = tokio::spawn(
+            backlog
+                .clone()
+                .monitor(pool.clone(), config.backlog_check_interval),
+        );
+        let acceptor = Acceptor::start(accept::Deps {
+            pool: pool.clone(),
+            js: js.clone(),
+            subjects: subjects.clone(),
+            catalog: catalog.clone(),
+            metrics: metrics.clone(),
+            backlog,
+            config: config.clone(),
+        });
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(ApiSetupError::Bind)?;
@@ -219,12 +277,14 @@ impl Application {
             subjects,
             hub,
             verifier,
-            metrics: Metrics::default(),
+            metrics,
+            catalog,
+            acceptor,
         });
         Ok(Self {
             listener,
             state,
-            hub_task,
+            tasks: vec![hub_task, backlog_task],
         })
     }
 
@@ -257,7 +317,9 @@ impl Application {
                 Ok(())
             }
         };
-        self.hub_task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         self.state.pool.close().await;
         tracing::info!("api stopped");
         result

@@ -35,6 +35,22 @@ pub struct ApiConfig {
     pub shutdown_grace: Duration,
     /// Without events, how often a stock stream re-reads PostgreSQL.
     pub stock_refresh: Duration,
+    /// Most orders accepted together (one database round trip, one queue
+    /// message per product).
+    pub accept_batch_max: usize,
+    /// Accept batches in flight at once; while all are busy, new requests
+    /// gather into the next batch.
+    pub accept_pipelines: usize,
+    /// Orders waiting for a batch; beyond it, `503 overloaded`.
+    pub accept_queue_max: usize,
+    /// How long a "sold out" seen for a product is trusted before PostgreSQL
+    /// is asked again (events refresh it sooner).
+    pub sold_out_ttl: Duration,
+    /// Undecided orders a partition may hold; beyond it, new orders for its
+    /// products get `503 overloaded`.
+    pub partition_backlog_max: i64,
+    /// How often the partitions' backlogs are measured.
+    pub backlog_check_interval: Duration,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -102,6 +118,17 @@ impl ApiConfig {
             body_max_bytes: env.number("CHECKLINE_BODY_MAX_BYTES", 16 * 1024, 256, 1024 * 1024)?,
             shutdown_grace: env.millis("CHECKLINE_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000)?,
             stock_refresh: env.millis("CHECKLINE_STOCK_REFRESH_MS", 5_000, 100, 600_000)?,
+            accept_batch_max: env.number("CHECKLINE_ACCEPT_BATCH_MAX", 512, 1, 4096)?,
+            accept_pipelines: env.number("CHECKLINE_ACCEPT_PIPELINES", 4, 1, 64)?,
+            accept_queue_max: env.number("CHECKLINE_ACCEPT_QUEUE_MAX", 20_000, 1, 1_000_000)?,
+            sold_out_ttl: env.millis("CHECKLINE_SOLD_OUT_TTL_MS", 1_000, 0, 60_000)?,
+            partition_backlog_max: env.number(
+                "CHECKLINE_PARTITION_BACKLOG_MAX",
+                200_000,
+                1,
+                i64::MAX,
+            )?,
+            backlog_check_interval: env.millis("CHECKLINE_BACKLOG_CHECK_MS", 500, 10, 60_000)?,
             common,
         })
     }

@@ -17,6 +17,8 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::catalog::Catalog;
+
 /// Latest value per key, for whoever currently watches that key.
 pub struct Watchers<K, V> {
     map: Arc<Mutex<HashMap<K, watch::Sender<Option<V>>>>>,
@@ -86,7 +88,12 @@ pub struct Hub {
 
 impl Hub {
     /// Feeds the hub from the result-event subscription until it ends.
-    pub async fn run(self: Arc<Self>, client: async_nats::Client, subjects: Subjects) {
+    pub async fn run(
+        self: Arc<Self>,
+        client: async_nats::Client,
+        subjects: Subjects,
+        catalog: Arc<Catalog>,
+    ) {
         let mut subscription = match client.subscribe(subjects.events_all()).await {
             Ok(s) => s,
             Err(err) => {
@@ -97,21 +104,26 @@ impl Hub {
         while let Some(message) = subscription.next().await {
             let payload = &message.payload;
             match subjects.parse_event(message.subject.as_str()) {
-                Some(EventSubject::Order(id)) => {
-                    if let Ok(order) = serde_json::from_slice(payload) {
-                        self.orders.publish(&id, order);
+                Some(EventSubject::Decisions) => {
+                    if let Ok(orders) = serde_json::from_slice::<Vec<Order>>(payload) {
+                        for order in orders {
+                            self.orders.publish(&order.id.clone(), order);
+                        }
                     }
                 }
                 Some(EventSubject::Stock(id)) => {
-                    if let Ok(stock) = serde_json::from_slice(payload) {
+                    if let Ok(stock) = serde_json::from_slice::<StockEvent>(payload) {
+                        catalog.observe_stock(id, stock.stock);
                         self.stock.publish(&id, stock);
                     }
                 }
                 Some(EventSubject::Restock(id)) => {
-                    if let Ok(result) = serde_json::from_slice(payload) {
+                    if let Ok(result) = serde_json::from_slice::<RestockResult>(payload) {
+                        catalog.restock_applied(result.product_id);
                         self.restocks.publish(&id, result);
                     }
                 }
+                Some(EventSubject::Restocking(product_id)) => catalog.restocking(product_id),
                 None => tracing::debug!(subject = %message.subject, "unknown event subject"),
             }
         }

@@ -8,7 +8,9 @@
 //!
 //! # Layout
 //!
+//! - [`accept`]: the batched accept path (group commit of orders).
 //! - [`app`]: state, router, server life cycle.
+//! - [`catalog`]: what the accept path knows about products (partition, sold out).
 //! - [`config`]: the API's `CHECKLINE_*` settings.
 //! - [`auth`]: HS256 bearer tokens and roles.
 //! - [`error`]: every error as an RFC 9457 problem with the contract's code.
@@ -16,8 +18,10 @@
 //! - [`hub`]: result events fanned out to waiting requests.
 //! - [`routes`]: the handlers.
 
+pub mod accept;
 pub mod app;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -325,7 +325,11 @@ async fn restock_is_applied_once_and_in_queue_order() {
 #[tokio::test]
 async fn an_order_written_but_never_queued_is_swept_into_the_queue() {
     // As if the API died between writing the row and publishing it.
-    let app = TestApp::spawn_with(&[("CHECKLINE_REQUEUE_AFTER_MS", "1000")]).await;
+    let app = TestApp::spawn_with(&[
+        ("CHECKLINE_REQUEUE_AFTER_MS", "1000"),
+        ("CHECKLINE_PUBLISH_TIMEOUT_MS", "500"),
+    ])
+    .await;
     let product = app.create_product(2, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
     let order_id = uuid::Uuid::now_v7();

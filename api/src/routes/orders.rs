@@ -1,12 +1,12 @@
 //! Orders: the accept path (`POST /v1/orders`) and the ways to learn a
 //! decision (poll, long poll, server-sent events).
 //!
-//! Accepting an order is: parse and authorize; look the key up (a retry is
-//! answered from the stored order); refuse at once what can be refused (an
-//! unknown product, a product sold out); write the pending row, whose unique
-//! (customer, key) constraint settles races between identical requests;
-//! publish to the product's queue subject and wait for JetStream's
-//! acknowledgement; only then answer 202.
+//! Accepting an order is: parse and authorize here, then hand the request to
+//! the acceptor (`crate::accept`), which answers retries from the stored
+//! order, refuses at once what can be refused (an unknown product, a product
+//! sold out), writes the pending row (the unique (customer, key) constraint
+//! settles races between identical requests), publishes it to the product's
+//! queue subject and waits for JetStream's acknowledgement; only then 202.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,17 +21,18 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
-use checkline_shared::domain::{parse_id, CustomerId, IdempotencyKey, Order};
-use checkline_shared::messages::QueueMessage;
+use checkline_shared::domain::{parse_id, Order};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::accept::{self, Accepted};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
+use crate::hub::Watch;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,120 +86,23 @@ pub async fn create(
             "quantity must be from 1 to {max}"
         )));
     }
-    let quantity = input.quantity as i32;
+    let quantity = i32::try_from(input.quantity).map_err(ApiError::internal)?;
     let hash = request_hash(&["order", &product_id.to_string(), &quantity.to_string()]);
-    let request_id = request_id(&headers).map(str::to_owned);
-
-    // Two passes at most: a lost insert race is answered as a replay.
-    for _ in 0..2 {
-        if let Some(response) =
-            replay(&state, &customer, &key, &hash, request_id.as_deref()).await?
-        {
-            return Ok(response);
-        }
-        let product = crate::routes::products::fetch(&state.pool, product_id)
-            .await?
-            .ok_or(ApiError::ProductNotFound)?;
-        if product.stock == 0 {
-            state.metrics.sold_out_fast.inc();
-            return Err(ApiError::SoldOut);
-        }
-        let row: Option<OrderRow> = sqlx::query_as(&format!(
-            "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING {ORDER_COLUMNS}"
-        ))
-        .bind(Uuid::now_v7())
-        .bind(customer.as_str())
-        .bind(key.as_str())
-        .bind(&hash)
-        .bind(product_id)
-        .bind(quantity)
-        .bind(product.partition)
-        .fetch_optional(&state.pool)
-        .await?;
-        let Some(row) = row else { continue };
-        let order = Order::from(row);
-        let message = QueueMessage::Order {
-            order_id: order.id,
-            product_id,
-            customer_id: order.customer_id.clone(),
-            quantity,
-            accepted_at: order.created_at,
-        };
-        if let Err(err) = state
-            .enqueue(product.partition, &message, request_id.as_deref())
-            .await
-        {
-            // Not accepted: take the row back so the 503 means "nothing
-            // happened". If the message did reach the queue after all, the
-            // worker finds no pending row and skips it; if the delete fails,
-            // the worker's sweep queues the order later and a retry with the
-            // same key shows its fate.
-            let _ = sqlx::query("DELETE FROM orders WHERE id = $1 AND status = 'pending'")
-                .bind(order.id)
-                .execute(&state.pool)
-                .await;
-            return Err(err);
-        }
-        state.metrics.orders_accepted.inc();
-        tracing::debug!(order_id = %order.id, %product_id, partition = product.partition, "order queued");
-        return Ok(order_response(StatusCode::ACCEPTED, &order, false));
-    }
-    Err(ApiError::Internal(
-        "idempotency key lookup did not settle".into(),
-    ))
-}
-
-/// Answers a retry of a known key: the stored order if the request matches,
-/// 422 if the key was used for something else.
-async fn replay(
-    state: &Arc<AppState>,
-    customer: &CustomerId,
-    key: &IdempotencyKey,
-    hash: &[u8],
-    request_id: Option<&str>,
-) -> Result<Option<Response>, ApiError> {
-    #[derive(sqlx::FromRow)]
-    struct Existing {
-        #[sqlx(flatten)]
-        order: OrderRow,
-        request_hash: Vec<u8>,
-        partition: i32,
-    }
-    let existing: Option<Existing> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS}, request_hash, partition FROM orders \
-         WHERE customer_id = $1 AND idempotency_key = $2"
-    ))
-    .bind(customer.as_str())
-    .bind(key.as_str())
-    .fetch_optional(&state.pool)
-    .await?;
-    let Some(existing) = existing else {
-        return Ok(None);
+    let request = accept::Request {
+        customer,
+        key,
+        hash,
+        product_id,
+        quantity,
+        request_id: request_id(&headers).map(str::to_owned),
     };
-    if existing.request_hash != hash {
-        return Err(ApiError::IdempotencyKeyReused);
+    match state.acceptor.submit(request).await? {
+        Accepted::New(order) => {
+            tracing::debug!(order_id = %order.id, %product_id, "order queued");
+            Ok(order_response(StatusCode::ACCEPTED, &order, false))
+        }
+        Accepted::Replayed(order) => Ok(order_response(StatusCode::OK, &order, true)),
     }
-    let order = Order::from(existing.order);
-    let age = (chrono::Utc::now() - order.created_at)
-        .to_std()
-        .unwrap_or_default();
-    if !order.status.is_decided() && age > state.config.common.requeue_after {
-        // Its first publish may never have reached the queue.
-        let message = QueueMessage::Order {
-            order_id: order.id,
-            product_id: order.product_id,
-            customer_id: order.customer_id.clone(),
-            quantity: order.quantity,
-            accepted_at: order.created_at,
-        };
-        let _ = state
-            .enqueue(existing.partition, &message, request_id)
-            .await;
-    }
-    state.metrics.orders_replayed.inc();
-    Ok(Some(order_response(StatusCode::OK, &order, true)))
 }
 
 /// Reads an order the caller may see: cache first (decided orders only),
@@ -233,14 +137,30 @@ pub async fn wait_for_decision(
     if order.status.is_decided() {
         return Ok(order);
     }
-    let mut watch = state.hub.orders.subscribe(order.id);
+    let watch = state.hub.orders.subscribe(order.id);
+    // Re-read after subscribing: the decision may have come in between.
+    wait_subscribed(state, order, watch, deadline, true).await
+}
+
+/// Waits on an order whose decision events are already subscribed to.
+/// `reread_first`: whether `order` may predate the subscription.
+async fn wait_subscribed(
+    state: &AppState,
+    order: Order,
+    mut watch: Watch<Uuid, Order>,
+    deadline: tokio::time::Instant,
+    mut reread: bool,
+) -> Result<Order, ApiError> {
     let mut latest = order;
     loop {
-        // Re-read after subscribing, and periodically: an event published
-        // before the subscription, or lost, must not leave us waiting.
-        if let Some(current) = checkline_shared::db::fetch_order(&state.pool, latest.id).await? {
-            latest = current;
+        // Also re-read periodically: a lost event must not leave us waiting.
+        if reread {
+            if let Some(current) = checkline_shared::db::fetch_order(&state.pool, latest.id).await?
+            {
+                latest = current;
+            }
         }
+        reread = true;
         if latest.status.is_decided() {
             return Ok(latest);
         }
@@ -284,12 +204,19 @@ pub async fn get(
             })?;
         wait = Duration::from_secs_f64(secs);
     }
+    if wait.is_zero() {
+        return Ok(Json(load_visible(&state, &caller, id).await?));
+    }
+    // Subscribe before reading, so that one read covers the whole wait.
+    let deadline = tokio::time::Instant::now() + wait;
+    let watch = state.hub.orders.subscribe(id);
     let order = load_visible(&state, &caller, id).await?;
-    if wait.is_zero() || order.status.is_decided() {
+    if order.status.is_decided() {
         return Ok(Json(order));
     }
-    let deadline = tokio::time::Instant::now() + wait;
-    Ok(Json(wait_for_decision(&state, order, deadline).await?))
+    Ok(Json(
+        wait_subscribed(&state, order, watch, deadline, false).await?,
+    ))
 }
 
 pub async fn list(

@@ -330,6 +330,9 @@ pub async fn restock(
             product_id,
             quantity: input.quantity,
         };
+        // Before the restock is queued, every API instance stops answering
+        // "sold out" for the product, so the new stock is never hidden.
+        state.announce_restocking(product_id).await;
         if let Err(err) = state
             .enqueue(product.partition, &message, request_id(&headers))
             .await

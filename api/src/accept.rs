@@ -1,0 +1,545 @@
+//! The accept path, batched.
+//!
+//! One order per database round trip and per fsynced queue message caps a
+//! node at a few thousand orders a second. So order requests are handed to
+//! the acceptor, which gathers whatever has arrived into a batch (a lone
+//! order goes alone; under load, batches grow while the previous ones are in
+//! flight, like a database's group commit) and for the whole batch:
+//!
+//! 1. answers retries of known keys from the stored orders (one query),
+//! 2. refuses unknown products (404) and products known to be sold out (409),
+//! 3. writes the new orders as pending (one multi-row insert; the unique
+//!    (customer, key) constraint still settles every race),
+//! 4. publishes one queue message per product holding its orders in arrival
+//!    order, and waits for JetStream's fsynced acknowledgements,
+//! 5. answers each request: 202, 200 replayed, or its error.
+//!
+//! A request waits at most for its own batch. Every bound is a setting.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
+use checkline_shared::domain::{CustomerId, IdempotencyKey, Order};
+use checkline_shared::messages::{QueueMessage, QueuedOrder};
+use checkline_shared::queue;
+use checkline_shared::subjects::Subjects;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use uuid::Uuid;
+
+use crate::app::Metrics;
+use crate::catalog::{Catalog, Known};
+use crate::config::ApiConfig;
+use crate::error::ApiError;
+
+/// One order request, validated and authenticated.
+pub struct Request {
+    pub customer: CustomerId,
+    pub key: IdempotencyKey,
+    /// SHA-256 of product id and quantity: a retry must repeat them.
+    pub hash: Vec<u8>,
+    pub product_id: Uuid,
+    pub quantity: i32,
+    pub request_id: Option<String>,
+}
+
+/// How an order request ended, when it did not fail.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Newly queued: 202.
+    New(Order),
+    /// A retry of a known key: 200 with `Idempotent-Replayed: true`.
+    Replayed(Order),
+}
+
+type Reply = oneshot::Sender<Result<Accepted, ApiError>>;
+
+/// Handle to the batching task.
+#[derive(Clone)]
+pub struct Acceptor {
+    tx: mpsc::Sender<(Request, Reply)>,
+}
+
+/// What the batching task works with.
+pub struct Deps {
+    pub pool: PgPool,
+    pub js: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+    pub catalog: Arc<Catalog>,
+    pub metrics: Arc<Metrics>,
+    pub backlog: Arc<Backlog>,
+    pub config: ApiConfig,
+}
+
+impl Acceptor {
+    pub fn start(deps: Deps) -> Self {
+        let (tx, rx) = mpsc::channel(deps.config.accept_queue_max);
+        tokio::spawn(run(rx, Arc::new(deps)));
+        Self { tx }
+    }
+
+    pub async fn submit(&self, request: Request) -> Result<Accepted, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .try_send((request, reply))
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => ApiError::Overloaded(
+                    "too many orders are waiting; retry shortly with the same Idempotency-Key"
+                        .into(),
+                ),
+                mpsc::error::TrySendError::Closed(_) => {
+                    ApiError::Unavailable("the api is shutting down".into())
+                }
+            })?;
+        answer.await.unwrap_or_else(|_| {
+            Err(ApiError::Internal(
+                "accept batch ended without an answer".into(),
+            ))
+        })
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<(Request, Reply)>, deps: Arc<Deps>) {
+    let pipelines = Arc::new(Semaphore::new(deps.config.accept_pipelines));
+    loop {
+        // Take a pipeline first: while all are busy, requests pile up in the
+        // channel and the next batch is larger.
+        let Ok(permit) = pipelines.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        while batch.len() < deps.config.accept_batch_max {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let deps = deps.clone();
+        tokio::spawn(async move {
+            deps.metrics.accept_batches.inc();
+            deps.metrics.accept_batch_orders.add(batch.len() as u64);
+            process(&deps, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Where a request of the batch stands.
+enum Slot {
+    Done,
+    Pending(Request, Reply),
+}
+
+async fn process(deps: &Deps, batch: Vec<(Request, Reply)>) {
+    let mut slots: Vec<Slot> = batch
+        .into_iter()
+        .map(|(r, tx)| Slot::Pending(r, tx))
+        .collect();
+    if let Err(err) = answer_known_keys(deps, &mut slots).await {
+        return fail_all(slots, err);
+    }
+    if let Err(err) = refuse_at_the_door(deps, &mut slots).await {
+        return fail_all(slots, err);
+    }
+    let inserted = match insert_pending(deps, &mut slots).await {
+        Ok(inserted) => inserted,
+        Err(err) => return fail_all(slots, err),
+    };
+    // Rows that lost an insert race to another batch: answer as retries.
+    if let Err(err) = answer_known_keys(deps, &mut slots).await {
+        return fail_all(slots, err);
+    }
+    publish(deps, inserted).await;
+}
+
+fn fail_all(slots: Vec<Slot>, err: ApiError) {
+    let status = err.status();
+    let message = err.to_string();
+    for slot in slots {
+        if let Slot::Pending(_, reply) = slot {
+            let err = match status.as_u16() {
+                503 => ApiError::Unavailable(message.clone()),
+                _ => ApiError::Internal(message.clone()),
+            };
+            let _ = reply.send(Err(err));
+        }
+    }
+}
+
+fn take(slot: &mut Slot) -> Option<(Request, Reply)> {
+    match std::mem::replace(slot, Slot::Done) {
+        Slot::Pending(r, tx) => Some((r, tx)),
+        Slot::Done => None,
+    }
+}
+
+/// Retries of keys that already have an order: the stored order (200), or
+/// 422 if the request differs.
+async fn answer_known_keys(deps: &Deps, slots: &mut [Slot]) -> Result<(), ApiError> {
+    let (customers, keys): (Vec<&str>, Vec<&str>) = slots
+        .iter()
+        .filter_map(|s| match s {
+            Slot::Pending(r, _) => Some((r.customer.as_str(), r.key.as_str())),
+            Slot::Done => None,
+        })
+        .unzip();
+    if customers.is_empty() {
+        return Ok(());
+    }
+    #[derive(sqlx::FromRow)]
+    struct Existing {
+        #[sqlx(flatten)]
+        order: OrderRow,
+        idempotency_key: String,
+        request_hash: Vec<u8>,
+        partition: i32,
+    }
+    let columns = ORDER_COLUMNS
+        .split(", ")
+        .map(|c| format!("o.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows: Vec<Existing> = sqlx::query_as(&format!(
+        "SELECT {columns}, o.idempotency_key, o.request_hash, o.partition \
+         FROM orders o JOIN unnest($1::text[], $2::text[]) AS k(customer_id, idempotency_key) \
+           ON o.customer_id = k.customer_id AND o.idempotency_key = k.idempotency_key"
+    ))
+    .bind(&customers)
+    .bind(&keys)
+    .fetch_all(&deps.pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let known: HashMap<(String, String), Existing> = rows
+        .into_iter()
+        .map(|e| ((e.order.customer_id.clone(), e.idempotency_key.clone()), e))
+        .collect();
+    for slot in slots.iter_mut() {
+        let Slot::Pending(r, _) = slot else { continue };
+        let lookup = (r.customer.as_str().to_owned(), r.key.as_str().to_owned());
+        let Some(existing) = known.get(&lookup) else {
+            continue;
+        };
+        let same = existing.request_hash == r.hash;
+        let partition = existing.partition;
+        let order = Order::from(existing.order.clone());
+        let Some((request, reply)) = take(slot) else {
+            continue;
+        };
+        if !same {
+            let _ = reply.send(Err(ApiError::IdempotencyKeyReused));
+            continue;
+        }
+        requeue_if_stranded(deps, &order, partition, request.request_id.as_deref()).await;
+        deps.metrics.orders_replayed.inc();
+        let _ = reply.send(Ok(Accepted::Replayed(order)));
+    }
+    Ok(())
+}
+
+/// A retried order that is still pending long after it was written may never
+/// have reached the queue: publish it again (a duplicate is harmless).
+async fn requeue_if_stranded(deps: &Deps, order: &Order, partition: i32, request_id: Option<&str>) {
+    let age = (chrono::Utc::now() - order.created_at)
+        .to_std()
+        .unwrap_or_default();
+    if order.status.is_decided() || age <= deps.config.common.requeue_after {
+        return;
+    }
+    let Ok(partition) = u32::try_from(partition) else {
+        return;
+    };
+    let message = QueueMessage::Order {
+        order_id: order.id,
+        product_id: order.product_id,
+        customer_id: order.customer_id.clone(),
+        quantity: order.quantity,
+        accepted_at: order.created_at,
+    };
+    let subject = deps.subjects.product_queue(partition, order.product_id);
+    if let Err(err) = queue::publish(
+        &deps.js,
+        subject,
+        &message,
+        request_id,
+        deps.config.common.publish_timeout,
+    )
+    .await
+    {
+        tracing::warn!(error = %err, order_id = %order.id, "requeue of a retried order failed");
+    }
+}
+
+/// 404 for unknown products, 409 for products known to be sold out, 503 for
+/// partitions whose backlog is full. Fills in the partition of the rest.
+async fn refuse_at_the_door(deps: &Deps, slots: &mut [Slot]) -> Result<(), ApiError> {
+    let mut ask: Vec<Uuid> = slots
+        .iter()
+        .filter_map(|s| match s {
+            Slot::Pending(r, _) => match deps.catalog.lookup(r.product_id) {
+                Known::Unknown | Known::Stale { .. } => Some(r.product_id),
+                _ => None,
+            },
+            Slot::Done => None,
+        })
+        .collect();
+    ask.sort_unstable();
+    ask.dedup();
+    if !ask.is_empty() {
+        let rows: Vec<(Uuid, i32, i64)> =
+            sqlx::query_as("SELECT id, partition, stock FROM products WHERE id = ANY($1)")
+                .bind(&ask)
+                .fetch_all(&deps.pool)
+                .await?;
+        for (id, partition, stock) in rows {
+            deps.catalog.observe_row(id, partition, stock);
+        }
+    }
+    for slot in slots.iter_mut() {
+        let Slot::Pending(r, _) = slot else { continue };
+        let refusal = match deps.catalog.lookup(r.product_id) {
+            Known::Unknown => Some(ApiError::ProductNotFound),
+            Known::SoldOut { .. } | Known::Stale { .. } => {
+                deps.metrics.sold_out_fast.inc();
+                Some(ApiError::SoldOut)
+            }
+            Known::Open { partition } if deps.backlog.is_full(partition) => {
+                Some(ApiError::Overloaded(
+                    "this product's queue is full; retry shortly with the same Idempotency-Key"
+                        .into(),
+                ))
+            }
+            Known::Open { .. } => None,
+        };
+        if let Some(err) = refusal {
+            if let Some((_, reply)) = take(slot) {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A freshly written order waiting for its queue acknowledgement.
+struct Written {
+    order: Order,
+    partition: i32,
+    request_id: Option<String>,
+    reply: Reply,
+}
+
+/// Writes the batch's new orders as pending, in arrival order.
+async fn insert_pending(deps: &Deps, slots: &mut [Slot]) -> Result<Vec<Written>, ApiError> {
+    let mut ids = Vec::new();
+    let mut customers = Vec::new();
+    let mut keys = Vec::new();
+    let mut hashes = Vec::new();
+    let mut products = Vec::new();
+    let mut quantities = Vec::new();
+    let mut partitions = Vec::new();
+    let mut positions = HashMap::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let Slot::Pending(r, _) = slot else { continue };
+        let Known::Open { partition } = deps.catalog.lookup(r.product_id) else {
+            continue;
+        };
+        // UUIDv7: time-ordered, so "newest first" lists need no extra index.
+        let id = Uuid::now_v7();
+        positions.insert(id, i);
+        ids.push(id);
+        customers.push(r.customer.as_str());
+        keys.push(r.key.as_str());
+        hashes.push(r.hash.as_slice());
+        products.push(r.product_id);
+        quantities.push(r.quantity);
+        partitions.push(partition);
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(OrderRow, i32)> = sqlx::query_as::<_, OrderRowWithPartition>(&format!(
+        "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::int[], $7::int[]) \
+         ON CONFLICT (customer_id, idempotency_key) DO NOTHING \
+         RETURNING {ORDER_COLUMNS}, partition"
+    ))
+    .bind(&ids)
+    .bind(&customers)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&products)
+    .bind(&quantities)
+    .bind(&partitions)
+    .fetch_all(&deps.pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.order, r.partition))
+    .collect();
+    let mut written = Vec::with_capacity(rows.len());
+    for (row, partition) in rows {
+        let Some(&i) = positions.get(&row.id) else {
+            continue;
+        };
+        if let Some((request, reply)) = take(&mut slots[i]) {
+            written.push(Written {
+                order: Order::from(row),
+                partition,
+                request_id: request.request_id,
+                reply,
+            });
+        }
+    }
+    // Keep arrival order: RETURNING does not promise it.
+    written.sort_by_key(|w| positions.get(&w.order.id).copied().unwrap_or(usize::MAX));
+    Ok(written)
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRowWithPartition {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    partition: i32,
+}
+
+/// One message per product, published concurrently; each request is
+/// answered when its product's message is acknowledged.
+async fn publish(deps: &Deps, written: Vec<Written>) {
+    if written.is_empty() {
+        return;
+    }
+    let mut groups: Vec<(Uuid, i32, Vec<Written>)> = Vec::new();
+    for w in written {
+        match groups.iter_mut().find(|(p, _, _)| *p == w.order.product_id) {
+            Some((_, _, group)) => group.push(w),
+            None => groups.push((w.order.product_id, w.partition, vec![w])),
+        }
+    }
+    let sends = groups
+        .into_iter()
+        .map(|(product_id, partition, group)| async move {
+            let message = QueueMessage::Orders {
+                product_id,
+                orders: group
+                    .iter()
+                    .map(|w| QueuedOrder {
+                        order_id: w.order.id,
+                        customer_id: w.order.customer_id.clone(),
+                        quantity: w.order.quantity,
+                    })
+                    .collect(),
+            };
+            let subject = deps
+                .subjects
+                .product_queue(u32::try_from(partition).unwrap_or(0), product_id);
+            let request_id = group.first().and_then(|w| w.request_id.clone());
+            let result = queue::publish(
+                &deps.js,
+                subject,
+                &message,
+                request_id.as_deref(),
+                deps.config.common.publish_timeout,
+            )
+            .await;
+            (group, result)
+        });
+    for (group, result) in futures::future::join_all(sends).await {
+        match result {
+            Ok(_) => {
+                deps.backlog.add(group[0].partition, group.len() as i64);
+                for w in group {
+                    deps.metrics.orders_accepted.inc();
+                    let _ = w.reply.send(Ok(Accepted::New(w.order)));
+                }
+            }
+            Err(err) => {
+                deps.metrics.publish_failures.inc();
+                tracing::warn!(error = %err, orders = group.len(), "queue publish failed");
+                // Not accepted: take the rows back, so the 503 means "nothing
+                // happened". If the message reached the queue after all, the
+                // worker finds no pending rows and skips it; if the delete
+                // fails, the worker's sweep queues the orders later and a retry
+                // with the same key shows their fate.
+                let ids: Vec<Uuid> = group.iter().map(|w| w.order.id).collect();
+                if let Err(err) =
+                    sqlx::query("DELETE FROM orders WHERE id = ANY($1) AND status = 'pending'")
+                        .bind(&ids)
+                        .execute(&deps.pool)
+                        .await
+                {
+                    tracing::warn!(error = %err, "could not take back unqueued orders; the sweep will queue them");
+                }
+                for w in group {
+                    let _ = w.reply.send(Err(ApiError::Unavailable(
+                        "the order queue is unavailable; retry with the same Idempotency-Key"
+                            .into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Undecided orders per partition, measured periodically from PostgreSQL and
+/// bumped by each accepted batch in between.
+pub struct Backlog {
+    pending: Vec<AtomicI64>,
+    max: i64,
+}
+
+impl Backlog {
+    pub fn new(partitions: u32, max: i64) -> Self {
+        Self {
+            pending: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
+            max,
+        }
+    }
+
+    pub fn is_full(&self, partition: i32) -> bool {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.pending.get(p))
+            .is_some_and(|n| n.load(Ordering::Relaxed) >= self.max)
+    }
+
+    fn add(&self, partition: i32, n: i64) {
+        if let Some(counter) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.pending.get(p))
+        {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Re-measures every partition's backlog until the process ends.
+    pub async fn monitor(self: Arc<Self>, pool: PgPool, interval: std::time::Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let counts: Result<Vec<(i32, i64)>, _> =
+                sqlx::query_as("SELECT partition, count(*) FROM orders WHERE status = 'pending' GROUP BY partition")
+                    .fetch_all(&pool)
+                    .await;
+            let Ok(counts) = counts else { continue };
+            let mut fresh = vec![0; self.pending.len()];
+            for (partition, count) in counts {
+                if let Some(slot) = usize::try_from(partition)
+                    .ok()
+                    .and_then(|p| fresh.get_mut(p))
+                {
+                    *slot = count;
+                }
+            }
+            for (counter, value) in self.pending.iter().zip(fresh) {
+                counter.store(value, Ordering::Relaxed);
+            }
+        }
+    }
+}
