@@ -411,3 +411,56 @@ async fn customers_list_their_own_orders_newest_first() {
     assert!(rest["next_cursor"].is_null());
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_full_accept_queue_answers_overloaded_and_loses_nothing() {
+    // One batch in flight and room for one more order: a burst overflows.
+    let app = Arc::new(
+        TestApp::spawn_with(&[
+            ("CHECKLINE_ACCEPT_PIPELINES", "1"),
+            ("CHECKLINE_ACCEPT_QUEUE_MAX", "1"),
+            ("CHECKLINE_ACCEPT_BATCH_MAX", "1"),
+        ])
+        .await,
+    );
+    let product = app.create_product(1000, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let attempts = (0..100).map(|i| {
+        let app = app.clone();
+        let pid = pid.clone();
+        tokio::spawn(async move {
+            let token = app.customer(&format!("b{i}"));
+            let response = app.order(&token, "k", &pid, 1).await;
+            let retry_after = response.headers().get("retry-after").cloned();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body, retry_after)
+        })
+    });
+    let results: Vec<_> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let accepted = results
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    let overloaded: Vec<_> = results
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(accepted > 0, "some orders get through");
+    assert!(
+        !overloaded.is_empty(),
+        "a burst beyond the queue is refused"
+    );
+    for (_, body, retry_after) in &overloaded {
+        assert_eq!(body["code"], "overloaded");
+        assert!(retry_after.is_some(), "503 carries Retry-After");
+    }
+    assert_eq!(accepted + overloaded.len(), 100);
+    // Refused requests left nothing behind; accepted ones are all there.
+    assert_eq!(app.count_orders(&pid).await, accepted as i64);
+    Arc::into_inner(app).unwrap().shutdown().await;
+}
