@@ -29,6 +29,11 @@ impl Subjects {
         format!("{}_ORDERS", self.prefix.to_ascii_uppercase())
     }
 
+    /// The key-value bucket holding partition leases and worker heartbeats.
+    pub fn lease_bucket(&self) -> String {
+        format!("{}_LEASES", self.prefix.to_ascii_uppercase())
+    }
+
     /// All queue subjects: `<prefix>.orders.p<partition>.<product_id>`.
     pub fn orders_all(&self) -> String {
         format!("{}.orders.>", self.prefix)

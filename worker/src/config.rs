@@ -21,6 +21,11 @@ pub struct WorkerConfig {
     pub idle_after: Duration,
     /// Most stranded items republished by one sweep of a partition.
     pub requeue_batch_max: i64,
+    /// A partition lease not renewed for this long expires, and another
+    /// worker takes the partition over (the failover time after a crash).
+    pub lease_ttl: Duration,
+    /// How often leases are renewed and the assignment re-checked.
+    pub rebalance_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -31,15 +36,31 @@ impl WorkerConfig {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "worker".into());
+        // Worker ids are NATS key-value keys: letters, digits, `_` and `-`.
+        let host: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(48)
+            .collect();
         let default_id = format!("{host}-{}", std::process::id());
         let worker_id = env.string("CHECKLINE_WORKER_ID", &default_id);
-        if worker_id.len() > 128 || worker_id.chars().any(char::is_control) {
+        let valid = (1..=64).contains(&worker_id.len())
+            && worker_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
             return Err(ConfigError::new(
                 "CHECKLINE_WORKER_ID",
-                "at most 128 printable characters",
+                "1-64 characters of A-Z, a-z, 0-9, _ and -",
             ));
         }
-        Ok(Self {
+        let config = Self {
             worker_id,
             batch_max: env.number("CHECKLINE_BATCH_MAX", 1000, 1, 10_000)?,
             db_pool_max: env.number(
@@ -52,7 +73,16 @@ impl WorkerConfig {
             retry_max_delay: env.millis("CHECKLINE_RETRY_MAX_DELAY_MS", 5_000, 10, 60_000)?,
             idle_after: env.millis("CHECKLINE_IDLE_AFTER_MS", 1_000, 10, 60_000)?,
             requeue_batch_max: env.number("CHECKLINE_REQUEUE_BATCH_MAX", 1_000, 1, 100_000)?,
+            lease_ttl: env.millis("CHECKLINE_LEASE_TTL_MS", 6_000, 1_000, 600_000)?,
+            rebalance_interval: env.millis("CHECKLINE_REBALANCE_INTERVAL_MS", 1_000, 50, 60_000)?,
             common,
-        })
+        };
+        if config.rebalance_interval * 2 >= config.lease_ttl {
+            return Err(ConfigError::new(
+                "CHECKLINE_REBALANCE_INTERVAL_MS",
+                "must be less than half of CHECKLINE_LEASE_TTL_MS, so that leases are renewed in time",
+            ));
+        }
+        Ok(config)
     }
 }

@@ -9,13 +9,17 @@
 //! # Layout
 //!
 //! - [`config`]: `CHECKLINE_*` settings of the worker.
+//! - [`lease`] and [`coordinator`]: which partitions this worker runs
+//!   (leases in NATS KV, fencing tokens in PostgreSQL, even spread).
 //! - [`decide`]: the pure decision function, property-tested.
 //! - [`store`]: the batch transaction and the stranded-order sweep queries.
 //! - [`partition`]: the per-partition consumer loop.
 //! - [`notify`]: result events after commit.
 
 pub mod config;
+pub mod coordinator;
 pub mod decide;
+pub mod lease;
 pub mod notify;
 pub mod partition;
 pub mod store;
@@ -27,8 +31,7 @@ use checkline_shared::config::ConfigError;
 use checkline_shared::db::{self, DbSetupError, PoolSettings};
 use checkline_shared::queue::{self, QueueSetupError, StreamLimits};
 use checkline_shared::subjects::Subjects;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use lease::Leases;
 
 pub use config::WorkerConfig;
 
@@ -40,10 +43,13 @@ pub enum WorkerError {
     Db(#[from] DbSetupError),
     #[error(transparent)]
     Queue(#[from] QueueSetupError),
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
 }
 
-/// Connects, then runs every partition until `shutdown` resolves. In-flight
-/// batches finish before it returns.
+/// Connects, then runs the partitions this worker is assigned until
+/// `shutdown` resolves. In-flight batches finish and leases are released
+/// before it returns.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
@@ -73,15 +79,15 @@ pub async fn run(
         subjects,
     };
 
+    let leases = Leases::open(
+        &deps.js,
+        &deps.subjects,
+        &deps.config.worker_id,
+        deps.config.lease_ttl,
+    )
+    .await?;
     tracing::info!(partitions, worker = %deps.config.worker_id, "worker started");
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    for p in 0..partitions {
-        tasks.spawn(partition::run(deps.clone(), p, stopped.clone()));
-    }
-    shutdown.await;
-    let _ = stop.send(true);
-    while tasks.join_next().await.is_some() {}
+    coordinator::run(deps, leases, shutdown).await;
     let _ = client.flush().await;
     pool.close().await;
     tracing::info!("worker stopped");

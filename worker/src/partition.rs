@@ -51,9 +51,10 @@ enum LoopError {
     Shutdown,
 }
 
-/// Runs the partition until `shutdown` turns true, restarting from the
-/// database cursor after any error.
-pub async fn run(deps: Deps, partition: u32, mut shutdown: watch::Receiver<bool>) {
+/// Runs the partition until `shutdown` turns true or the partition is fenced
+/// (taken over by another worker), restarting from the database cursor after
+/// any other error. `token` is the fencing token of this worker's lease.
+pub async fn run(deps: Deps, partition: u32, token: i64, mut shutdown: watch::Receiver<bool>) {
     let span = tracing::info_span!("partition", partition, worker = %deps.config.worker_id);
     async move {
         let mut backoff = retry_delays(&deps.config);
@@ -61,8 +62,12 @@ pub async fn run(deps: Deps, partition: u32, mut shutdown: watch::Receiver<bool>
             if *shutdown.borrow() {
                 return;
             }
-            match consume(&deps, partition, &mut shutdown).await {
+            match consume(&deps, partition, token, &mut shutdown).await {
                 Ok(()) | Err(LoopError::Shutdown) => return,
+                Err(LoopError::Store(StoreError::Fenced { .. })) => {
+                    tracing::warn!("partition taken over by another worker; stopping");
+                    return;
+                }
                 Err(err) => {
                     let delay = backoff.next().unwrap_or(deps.config.retry_max_delay);
                     tracing::warn!(error = %err, retry_in = ?delay, "partition loop restarting");
@@ -90,6 +95,7 @@ fn retry_delays(config: &WorkerConfig) -> impl Iterator<Item = Duration> {
 async fn consume(
     deps: &Deps,
     partition: u32,
+    token: i64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), LoopError> {
     let config = &deps.config;
@@ -184,7 +190,7 @@ async fn consume(
         };
 
         let started = Instant::now();
-        let applied = apply_with_retry(deps, partition, cursor, &batch, shutdown).await?;
+        let applied = apply_with_retry(deps, partition, token, cursor, &batch, shutdown).await?;
         cursor = last;
         tracing::debug!(
             size = batch.len(),
@@ -210,14 +216,14 @@ async fn consume(
 async fn apply_with_retry(
     deps: &Deps,
     partition: u32,
+    token: i64,
     cursor: u64,
     batch: &[QueuedRef],
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<store::Applied, LoopError> {
     let mut delays = retry_delays(&deps.config);
     loop {
-        match store::apply_batch(&deps.pool, partition, &deps.config.worker_id, cursor, batch).await
-        {
+        match store::apply_batch(&deps.pool, partition, token, cursor, batch).await {
             Ok(applied) => return Ok(applied),
             Err(err) if err.is_transient() => {
                 let delay = delays.next().unwrap_or(deps.config.retry_max_delay);

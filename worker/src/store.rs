@@ -17,6 +17,10 @@ pub enum StoreError {
     /// database's cursor.
     #[error("partition cursor moved: expected {expected}")]
     CursorMoved { expected: u64 },
+    /// Another worker took the partition over (its fencing token is newer).
+    /// Nothing was written; this worker must stop consuming the partition.
+    #[error("partition fenced: token {token} is no longer current")]
+    Fenced { token: i64 },
     /// The database refused the batch's stock change although the in-memory
     /// decision allowed it. Nothing was written; this is a bug, never an
     /// oversell.
@@ -32,7 +36,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Db(err) => is_transient_db_error(err),
-            Self::CursorMoved { .. } | Self::StockGuard { .. } => false,
+            Self::CursorMoved { .. } | Self::Fenced { .. } | Self::StockGuard { .. } => false,
         }
     }
 }
@@ -106,7 +110,7 @@ fn seq_i64(seq: u64) -> i64 {
 pub async fn apply_batch(
     pool: &PgPool,
     partition: u32,
-    worker_id: &str,
+    token: i64,
     expected_cursor: u64,
     batch: &[QueuedRef],
 ) -> Result<Applied, StoreError> {
@@ -116,22 +120,32 @@ pub async fn apply_batch(
     let mut tx = pool.begin().await?;
 
     // The cursor row is the first lock taken: two workers that both think
-    // they own the partition serialize here, and the loser finds the cursor
-    // moved and writes nothing.
+    // they own the partition serialize here. The fencing token shuts out a
+    // former owner that lost its lease; the cursor compare-and-set shuts out
+    // anyone replaying from an old position. Either way nothing is written.
     let advanced = sqlx::query(
         "UPDATE partition_cursors \
-         SET last_sequence = $3, owner = $4, last_decided_at = now(), updated_at = now() \
-         WHERE partition = $1 AND last_sequence = $2",
+         SET last_sequence = $3, last_decided_at = now(), updated_at = now() \
+         WHERE partition = $1 AND last_sequence = $2 AND fencing_token = $4",
     )
     .bind(partition_i32(partition))
     .bind(seq_i64(expected_cursor))
     .bind(seq_i64(last.sequence))
-    .bind(worker_id)
+    .bind(token)
     .execute(&mut *tx)
     .await?;
     if advanced.rows_affected() != 1 {
-        return Err(StoreError::CursorMoved {
-            expected: expected_cursor,
+        let current: i64 =
+            sqlx::query_scalar("SELECT fencing_token FROM partition_cursors WHERE partition = $1")
+                .bind(partition_i32(partition))
+                .fetch_one(&mut *tx)
+                .await?;
+        return Err(if current == token {
+            StoreError::CursorMoved {
+                expected: expected_cursor,
+            }
+        } else {
+            StoreError::Fenced { token }
         });
     }
 

@@ -158,10 +158,9 @@ async fn a_killed_worker_loses_nothing_and_decides_nothing_twice() {
 }
 
 #[tokio::test]
-async fn two_workers_on_the_same_partitions_never_double_decide() {
-    // Until partition leases exist, two workers may both consume a
-    // partition; the cursor's compare-and-set must keep them from applying a
-    // message twice.
+async fn two_workers_starting_together_never_double_decide() {
+    // Both race for every partition's lease at start-up; whoever loses a
+    // race must not have applied anything, and the partitions end up split.
     let app = Arc::new(TestApp::spawn_without_worker().await);
     let product = app.create_product(60, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();

@@ -100,6 +100,9 @@ impl TestApp {
         let mut vars = self.env.vars();
         vars.push(("CHECKLINE_WORKER_ID".into(), worker_id.into()));
         vars.push(("CHECKLINE_IDLE_AFTER_MS".into(), "200".into()));
+        // Short leases: a killed worker's partitions move on within seconds.
+        vars.push(("CHECKLINE_LEASE_TTL_MS".into(), "2000".into()));
+        vars.push(("CHECKLINE_REBALANCE_INTERVAL_MS".into(), "200".into()));
         vars.extend(self.extra.iter().cloned());
         vars
     }

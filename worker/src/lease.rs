@@ -1,0 +1,227 @@
+//! Partition ownership: leases in a NATS key-value bucket, fenced in
+//! PostgreSQL.
+//!
+//! Every worker heartbeats `w.<worker_id>` and the live workers (sorted by
+//! id) split the partitions round-robin: partition `p` belongs to
+//! `live[p % live.len()]`, so W workers hold P partitions within one of
+//! each other. A worker owns a partition only while it holds the lease key
+//! `p.<partition>`, created only if absent and renewed by revision; keys it
+//! stops renewing (a crash, a pause, a network split) expire after the
+//! bucket's TTL and another worker takes the partition over.
+//!
+//! A lease alone cannot stop a paused former owner from committing late, so
+//! each acquisition also bumps the partition's `fencing_token` in PostgreSQL,
+//! and every batch transaction checks it: a worker that lost its lease can
+//! never commit again for that partition.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use checkline_shared::subjects::Subjects;
+use futures::TryStreamExt;
+use sqlx::PgPool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("lease bucket: {0}")]
+    Bucket(String),
+    #[error("lease store: {0}")]
+    Store(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// This worker's view of the lease bucket.
+pub struct Leases {
+    store: kv::Store,
+    worker_id: String,
+}
+
+/// A held partition lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub partition: u32,
+    revision: u64,
+    /// The partition's fencing token in PostgreSQL while this lease is held.
+    pub token: i64,
+}
+
+impl Leases {
+    /// Opens (or creates) the bucket `<PREFIX>_LEASES` with the given TTL.
+    pub async fn open(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        worker_id: &str,
+        ttl: Duration,
+    ) -> Result<Self, LeaseError> {
+        let bucket = subjects.lease_bucket();
+        let config = kv::Config {
+            bucket: bucket.clone(),
+            description: "checkline partition leases and worker heartbeats".into(),
+            history: 1,
+            max_age: ttl,
+            // Leases are ephemeral: if NATS restarts, workers take the
+            // partitions again, and the fencing token keeps that safe.
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        };
+        let store = match js.create_key_value(config.clone()).await {
+            Ok(store) => store,
+            Err(_) => js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|e| LeaseError::Bucket(e.to_string()))?,
+        };
+        Ok(Self {
+            store,
+            worker_id: worker_id.to_owned(),
+        })
+    }
+
+    /// Announces that this worker is alive (for the TTL).
+    pub async fn heartbeat(&self) -> Result<(), LeaseError> {
+        self.store
+            .put(
+                format!("w.{}", self.worker_id),
+                Bytes::from(self.worker_id.clone()),
+            )
+            .await
+            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Live workers, sorted.
+    pub async fn live_workers(&self) -> Result<Vec<String>, LeaseError> {
+        let keys: Vec<String> = self
+            .store
+            .keys()
+            .await
+            .map_err(|e| LeaseError::Store(e.to_string()))?
+            .try_collect()
+            .await
+            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        let mut workers: Vec<String> = keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix("w.").map(str::to_owned))
+            .collect();
+        workers.sort();
+        Ok(workers)
+    }
+
+    /// Takes the partition if nobody holds it, and fences out any former
+    /// owner. `None` when another worker holds it.
+    pub async fn acquire(
+        &self,
+        pool: &PgPool,
+        partition: u32,
+    ) -> Result<Option<Lease>, LeaseError> {
+        let revision = match self
+            .store
+            .create(
+                format!("p.{partition}"),
+                Bytes::from(self.worker_id.clone()),
+            )
+            .await
+        {
+            Ok(revision) => revision,
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
+            Err(err) => return Err(LeaseError::Store(err.to_string())),
+        };
+        let token: i64 = sqlx::query_scalar(
+            "UPDATE partition_cursors SET fencing_token = fencing_token + 1, owner = $2, updated_at = now() \
+             WHERE partition = $1 RETURNING fencing_token",
+        )
+        .bind(i32::try_from(partition).unwrap_or(i32::MAX))
+        .bind(&self.worker_id)
+        .fetch_one(pool)
+        .await?;
+        Ok(Some(Lease {
+            partition,
+            revision,
+            token,
+        }))
+    }
+
+    /// Extends the lease; an error means it is lost (expired, or taken).
+    pub async fn renew(&self, lease: &mut Lease) -> Result<(), LeaseError> {
+        lease.revision = self
+            .store
+            .update(
+                format!("p.{}", lease.partition),
+                Bytes::from(self.worker_id.clone()),
+                lease.revision,
+            )
+            .await
+            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Gives the partition up at once (its loop has stopped).
+    pub async fn release(&self, pool: &PgPool, lease: Lease) {
+        if let Err(err) = self
+            .store
+            .delete_expect_revision(format!("p.{}", lease.partition), Some(lease.revision))
+            .await
+        {
+            tracing::debug!(partition = lease.partition, error = %err, "lease already gone");
+        }
+        let _ = sqlx::query(
+            "UPDATE partition_cursors SET owner = NULL, updated_at = now() \
+             WHERE partition = $1 AND fencing_token = $2",
+        )
+        .bind(i32::try_from(lease.partition).unwrap_or(i32::MAX))
+        .bind(lease.token)
+        .execute(pool)
+        .await;
+    }
+
+    /// Removes this worker's heartbeat, so the others rebalance at once.
+    pub async fn leave(&self) {
+        let _ = self.store.delete(format!("w.{}", self.worker_id)).await;
+    }
+}
+
+/// The partitions `worker` should own among `live` workers (sorted).
+pub fn assignment(partitions: u32, live: &[String], worker: &str) -> Vec<u32> {
+    let Some(n) = u32::try_from(live.len()).ok().filter(|n| *n > 0) else {
+        return Vec::new();
+    };
+    let Some(me) = live
+        .iter()
+        .position(|w| w == worker)
+        .and_then(|i| u32::try_from(i).ok())
+    else {
+        return Vec::new();
+    };
+    (0..partitions).filter(|p| p % n == me).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every partition has exactly one owner, and shares differ by at
+        /// most one.
+        #[test]
+        fn assignment_is_a_fair_partition(partitions in 1u32..64, workers in 1usize..10) {
+            let live: Vec<String> = (0..workers).map(|i| format!("w{i:02}")).collect();
+            let shares: Vec<Vec<u32>> = live.iter().map(|w| assignment(partitions, &live, w)).collect();
+            let mut all: Vec<u32> = shares.iter().flatten().copied().collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..partitions).collect::<Vec<_>>());
+            let sizes: Vec<usize> = shares.iter().map(Vec::len).collect();
+            let (min, max) = (sizes.iter().min().copied().unwrap_or(0), sizes.iter().max().copied().unwrap_or(0));
+            prop_assert!(max - min <= 1);
+        }
+    }
+
+    #[test]
+    fn a_worker_not_yet_live_owns_nothing() {
+        let live = vec!["a".to_string()];
+        assert!(assignment(8, &live, "b").is_empty());
+        assert_eq!(assignment(3, &live, "a"), vec![0, 1, 2]);
+    }
+}
