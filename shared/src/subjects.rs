@@ -34,6 +34,20 @@ impl Subjects {
         format!("{}_LEASES", self.prefix.to_ascii_uppercase())
     }
 
+    /// The stream holding messages that could never be processed.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_DEADLETTER", self.prefix.to_ascii_uppercase())
+    }
+
+    /// Where a partition's dead letters go.
+    pub fn dead_letter_subject(&self, partition: u32) -> String {
+        format!("{}.deadletter.p{partition}", self.prefix)
+    }
+
+    pub fn dead_letters_all(&self) -> String {
+        format!("{}.deadletter.>", self.prefix)
+    }
+
     /// All queue subjects: `<prefix>.orders.p<partition>.<product_id>`.
     pub fn orders_all(&self) -> String {
         format!("{}.orders.>", self.prefix)

@@ -83,8 +83,14 @@ impl TestEnv {
         self.pool.close().await;
         if let Ok(client) = async_nats::connect(self.config.nats_url.as_str()).await {
             let js = async_nats::jetstream::new(client);
-            let name = crate::subjects::Subjects::new(&self.config.prefix).stream_name();
-            let _ = js.delete_stream(name).await;
+            let subjects = crate::subjects::Subjects::new(&self.config.prefix);
+            for name in [
+                subjects.stream_name(),
+                subjects.dead_letter_stream(),
+                format!("KV_{}", subjects.lease_bucket()),
+            ] {
+                let _ = js.delete_stream(name).await;
+            }
         }
         let admin = db::with_database(&self.server_url, "postgres");
         if let Ok(pool) = PgPool::connect(&admin).await {

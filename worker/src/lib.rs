@@ -15,9 +15,11 @@
 //! - [`store`]: the batch transaction and the stranded-order sweep queries.
 //! - [`partition`]: the per-partition consumer loop.
 //! - [`notify`]: result events after commit.
+//! - [`deadletter`]: messages that can never be processed, kept for ops.
 
 pub mod config;
 pub mod coordinator;
+pub mod deadletter;
 pub mod decide;
 pub mod lease;
 pub mod notify;
@@ -45,6 +47,8 @@ pub enum WorkerError {
     Queue(#[from] QueueSetupError),
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
+    #[error(transparent)]
+    DeadLetter(#[from] deadletter::DeadLetterError),
 }
 
 /// Connects, then runs the partitions this worker is assigned until
@@ -69,6 +73,7 @@ pub async fn run(
     let client = queue::connect(common, &format!("checkline-worker {}", config.worker_id)).await?;
     let js = async_nats::jetstream::new(client.clone());
     let stream = queue::ensure_stream(&js, &subjects, StreamLimits::from_config(common)).await?;
+    deadletter::ensure_stream(&js, &subjects).await?;
     let partitions = common.partitions;
     let deps = partition::Deps {
         config: Arc::new(config),

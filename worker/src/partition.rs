@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::WorkerConfig;
-use crate::notify;
 use crate::store::{self, QueuedKind, QueuedRef, StoreError, Stranded};
+use crate::{deadletter, notify};
 
 /// Everything a partition loop needs; shared by all partitions of a worker.
 #[derive(Clone)]
@@ -151,6 +151,7 @@ async fn consume(
         };
 
         let mut batch = Vec::with_capacity(chunk.len());
+        let mut dead = Vec::new();
         for item in chunk {
             let message = item.map_err(|e| LoopError::Queue(e.to_string()))?;
             let sequence = message
@@ -180,7 +181,13 @@ async fn consume(
                     batch.push(single(QueuedKind::Restock(restock_id)));
                 }
                 Err(err) => {
-                    tracing::error!(sequence, error = %err, subject = %message.subject, "undecodable message skipped");
+                    tracing::error!(sequence, error = %err, subject = %message.subject, "undecodable message; dead-lettering it");
+                    dead.push((
+                        message.subject.to_string(),
+                        sequence,
+                        message.payload.clone(),
+                        err.to_string(),
+                    ));
                     batch.push(single(QueuedKind::Skip));
                 }
             }
@@ -188,6 +195,22 @@ async fn consume(
         let Some(last) = batch.last().map(|r| r.sequence) else {
             continue;
         };
+
+        // Dead letters are stored before the cursor can move past them; if
+        // storing fails, the batch is read again from the cursor.
+        for (subject, sequence, payload, reason) in dead {
+            deadletter::send(
+                &deps.js,
+                &deps.subjects,
+                partition,
+                &subject,
+                sequence,
+                payload,
+                &reason,
+            )
+            .await
+            .map_err(|e| LoopError::Queue(e.to_string()))?;
+        }
 
         let started = Instant::now();
         let applied = apply_with_retry(deps, partition, token, cursor, &batch, shutdown).await?;

@@ -1,0 +1,153 @@
+//! Dead letters: queue messages that can never be processed (they do not
+//! decode) are copied, with the reason, to the `<PREFIX>_DEADLETTER` stream
+//! before the partition's cursor moves past them, so they never block their
+//! partition and are never lost. Transient failures are retried instead and
+//! never end up here. Ops list, inspect and replay them with
+//! `checkline-worker dead-letters`.
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use checkline_shared::subjects::Subjects;
+
+pub const REASON: &str = "Checkline-Reason";
+pub const ORIGINAL_SUBJECT: &str = "Checkline-Original-Subject";
+pub const ORIGINAL_SEQUENCE: &str = "Checkline-Original-Sequence";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("dead-letter stream: {0}")]
+    Stream(String),
+    #[error("no dead letter at sequence {0}")]
+    NotFound(u64),
+}
+
+fn err(e: impl std::fmt::Display) -> DeadLetterError {
+    DeadLetterError::Stream(e.to_string())
+}
+
+/// Creates the dead-letter stream if missing.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<stream::Stream, DeadLetterError> {
+    let config = stream::Config {
+        name: subjects.dead_letter_stream(),
+        description: Some("checkline queue messages that could not be processed".into()),
+        subjects: vec![subjects.dead_letters_all()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_bytes: 256 * 1024 * 1024,
+        ..Default::default()
+    };
+    match js.create_stream(config.clone()).await {
+        Ok(stream) => Ok(stream),
+        Err(_) => js.get_stream(&config.name).await.map_err(err),
+    }
+}
+
+/// Copies a message to the dead-letter stream and waits for the
+/// acknowledgement. Deduplicated on the original stream sequence, so a
+/// replayed batch does not dead-letter the same message twice.
+pub async fn send(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    partition: u32,
+    original_subject: &str,
+    original_sequence: u64,
+    payload: bytes::Bytes,
+    reason: &str,
+) -> Result<(), DeadLetterError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(REASON, reason);
+    headers.insert(ORIGINAL_SUBJECT, original_subject);
+    headers.insert(ORIGINAL_SEQUENCE, original_sequence.to_string().as_str());
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{}:{original_sequence}", subjects.stream_name()).as_str(),
+    );
+    js.publish_with_headers(subjects.dead_letter_subject(partition), headers, payload)
+        .await
+        .map_err(err)?
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+/// One dead letter, as ops see it.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub sequence: u64,
+    pub reason: String,
+    pub original_subject: String,
+    pub original_sequence: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Reads the dead letter at `sequence`.
+pub async fn get(stream: &stream::Stream, sequence: u64) -> Result<DeadLetter, DeadLetterError> {
+    let message = stream
+        .get_raw_message(sequence)
+        .await
+        .map_err(|_| DeadLetterError::NotFound(sequence))?;
+    let value = |name: &str| {
+        message
+            .headers
+            .get(name)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    Ok(DeadLetter {
+        sequence,
+        reason: value(REASON),
+        original_subject: value(ORIGINAL_SUBJECT),
+        original_sequence: value(ORIGINAL_SEQUENCE),
+        payload: message.payload.clone(),
+    })
+}
+
+/// Every dead letter still stored, oldest first (at most `limit`).
+pub async fn list(
+    stream: &mut stream::Stream,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let info = stream.info().await.map_err(err)?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut letters = Vec::new();
+    if info.state.messages == 0 {
+        return Ok(letters);
+    }
+    for sequence in first..=last {
+        if letters.len() >= limit {
+            break;
+        }
+        match get(stream, sequence).await {
+            Ok(letter) => letters.push(letter),
+            Err(DeadLetterError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(letters)
+}
+
+/// Publishes a dead letter back to its original subject (for instance once
+/// a worker that understands it is deployed) and removes it.
+pub async fn replay(
+    js: &jetstream::Context,
+    stream: &stream::Stream,
+    sequence: u64,
+) -> Result<String, DeadLetterError> {
+    let letter = get(stream, sequence).await?;
+    if letter.original_subject.is_empty() {
+        return Err(DeadLetterError::Stream(format!(
+            "dead letter {sequence} has no original subject"
+        )));
+    }
+    js.publish(letter.original_subject.clone(), letter.payload)
+        .await
+        .map_err(err)?
+        .await
+        .map_err(err)?;
+    stream.delete_message(sequence).await.map_err(err)?;
+    Ok(letter.original_subject)
+}
