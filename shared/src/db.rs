@@ -68,11 +68,23 @@ pub async fn connect_and_migrate(
     Ok(pool)
 }
 
-fn is_transient(err: &sqlx::Error) -> bool {
+/// Failures of the connection or the server's state (down, restarting,
+/// shutting down, a serialization conflict), as opposed to errors that would
+/// repeat on every attempt. Worth a retry, and a `503` rather than a `500`.
+pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
-        // 57P03 cannot_connect_now: the server is starting up.
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| c == "57P03"),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 40001 serialization_failure, 40P01 deadlock_detected, class 08
+            // connection exceptions, 57P01..57P03 admin shutdown, crash
+            // shutdown, cannot connect now.
+            code == "40001" || code == "40P01" || code.starts_with("08") || code.starts_with("57P")
+        }),
         _ => false,
     }
 }

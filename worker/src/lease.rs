@@ -61,9 +61,9 @@ impl Leases {
             description: "checkline partition leases and worker heartbeats".into(),
             history: 1,
             max_age: ttl,
-            // Leases are ephemeral: if NATS restarts, workers take the
-            // partitions again, and the fencing token keeps that safe.
-            storage: jetstream::stream::StorageType::Memory,
+            // On disk, so that the bucket (and the leases in it) outlive a
+            // NATS restart; the fencing token keeps any take-over safe anyway.
+            storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
         let store = match js.create_key_value(config.clone()).await {
@@ -128,14 +128,26 @@ impl Leases {
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
             Err(err) => return Err(LeaseError::Store(err.to_string())),
         };
-        let token: i64 = sqlx::query_scalar(
+        let token: Result<i64, sqlx::Error> = sqlx::query_scalar(
             "UPDATE partition_cursors SET fencing_token = fencing_token + 1, owner = $2, updated_at = now() \
              WHERE partition = $1 RETURNING fencing_token",
         )
         .bind(i32::try_from(partition).unwrap_or(i32::MAX))
         .bind(&self.worker_id)
         .fetch_one(pool)
-        .await?;
+        .await;
+        let token = match token {
+            Ok(token) => token,
+            Err(err) => {
+                // Without a token the lease is useless: give it back rather
+                // than sit on it until it expires.
+                let _ = self
+                    .store
+                    .delete_expect_revision(format!("p.{partition}"), Some(revision))
+                    .await;
+                return Err(err.into());
+            }
+        };
         Ok(Some(Lease {
             partition,
             revision,

@@ -35,28 +35,9 @@ impl StoreError {
     /// network failed, not the batch.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Db(err) => is_transient_db_error(err),
+            Self::Db(err) => checkline_shared::db::is_transient(err),
             Self::CursorMoved { .. } | Self::Fenced { .. } | Self::StockGuard { .. } => false,
         }
-    }
-}
-
-/// Connection-level failures and serialization conflicts, as opposed to
-/// errors that would repeat on every attempt.
-pub fn is_transient_db_error(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 40001 serialization_failure, 40P01 deadlock_detected, class 08
-            // connection exceptions, 57P01..57P03 admin shutdown / crash / starting.
-            code == "40001" || code == "40P01" || code.starts_with("08") || code.starts_with("57P")
-        }),
-        _ => false,
     }
 }
 
