@@ -26,6 +26,8 @@ pub struct WorkerConfig {
     pub lease_ttl: Duration,
     /// How often leases are renewed and the assignment re-checked.
     pub rebalance_interval: Duration,
+    /// Where `/metrics` is served; `None` (the variable empty) turns it off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -75,6 +77,15 @@ impl WorkerConfig {
             requeue_batch_max: env.number("CHECKLINE_REQUEUE_BATCH_MAX", 1_000, 1, 100_000)?,
             lease_ttl: env.millis("CHECKLINE_LEASE_TTL_MS", 6_000, 1_000, 600_000)?,
             rebalance_interval: env.millis("CHECKLINE_REBALANCE_INTERVAL_MS", 1_000, 50, 60_000)?,
+            metrics_addr: match env.raw("CHECKLINE_WORKER_METRICS_ADDR") {
+                None => None,
+                Some(raw) => Some(raw.trim().parse().map_err(|_| {
+                    ConfigError::new(
+                        "CHECKLINE_WORKER_METRICS_ADDR",
+                        "expected host:port, e.g. 127.0.0.1:9101",
+                    )
+                })?),
+            },
             common,
         };
         if config.rebalance_interval * 2 >= config.lease_ttl {

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -53,6 +54,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
             if entry.task.is_finished() {
                 tracing::info!(partition = p, "partition loop ended; releasing");
                 leases.release(&deps.pool, entry.lease).await;
+                deps.metrics.leases_released.fetch_add(1, Relaxed);
                 continue;
             }
             match leases.renew(&mut entry.lease).await {
@@ -61,6 +63,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
                 }
                 Err(err) => {
                     tracing::warn!(partition = p, error = %err, "lease lost; stopping the partition");
+                    deps.metrics.leases_lost.fetch_add(1, Relaxed);
                     let _ = entry.stop.send(true);
                     entry.task.abort();
                 }
@@ -95,6 +98,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
             let lease = entry.stop().await;
             tracing::info!(partition = lease.partition, "partition handed over");
             leases.release(&deps.pool, lease).await;
+            deps.metrics.leases_released.fetch_add(1, Relaxed);
         }
 
         // Take what is ours and free.
@@ -105,6 +109,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
             match leases.acquire(&deps.pool, p).await {
                 Ok(Some(lease)) => {
                     tracing::info!(partition = p, token = lease.token, "partition acquired");
+                    deps.metrics.leases_acquired.fetch_add(1, Relaxed);
                     let (stop, stopped) = watch::channel(false);
                     let task = tokio::spawn(partition::run(deps.clone(), p, lease.token, stopped));
                     owned.insert(p, Owned { lease, stop, task });
@@ -115,6 +120,9 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
                 Err(err) => tracing::warn!(partition = p, error = %err, "cannot acquire partition"),
             }
         }
+        deps.metrics
+            .partitions_owned
+            .store(owned.len() as u64, Relaxed);
     }
 
     // Shutdown: every loop finishes its batch, then the leases go at once so

@@ -16,12 +16,14 @@
 //! - [`partition`]: the per-partition consumer loop.
 //! - [`notify`]: result events after commit.
 //! - [`deadletter`]: messages that can never be processed, kept for ops.
+//! - [`metrics`]: the worker's Prometheus metrics.
 
 pub mod config;
 pub mod coordinator;
 pub mod deadletter;
 pub mod decide;
 pub mod lease;
+pub mod metrics;
 pub mod notify;
 pub mod partition;
 pub mod store;
@@ -75,12 +77,23 @@ pub async fn run(
     let stream = queue::ensure_stream(&js, &subjects, StreamLimits::from_config(common)).await?;
     deadletter::ensure_stream(&js, &subjects).await?;
     let partitions = common.partitions;
+    let metrics = Arc::new(metrics::Metrics::default());
+    if let Some(addr) = config.metrics_addr {
+        let local = metrics::serve(addr, metrics.clone()).await.map_err(|e| {
+            ConfigError::new(
+                "CHECKLINE_WORKER_METRICS_ADDR",
+                format!("cannot listen: {e}"),
+            )
+        })?;
+        tracing::info!(%local, "worker metrics at /metrics");
+    }
     let deps = partition::Deps {
         config: Arc::new(config),
         pool: pool.clone(),
         client: client.clone(),
         js,
         stream,
+        metrics,
         subjects,
     };
 

@@ -36,6 +36,7 @@ pub struct Deps {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub stream: JsStream,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub subjects: Subjects,
 }
 
@@ -210,11 +211,22 @@ async fn consume(
             )
             .await
             .map_err(|e| LoopError::Queue(e.to_string()))?;
+            deps.metrics
+                .dead_letters
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
 
         let started = Instant::now();
         let applied = apply_with_retry(deps, partition, token, cursor, &batch, shutdown).await?;
         cursor = last;
+        deps.metrics.observe_batch(batch.len());
+        deps.metrics.duplicates.fetch_add(
+            applied.duplicates as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        for order in &applied.orders {
+            deps.metrics.observe_decision(order);
+        }
         tracing::debug!(
             size = batch.len(),
             decided = applied.orders.len(),

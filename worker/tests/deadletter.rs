@@ -12,7 +12,15 @@ use serde_json::Value;
 
 #[tokio::test]
 async fn poison_is_dead_lettered_and_the_partition_moves_on() {
-    let app = TestApp::spawn().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let mut app =
+        TestApp::spawn_with(&[("CHECKLINE_WORKER_METRICS_ADDR", metrics_addr.as_str())]).await;
+    app.start_worker().await;
     let product = app.create_product(5, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
     let partition = u32::try_from(product["partition"].as_i64().unwrap()).unwrap();
@@ -56,10 +64,35 @@ async fn poison_is_dead_lettered_and_the_partition_moves_on() {
     );
     assert_eq!(&letters[0].payload[..], b"{\"type\":\"mystery\"}");
 
+    // The worker's metrics count the decision and the dead letter.
+    let metrics = app
+        .http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("checkline_worker_decisions_total{outcome=\"confirmed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("checkline_worker_dead_letters_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("checkline_worker_partitions_owned 4"),
+        "{metrics}"
+    );
+
     // The ops command sees it too.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
         .args(["dead-letters", "list"])
         .envs(app.worker_vars("ops"))
+        .env_remove("CHECKLINE_WORKER_METRICS_ADDR")
+        .env("CHECKLINE_WORKER_METRICS_ADDR", "")
         .env("CHECKLINE_LOG", "warn")
         .output()
         .await

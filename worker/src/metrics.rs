@@ -1,0 +1,230 @@
+//! The worker's Prometheus metrics, served on `CHECKLINE_WORKER_METRICS_ADDR`
+//! (off when empty): decisions by outcome, batch sizes, accept-to-decision
+//! latency, dead letters, lease changes and owned partitions.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+
+/// Upper bounds (seconds) of the decision latency histogram.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 30.0,
+];
+/// Upper bounds of the batch size histogram.
+const BATCH_BUCKETS: [u64; 9] = [1, 2, 5, 10, 50, 100, 500, 1000, 10_000];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub confirmed: AtomicU64,
+    pub rejected: [AtomicU64; 5],
+    pub duplicates: AtomicU64,
+    pub batches: AtomicU64,
+    batch_buckets: [AtomicU64; 9],
+    batch_items: AtomicU64,
+    latency_buckets: [AtomicU64; 12],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub leases_acquired: AtomicU64,
+    pub leases_lost: AtomicU64,
+    pub leases_released: AtomicU64,
+    pub partitions_owned: AtomicU64,
+}
+
+const REASONS: [&str; 5] = [
+    "sold_out",
+    "insufficient_stock",
+    "limit_exceeded",
+    "product_unavailable",
+    "idempotency_key_reused",
+];
+
+impl Metrics {
+    pub fn observe_batch(&self, items: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_items.fetch_add(items as u64, Ordering::Relaxed);
+        for (bound, bucket) in BATCH_BUCKETS.iter().zip(&self.batch_buckets) {
+            if items as u64 <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn observe_decision(&self, order: &checkline_shared::domain::Order) {
+        match order.reason {
+            None => self.confirmed.fetch_add(1, Ordering::Relaxed),
+            Some(reason) => {
+                let i = REASONS
+                    .iter()
+                    .position(|r| *r == reason.as_str())
+                    .unwrap_or(0);
+                self.rejected[i].fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        if let Some(decided_at) = order.decided_at {
+            let micros = (decided_at - order.created_at)
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0);
+            let secs = micros as f64 / 1e6;
+            self.latency_count.fetch_add(1, Ordering::Relaxed);
+            self.latency_sum_micros
+                .fetch_add(micros as u64, Ordering::Relaxed);
+            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+                if secs <= *bound {
+                    bucket.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP checkline_worker_decisions_total Orders decided, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE checkline_worker_decisions_total counter");
+        let _ = writeln!(
+            out,
+            "checkline_worker_decisions_total{{outcome=\"confirmed\"}} {}",
+            get(&self.confirmed)
+        );
+        for (reason, n) in REASONS.iter().zip(&self.rejected) {
+            let _ = writeln!(
+                out,
+                "checkline_worker_decisions_total{{outcome=\"{reason}\"}} {}",
+                get(n)
+            );
+        }
+        let simple = [
+            (
+                "checkline_worker_duplicate_messages_total",
+                "counter",
+                "Queued items already decided (redeliveries, republishes).",
+                get(&self.duplicates),
+            ),
+            (
+                "checkline_worker_dead_letters_total",
+                "counter",
+                "Messages moved to the dead-letter stream.",
+                get(&self.dead_letters),
+            ),
+            (
+                "checkline_worker_leases_acquired_total",
+                "counter",
+                "Partition leases taken.",
+                get(&self.leases_acquired),
+            ),
+            (
+                "checkline_worker_leases_released_total",
+                "counter",
+                "Partition leases handed over.",
+                get(&self.leases_released),
+            ),
+            (
+                "checkline_worker_leases_lost_total",
+                "counter",
+                "Partition leases lost (expired or taken).",
+                get(&self.leases_lost),
+            ),
+            (
+                "checkline_worker_partitions_owned",
+                "gauge",
+                "Partitions this worker runs.",
+                get(&self.partitions_owned),
+            ),
+        ];
+        for (name, kind, help, value) in simple {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        let _ = writeln!(out, "# HELP checkline_worker_batch_size Items per committed batch.\n# TYPE checkline_worker_batch_size histogram");
+        for (bound, bucket) in BATCH_BUCKETS.iter().zip(&self.batch_buckets) {
+            let _ = writeln!(
+                out,
+                "checkline_worker_batch_size_bucket{{le=\"{bound}\"}} {}",
+                get(bucket)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "checkline_worker_batch_size_bucket{{le=\"+Inf\"}} {}",
+            get(&self.batches)
+        );
+        let _ = writeln!(
+            out,
+            "checkline_worker_batch_size_sum {}\ncheckline_worker_batch_size_count {}",
+            get(&self.batch_items),
+            get(&self.batches)
+        );
+        let _ = writeln!(out, "# HELP checkline_worker_decision_latency_seconds From the order's acceptance to its decision.\n# TYPE checkline_worker_decision_latency_seconds histogram");
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(
+                out,
+                "checkline_worker_decision_latency_seconds_bucket{{le=\"{bound}\"}} {}",
+                get(bucket)
+            );
+        }
+        let count = get(&self.latency_count);
+        let _ = writeln!(
+            out,
+            "checkline_worker_decision_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "checkline_worker_decision_latency_seconds_sum {}\ncheckline_worker_decision_latency_seconds_count {count}",
+            get(&self.latency_sum_micros) as f64 / 1e6
+        );
+        out
+    }
+}
+
+/// Serves `/metrics` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(error = %err, "metrics server stopped");
+        }
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_histograms_and_counters() {
+        let m = Metrics::default();
+        m.observe_batch(3);
+        m.observe_batch(700);
+        let text = m.render();
+        assert!(text.contains("checkline_worker_batch_size_bucket{le=\"5\"} 1"));
+        assert!(text.contains("checkline_worker_batch_size_bucket{le=\"1000\"} 2"));
+        assert!(text.contains("checkline_worker_batch_size_count 2"));
+        assert!(text.contains("checkline_worker_decisions_total{outcome=\"confirmed\"} 0"));
+    }
+}
