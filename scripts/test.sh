@@ -102,4 +102,7 @@ if command -v psql >/dev/null 2>&1; then
     psql -q "${CHECKLINE_DATABASE_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS $E2E_DB WITH (FORCE)" || true
 fi
 
+step "fault suite: a flash sale through killed workers and restarted NATS, PostgreSQL and Redis"
+bash "$ROOT/scripts/fault-suite.sh"
+
 step "all checks passed"

@@ -26,6 +26,9 @@ pub struct WorkerConfig {
     pub lease_ttl: Duration,
     /// How often leases are renewed and the assignment re-checked.
     pub rebalance_interval: Duration,
+    /// On SIGTERM, how long to wait for the batch in hand and the lease
+    /// releases before exiting anyway.
+    pub shutdown_timeout: Duration,
     /// Where `/metrics` is served; `None` (the variable empty) turns it off.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -77,6 +80,12 @@ impl WorkerConfig {
             requeue_batch_max: env.number("CHECKLINE_REQUEUE_BATCH_MAX", 1_000, 1, 100_000)?,
             lease_ttl: env.millis("CHECKLINE_LEASE_TTL_MS", 6_000, 1_000, 600_000)?,
             rebalance_interval: env.millis("CHECKLINE_REBALANCE_INTERVAL_MS", 1_000, 50, 60_000)?,
+            shutdown_timeout: env.millis(
+                "CHECKLINE_WORKER_SHUTDOWN_TIMEOUT_MS",
+                10_000,
+                0,
+                600_000,
+            )?,
             metrics_addr: match env.raw("CHECKLINE_WORKER_METRICS_ADDR") {
                 None => None,
                 Some(raw) => Some(raw.trim().parse().map_err(|_| {

@@ -126,13 +126,22 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
     }
 
     // Shutdown: every loop finishes its batch, then the leases go at once so
-    // the other workers need not wait for them to expire.
+    // the other workers need not wait for them to expire. Bounded: with NATS
+    // or PostgreSQL down, the leases simply expire instead.
     for entry in owned.values() {
         let _ = entry.stop.send(true);
     }
-    for (_, entry) in owned {
-        let lease = entry.stop().await;
-        leases.release(&deps.pool, lease).await;
+    let hand_over = async {
+        for (_, entry) in owned {
+            let lease = entry.stop().await;
+            leases.release(&deps.pool, lease).await;
+        }
+        leases.leave().await;
+    };
+    if tokio::time::timeout(config.shutdown_timeout, hand_over)
+        .await
+        .is_err()
+    {
+        tracing::warn!("leases not released in time; they will expire");
     }
-    leases.leave().await;
 }

@@ -108,19 +108,26 @@ async fn consume(
             start_sequence: cursor + 1,
         }
     };
-    let consumer = deps
-        .stream
-        .create_consumer(OrderedConfig {
-            filter_subject: deps.subjects.partition_filter(partition),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| LoopError::Queue(e.to_string()))?;
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|e| LoopError::Queue(e.to_string()))?;
+    // Opening the consumer waits on NATS; a shutdown must not wait for it.
+    let open = async {
+        let consumer = deps
+            .stream
+            .create_consumer(OrderedConfig {
+                filter_subject: deps.subjects.partition_filter(partition),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| LoopError::Queue(e.to_string()))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| LoopError::Queue(e.to_string()))
+    };
+    let messages = tokio::select! {
+        _ = shutdown.changed() => return Err(LoopError::Shutdown),
+        messages = open => messages?,
+    };
     // Whatever is ready, up to batch_max: a lone order is decided at once, a
     // burst in large batches.
     let mut batches = messages.ready_chunks(config.batch_max);
