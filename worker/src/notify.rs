@@ -11,6 +11,8 @@ use crate::store::Applied;
 pub async fn publish(client: &Client, subjects: &Subjects, partition: u32, applied: &Applied) {
     if !applied.orders.is_empty() {
         send(client, subjects.decisions_event(partition), &applied.orders).await;
+        let _ = client.flush().await;
+        crate::crash::at("mid_publish");
     }
     for (id, result) in &applied.restocks {
         send(client, subjects.restock_event(*id), result).await;

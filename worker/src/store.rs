@@ -279,8 +279,11 @@ pub async fn apply_batch(
     write_stock(&mut tx, &decisions, &stock_before, &products).await?;
     let decided_orders = write_orders(&mut tx, &decisions, &sequences).await?;
     write_purchases(&mut tx, &purchases_before, &purchases).await?;
+    crate::crash::at("mid_batch");
     let restock_results = write_restocks(&mut tx, &decisions, &sequences).await?;
+    crate::crash::at("before_commit");
     tx.commit().await?;
+    crate::crash::at("after_commit");
 
     let stock = product_ids
         .iter()

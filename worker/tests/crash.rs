@@ -174,3 +174,60 @@ async fn two_workers_starting_together_never_double_decide() {
     }
     Arc::into_inner(app).unwrap().shutdown().await;
 }
+
+/// Crashes the worker at `point` on its first batch, then starts a healthy
+/// one: every order is decided exactly once whatever the window.
+async fn crash_window(point: &str, committed_before_crash: bool) {
+    let app = Arc::new(TestApp::spawn_without_worker().await);
+    let product = app.create_product(10, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let accepted = stampede(&app, &pid, 0, 20).await;
+    assert_eq!(accepted.len(), 20);
+
+    let mut doomed = Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
+        .envs(app.worker_vars("doomed"))
+        .env("CHECKLINE_CRASH_AT", point)
+        .env("CHECKLINE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), doomed.wait())
+        .await
+        .expect("the worker reaches the crash point")
+        .unwrap();
+    assert!(!status.success(), "{point}: the worker aborted");
+    let decided = decided_count(&app, &pid).await;
+    if committed_before_crash {
+        assert!(decided > 0, "{point}: the batch had committed");
+    } else {
+        assert_eq!(decided, 0, "{point}: nothing was committed");
+    }
+
+    let mut healthy = spawn_worker(&app, "healthy");
+    check_invariants(&app, &pid, 10, &accepted).await;
+    healthy.start_kill().unwrap();
+    healthy.wait().await.unwrap();
+    Arc::into_inner(app).unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn killed_mid_batch_nothing_is_lost() {
+    crash_window("mid_batch", false).await;
+}
+
+#[tokio::test]
+async fn killed_before_commit_nothing_is_lost() {
+    crash_window("before_commit", false).await;
+}
+
+#[tokio::test]
+async fn killed_after_commit_before_ack_nothing_is_decided_twice() {
+    crash_window("after_commit", true).await;
+}
+
+#[tokio::test]
+async fn killed_mid_publish_of_results_nothing_is_decided_twice() {
+    crash_window("mid_publish", true).await;
+}
