@@ -81,6 +81,8 @@ pub enum Answer {
         replayed: bool,
         /// Round trip of the attempt that was accepted.
         latency: Duration,
+        /// When that attempt was sent and its answer read.
+        sent_at: Instant,
         received_at: Instant,
     },
     /// Any other HTTP answer (`409 sold_out` included), or a 429/503 once the
@@ -89,6 +91,7 @@ pub enum Answer {
         status: u16,
         code: Option<String>,
         latency: Duration,
+        received_at: Instant,
     },
     /// A 2xx whose body is not an order: the order may exist but its id is
     /// unknown.
@@ -137,11 +140,17 @@ pub async fn submit(client: ApiClient, request: OrderRequest, policy: RetryPolic
                 tokio::time::sleep(policy.backpressure_delay(reply.retry_after)).await;
             }
             Ok(reply) if reply.status == StatusCode::ACCEPTED || reply.status == StatusCode::OK => {
+                // Queued (checkline): a 200 is the replay of an earlier
+                // attempt. Synchronous (baseline): every decision is a 200,
+                // and only the header marks a replay.
+                let replayed =
+                    reply.replayed || (reply.status == StatusCode::OK && !client.is_synchronous());
                 break match reply.json::<Order>() {
                     Ok(order) => Answer::Accepted {
                         order,
-                        replayed: reply.replayed || reply.status == StatusCode::OK,
+                        replayed,
                         latency: reply.latency,
+                        sent_at: reply.sent_at,
                         received_at: reply.received_at,
                     },
                     Err(err) => Answer::Unreadable {
@@ -155,6 +164,7 @@ pub async fn submit(client: ApiClient, request: OrderRequest, policy: RetryPolic
                     status: reply.status.as_u16(),
                     code: reply.code(),
                     latency: reply.latency,
+                    received_at: reply.received_at,
                 }
             }
         }

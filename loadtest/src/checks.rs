@@ -6,8 +6,14 @@
 //! 2. one order per (customer, idempotency key), a distinct order for every
 //!    accepted buyer, and orders only for accepted requests;
 //! 3. every accepted order is decided, exactly once;
-//! 4. orders are decided in queue order (first come, first served);
+//! 4. orders are decided in queue order (first come, first served): an
+//!    order's place in the queue is `(queue_sequence, queue_index)`, the
+//!    stream sequence of its message and its position inside the message;
 //! 5. the per-customer limit holds.
+//!
+//! The same evaluation serves the baseline (the row-locking comparison), minus
+//! what it has no equivalent for: there is no queue (no FIFO audit) and no
+//! separate read API (no API-stock comparison).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -18,6 +24,11 @@ use uuid::Uuid;
 /// Rejection reasons caused by the stock level (as opposed to limits, an
 /// inactive product or a reused key).
 const STOCK_REASONS: [&str; 2] = ["sold_out", "insufficient_stock"];
+
+/// Whether a rejection `reason` is about the stock level.
+pub fn is_stock_reason(reason: &str) -> bool {
+    STOCK_REASONS.contains(&reason)
+}
 /// How many example ids a failure detail names.
 const EXAMPLES: usize = 3;
 
@@ -42,11 +53,23 @@ impl Check {
     }
 }
 
+/// Which implementation the figures come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum System {
+    /// checkline: every check.
+    #[default]
+    Checkline,
+    /// The row-locking baseline: no queue to audit, no API stock to compare.
+    Baseline,
+}
+
 /// What the scenario set up, hence what the outcome must be.
 #[derive(Debug, Clone)]
 pub struct Expectation {
+    pub system: System,
     pub initial_stock: i64,
-    /// Quantity of every order (all buyers order the same amount).
+    /// Quantity of every order that can take stock (all buyers order the
+    /// same amount).
     pub quantity: i64,
     pub max_per_customer: Option<i64>,
 }
@@ -66,10 +89,29 @@ pub struct ClientView {
     /// Buyers whose order was accepted; each is a distinct customer with its
     /// own key, so each must have got a different order id.
     pub accepted_buyers: u64,
-    /// Decisions observed by polling.
+    /// Decisions observed through the API (polling, or the synchronous
+    /// answer); unused when they were learnt from the database.
     pub decisions: HashMap<Uuid, ObservedDecision>,
+    /// How the decisions were learnt.
+    pub tracking: TrackingView,
     /// `stock` from `GET /v1/products/{id}`.
     pub api_stock: i64,
+}
+
+/// How the load generator learnt the decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum TrackingView {
+    /// Through the API: [`ClientView::decisions`] holds what it said.
+    #[default]
+    Observed,
+    /// From PostgreSQL (`--decisions db`): whether the pending count reached
+    /// zero within the timeout.
+    Database {
+        drained: bool,
+        pending: i64,
+        waited_secs: f64,
+        timeout_secs: u64,
+    },
 }
 
 /// The product's row of the `stock_audit` view.
@@ -98,6 +140,84 @@ pub struct OrderRow {
     pub reason: Option<String>,
     pub quantity: i64,
     pub queue_sequence: Option<i64>,
+    pub queue_index: Option<i64>,
+}
+
+impl OrderRow {
+    /// The order's place in its product's queue, if it has one.
+    pub fn queue_position(&self) -> Option<QueuePos> {
+        self.queue_sequence
+            .map(|sequence| QueuePos::new(sequence, self.queue_index))
+    }
+
+    #[cfg(test)]
+    fn is_stock_rejection(&self) -> bool {
+        self.status == "rejected" && self.reason.as_deref().is_some_and(is_stock_reason)
+    }
+}
+
+/// A place in a product's queue: `(queue_sequence, queue_index)`, compared
+/// lexicographically (the field order makes the derived `Ord` do that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueuePos {
+    /// Stream sequence of the message that carried the order.
+    pub sequence: i64,
+    /// Position inside that message; a single-order message's NULL index
+    /// counts as 0.
+    pub index: i64,
+}
+
+impl QueuePos {
+    pub fn new(sequence: i64, index: Option<i64>) -> Self {
+        Self {
+            sequence,
+            index: index.unwrap_or(0),
+        }
+    }
+}
+
+impl std::fmt::Display for QueuePos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}, {})", self.sequence, self.index)
+    }
+}
+
+/// The two queue positions first-come first-served is judged on, read from
+/// PostgreSQL with `ORDER BY queue_sequence, queue_index ... LIMIT 1`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FifoBoundary {
+    /// The latest confirmed order's position.
+    pub last_confirmed: Option<QueuePos>,
+    /// The earliest position of an order rejected for stock reasons.
+    pub first_stock_rejection: Option<QueuePos>,
+}
+
+impl FifoBoundary {
+    /// First-come first-served holds when every confirmed order comes before
+    /// every stock rejection; vacuous when either set is empty.
+    pub fn holds(&self) -> bool {
+        match (self.last_confirmed, self.first_stock_rejection) {
+            (Some(confirmed), Some(rejected)) => confirmed < rejected,
+            _ => true,
+        }
+    }
+
+    /// The same boundary computed from the rows (what the two queries return).
+    #[cfg(test)]
+    pub fn from_rows(rows: &[OrderRow]) -> Self {
+        Self {
+            last_confirmed: rows
+                .iter()
+                .filter(|row| row.status == "confirmed")
+                .filter_map(OrderRow::queue_position)
+                .max(),
+            first_stock_rejection: rows
+                .iter()
+                .filter(|row| row.is_stock_rejection())
+                .filter_map(OrderRow::queue_position)
+                .min(),
+        }
+    }
 }
 
 /// Confirmed quantity of one customer.
@@ -114,20 +234,89 @@ pub struct DbView {
     pub duplicate_keys: Vec<DuplicateKey>,
     pub orders: Vec<OrderRow>,
     pub confirmed_per_customer: Vec<CustomerTotal>,
+    pub fifo: FifoBoundary,
 }
 
 /// Evaluates every check. The per-customer limit check is included only when
-/// the product has a limit.
+/// the product has a limit; the FIFO checks and the API stock comparison only
+/// for checkline.
 pub fn evaluate(expect: &Expectation, client: &ClientView, db: &DbView) -> Vec<Check> {
     let mut checks = Vec::new();
     stock_checks(expect, client, db, &mut checks);
     idempotency_checks(client, db, &mut checks);
     decision_checks(client, db, &mut checks);
-    fifo_checks(db, &mut checks);
+    if expect.system == System::Checkline {
+        fifo_checks(db, &mut checks);
+    }
     if let Some(limit) = expect.max_per_customer {
         checks.push(limit_check(limit, db));
     }
     checks
+}
+
+/// Folds the checks of several products (`(label, checks)`, same checks in
+/// the same order for each) into one check per name: it passes when it
+/// passed for every product, and its detail names the failing products.
+pub fn aggregate(per_product: &[(String, Vec<Check>)]) -> Vec<Check> {
+    let mut names: Vec<(u8, &str)> = Vec::new();
+    for (_, checks) in per_product {
+        for check in checks {
+            if !names.iter().any(|(_, name)| *name == check.name) {
+                names.push((check.invariant, &check.name));
+            }
+        }
+    }
+    let total = per_product.len();
+    names
+        .into_iter()
+        .map(|(invariant, name)| {
+            let outcomes: Vec<(&str, &Check)> = per_product
+                .iter()
+                .filter_map(|(label, checks)| {
+                    checks
+                        .iter()
+                        .find(|check| check.name == name)
+                        .map(|check| (label.as_str(), check))
+                })
+                .collect();
+            let failed: Vec<&(&str, &Check)> =
+                outcomes.iter().filter(|(_, check)| !check.passed).collect();
+            let detail = if let Some((label, first)) = failed.first() {
+                let mut detail = format!(
+                    "failed for {} of {total} products: {label}: {}",
+                    failed.len(),
+                    first.detail
+                );
+                let others: Vec<&str> = failed
+                    .iter()
+                    .skip(1)
+                    .take(EXAMPLES)
+                    .map(|(label, _)| *label)
+                    .collect();
+                if !others.is_empty() {
+                    let _ = write!(detail, "; also {}", others.join(", "));
+                    if failed.len() > 1 + others.len() {
+                        let _ = write!(detail, " and {} more", failed.len() - 1 - others.len());
+                    }
+                }
+                detail
+            } else if let Some((label, first)) = outcomes.first() {
+                format!(
+                    "passed for all {} of {total} products (e.g. {label}: {})",
+                    outcomes.len(),
+                    first.detail
+                )
+            } else {
+                format!("no product had this check (of {total})")
+            };
+            Check::new(
+                invariant,
+                name,
+                failed.is_empty() && outcomes.len() == total && total > 0,
+                detail,
+            )
+        })
+        .collect()
 }
 
 /// True when there are checks and all of them passed.
@@ -170,16 +359,19 @@ fn confirmed_units(db: &DbView) -> i64 {
 }
 
 fn stock_checks(expect: &Expectation, client: &ClientView, db: &DbView, out: &mut Vec<Check>) {
+    let compare_api = expect.system == System::Checkline;
     let Some(audit) = &db.audit else {
         let missing = || "the product has no row in stock_audit".to_owned();
         out.push(Check::new(1, "stock audit balanced", false, missing()));
         out.push(Check::new(1, "stock not negative", false, missing()));
-        out.push(Check::new(
-            1,
-            "API stock matches the database",
-            false,
-            missing(),
-        ));
+        if compare_api {
+            out.push(Check::new(
+                1,
+                "API stock matches the database",
+                false,
+                missing(),
+            ));
+        }
         out.push(Check::new(
             1,
             "stock = initial stock - confirmed units",
@@ -216,12 +408,14 @@ fn stock_checks(expect: &Expectation, client: &ClientView, db: &DbView, out: &mu
         format!("stock {}", audit.stock),
     ));
 
-    out.push(Check::new(
-        1,
-        "API stock matches the database",
-        client.api_stock == audit.stock,
-        format!("API {}, database {}", client.api_stock, audit.stock),
-    ));
+    if compare_api {
+        out.push(Check::new(
+            1,
+            "API stock matches the database",
+            client.api_stock == audit.stock,
+            format!("API {}, database {}", client.api_stock, audit.stock),
+        ));
+    }
 
     let units = confirmed_units(db);
     let expected_stock = expect.initial_stock - units;
@@ -388,6 +582,29 @@ fn decision_checks(client: &ClientView, db: &DbView, out: &mut Vec<Check>) {
         detail,
     ));
 
+    if let TrackingView::Database {
+        drained,
+        pending,
+        waited_secs,
+        timeout_secs,
+    } = client.tracking
+    {
+        let detail = if drained {
+            format!("no order pending after {waited_secs:.1} s (PostgreSQL watched every 100 ms)")
+        } else {
+            format!(
+                "{pending} orders still pending when the {timeout_secs} s decision timeout expired"
+            )
+        };
+        out.push(Check::new(
+            3,
+            "every accepted order decided within the timeout",
+            drained,
+            detail,
+        ));
+        return;
+    }
+
     let unobserved: Vec<Uuid> = client
         .accepted
         .iter()
@@ -472,42 +689,30 @@ fn fifo_checks(db: &DbView, out: &mut Vec<Check>) {
         detail,
     ));
 
-    let confirmed: Vec<i64> = decided
-        .iter()
-        .filter(|row| row.status == "confirmed")
-        .filter_map(|row| row.queue_sequence)
-        .collect();
-    let stock_rejections: Vec<i64> = decided
-        .iter()
-        .filter(|row| {
-            row.status == "rejected"
-                && row
-                    .reason
-                    .as_deref()
-                    .is_some_and(|reason| STOCK_REASONS.contains(&reason))
-        })
-        .filter_map(|row| row.queue_sequence)
-        .collect();
-    let (passed, detail) = match (confirmed.iter().max(), stock_rejections.iter().min()) {
-        (Some(&last_confirmed), Some(&first_rejected)) => {
-            let late = confirmed
+    let boundary = db.fifo;
+    let (passed, detail) = match (boundary.last_confirmed, boundary.first_stock_rejection) {
+        (Some(last_confirmed), Some(first_rejected)) => {
+            let late = decided
                 .iter()
-                .filter(|&&seq| seq > first_rejected)
+                .filter(|row| row.status == "confirmed")
+                .filter_map(|row| row.queue_position())
+                .filter(|position| *position > first_rejected)
                 .count();
             let mut detail = format!(
-                "last confirmed at queue_sequence {last_confirmed}, first stock rejection at {first_rejected}"
+                "(queue_sequence, queue_index): last confirmed at {last_confirmed}, \
+                 first stock rejection at {first_rejected}"
             );
             if late > 0 {
                 let _ = write!(detail, "; {late} confirmed after the first stock rejection");
             }
-            (last_confirmed < first_rejected, detail)
+            (boundary.holds(), detail)
         }
-        _ => (
+        (confirmed, rejected) => (
             true,
             format!(
-                "nothing to compare: {} confirmed and {} stock rejections with a queue_sequence",
-                confirmed.len(),
-                stock_rejections.len()
+                "nothing to compare: {} confirmed and {} stock-rejected orders with a queue position",
+                if confirmed.is_some() { "some" } else { "no" },
+                if rejected.is_some() { "some" } else { "no" },
             ),
         ),
     };
@@ -589,6 +794,7 @@ mod tests {
         expect: Expectation,
         client: ClientView,
         db: DbView,
+        derive_fifo: bool,
     }
 
     fn healthy(stock: i64, accepted: usize) -> World {
@@ -618,6 +824,7 @@ mod tests {
                 reason,
                 quantity: 1,
                 queue_sequence: Some(100 + seq as i64),
+                queue_index: None,
             });
             if status == "confirmed" {
                 db.confirmed_per_customer.push(CustomerTotal {
@@ -636,18 +843,26 @@ mod tests {
         });
         World {
             expect: Expectation {
+                system: System::Checkline,
                 initial_stock: stock,
                 quantity: 1,
                 max_per_customer: None,
             },
             client,
             db,
+            derive_fifo: true,
         }
     }
 
     impl World {
+        /// Evaluates the checks; unless told otherwise, the FIFO boundary is
+        /// what the boundary queries would return for the rows.
         fn checks(&self) -> Vec<Check> {
-            evaluate(&self.expect, &self.client, &self.db)
+            let mut db = self.db.clone();
+            if self.derive_fifo {
+                db.fifo = FifoBoundary::from_rows(&db.orders);
+            }
+            evaluate(&self.expect, &self.client, &db)
         }
 
         fn failed(&self) -> Vec<String> {
@@ -732,6 +947,7 @@ mod tests {
                 reason,
                 quantity: 3,
                 queue_sequence: Some(seq),
+                queue_index: None,
             });
         }
         world.db.audit = Some(StockAudit {
@@ -812,6 +1028,7 @@ mod tests {
             reason: Some("sold_out".into()),
             quantity: 1,
             queue_sequence: Some(10_000),
+            queue_index: None,
         });
         assert_eq!(
             world.failed(),
@@ -916,9 +1133,12 @@ mod tests {
         let checks = world.checks();
         let fifo = by_name(&checks, "confirmed orders precede stock rejections (FIFO)");
         assert!(!fifo.passed);
-        assert!(fifo
-            .detail
-            .contains("last confirmed at queue_sequence 110, first stock rejection at 109"));
+        assert!(
+            fifo.detail
+                .contains("last confirmed at (110, 0), first stock rejection at (109, 0)"),
+            "{}",
+            fifo.detail
+        );
         assert!(fifo.detail.contains("1 confirmed after"));
 
         let mut world = healthy(10, 20);
@@ -941,6 +1161,205 @@ mod tests {
         assert!(!world
             .failed()
             .contains(&"confirmed orders precede stock rejections (FIFO)".to_owned()));
+    }
+
+    #[test]
+    fn queue_positions_compare_as_tuples() {
+        let pos = |sequence, index| QueuePos::new(sequence, index);
+        assert!(pos(5, Some(3)) < pos(5, Some(4)));
+        assert!(pos(5, Some(999)) < pos(6, Some(0)));
+        assert!(pos(6, None) < pos(6, Some(1)), "a NULL index counts as 0");
+        assert_eq!(pos(6, None), pos(6, Some(0)));
+        assert_eq!(pos(7, Some(2)).to_string(), "(7, 2)");
+
+        let boundary = |confirmed, rejected| FifoBoundary {
+            last_confirmed: confirmed,
+            first_stock_rejection: rejected,
+        };
+        // Same message: confirmed at index 3, rejection at index 4.
+        assert!(boundary(Some(pos(5, Some(3))), Some(pos(5, Some(4)))).holds());
+        // Same message, the other way round.
+        assert!(!boundary(Some(pos(5, Some(4))), Some(pos(5, Some(3)))).holds());
+        // Earlier message with a larger index still comes first.
+        assert!(boundary(Some(pos(5, Some(900))), Some(pos(6, Some(0)))).holds());
+        assert!(!boundary(Some(pos(6, Some(0))), Some(pos(5, Some(900)))).holds());
+        // Equal positions (a NULL index is 0) mean two orders claim the same
+        // place: not "before", so a violation.
+        assert!(!boundary(Some(pos(6, None)), Some(pos(6, Some(0)))).holds());
+        assert!(boundary(None, Some(pos(1, None))).holds());
+        assert!(boundary(Some(pos(1, None)), None).holds());
+        assert!(boundary(None, None).holds());
+    }
+
+    #[test]
+    fn fifo_within_one_message_uses_queue_index() {
+        // Twenty orders in two messages of ten: (100, 0..9) and (101, 0..9);
+        // the first ten are confirmed.
+        let mut world = healthy(10, 20);
+        for (i, row) in world.db.orders.iter_mut().enumerate() {
+            row.queue_sequence = Some(100 + (i / 10) as i64);
+            row.queue_index = Some((i % 10) as i64);
+        }
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+
+        // One message holding all twenty: still FIFO by index.
+        let mut world = healthy(10, 20);
+        for (i, row) in world.db.orders.iter_mut().enumerate() {
+            row.queue_sequence = Some(100);
+            row.queue_index = Some(i as i64);
+        }
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+
+        // Inside that message, a rejection placed before the last confirmed
+        // order breaks FIFO even though the sequences are equal.
+        world.db.orders[9].queue_index = Some(10);
+        world.db.orders[10].queue_index = Some(9);
+        assert_eq!(
+            world.failed(),
+            ["confirmed orders precede stock rejections (FIFO)"]
+        );
+        let checks = world.checks();
+        let fifo = by_name(&checks, "confirmed orders precede stock rejections (FIFO)");
+        assert!(
+            fifo.detail
+                .contains("last confirmed at (100, 10), first stock rejection at (100, 9)"),
+            "{}",
+            fifo.detail
+        );
+    }
+
+    #[test]
+    fn fifo_verdict_comes_from_the_boundary_queries() {
+        // The rows are in order, but the boundary queries report otherwise:
+        // the verdict follows the queries.
+        let mut world = healthy(10, 20);
+        world.derive_fifo = false;
+        world.db.fifo = FifoBoundary {
+            last_confirmed: Some(QueuePos::new(120, Some(1))),
+            first_stock_rejection: Some(QueuePos::new(120, Some(0))),
+        };
+        assert_eq!(
+            world.failed(),
+            ["confirmed orders precede stock rejections (FIFO)"]
+        );
+        world.db.fifo = FifoBoundary::default();
+        let checks = world.checks();
+        let fifo = by_name(&checks, "confirmed orders precede stock rejections (FIFO)");
+        assert!(fifo.passed);
+        assert!(
+            fifo.detail.starts_with("nothing to compare"),
+            "{}",
+            fifo.detail
+        );
+    }
+
+    #[test]
+    fn database_tracking_replaces_the_observation_checks() {
+        let mut world = healthy(10, 20);
+        world.client.decisions.clear();
+        world.client.tracking = TrackingView::Database {
+            drained: true,
+            pending: 0,
+            waited_secs: 0.3,
+            timeout_secs: 60,
+        };
+        let checks = world.checks();
+        assert!(all_passed(&checks), "{checks:#?}");
+        assert_eq!(checks.len(), 12);
+        let names: Vec<&str> = checks.iter().map(|check| check.name.as_str()).collect();
+        assert!(names.contains(&"every accepted order decided within the timeout"));
+        assert!(!names.contains(&"every buyer learned the decision in time"));
+        assert!(!names.contains(&"observed decisions match the database"));
+
+        world.client.tracking = TrackingView::Database {
+            drained: false,
+            pending: 4,
+            waited_secs: 60.0,
+            timeout_secs: 60,
+        };
+        let checks = world.checks();
+        let timely = by_name(&checks, "every accepted order decided within the timeout");
+        assert!(!timely.passed);
+        assert_eq!(
+            timely.detail,
+            "4 orders still pending when the 60 s decision timeout expired"
+        );
+    }
+
+    #[test]
+    fn baseline_skips_queue_and_api_checks() {
+        let mut world = healthy(10, 20);
+        world.expect.system = System::Baseline;
+        for row in &mut world.db.orders {
+            row.queue_sequence = None;
+        }
+        world.client.api_stock = -99;
+        let checks = world.checks();
+        assert!(all_passed(&checks), "{checks:#?}");
+        assert_eq!(checks.len(), 10);
+        assert!(checks.iter().all(|check| check.invariant != 4));
+
+        // Invariant 1 still bites.
+        world.db.audit.as_mut().unwrap().balanced = Some(false);
+        assert_eq!(world.failed(), ["stock audit balanced"]);
+    }
+
+    #[test]
+    fn products_are_aggregated_per_check() {
+        let good = healthy(10, 20).checks();
+        let mut bad_world = healthy(10, 20);
+        bad_world.client.api_stock = 3;
+        let bad = bad_world.checks();
+
+        let all_good: Vec<(String, Vec<Check>)> = (0..3)
+            .map(|i| (format!("LOAD-X-{i}"), good.clone()))
+            .collect();
+        let folded = aggregate(&all_good);
+        assert_eq!(folded.len(), good.len());
+        assert!(all_passed(&folded));
+        assert!(folded[0]
+            .detail
+            .starts_with("passed for all 3 of 3 products (e.g. LOAD-X-0: "));
+
+        let mixed: Vec<(String, Vec<Check>)> = (0..6)
+            .map(|i| {
+                let checks = if i % 2 == 1 {
+                    bad.clone()
+                } else {
+                    good.clone()
+                };
+                (format!("LOAD-X-{i}"), checks)
+            })
+            .collect();
+        let folded = aggregate(&mixed);
+        let api = by_name(&folded, "API stock matches the database");
+        assert!(!api.passed);
+        assert_eq!(
+            api.detail,
+            "failed for 3 of 6 products: LOAD-X-1: API 3, database 0; also LOAD-X-3, LOAD-X-5"
+        );
+        assert_eq!(folded.iter().filter(|check| !check.passed).count(), 1);
+
+        let many_bad: Vec<(String, Vec<Check>)> =
+            (0..10).map(|i| (format!("P{i}"), bad.clone())).collect();
+        let api = aggregate(&many_bad)
+            .into_iter()
+            .find(|check| check.name == "API stock matches the database")
+            .unwrap();
+        assert!(
+            api.detail.ends_with("also P1, P2, P3 and 6 more"),
+            "{}",
+            api.detail
+        );
+
+        // A product missing a check fails it.
+        let mut partial = all_good.clone();
+        partial[1]
+            .1
+            .retain(|check| check.name != "stock not negative");
+        let folded = aggregate(&partial);
+        assert!(!by_name(&folded, "stock not negative").passed);
+        assert!(aggregate(&[]).is_empty());
     }
 
     #[test]

@@ -3,14 +3,18 @@
 //! Numeric flags are range-checked by clap, so a bad value is reported with the
 //! flag's name. Settings that clap cannot check on its own (the JWT secret is
 //! required but may come from the environment, URLs must be well formed) are
-//! validated by [`Connection::from_args`].
+//! validated by [`Connection::from_args`]; so are the combinations of load
+//! flags (mode-specific flags, derived buyers and stock), by
+//! [`ScenarioSettings::from_command`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Url;
+
+use crate::schedule;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,7 +58,8 @@ pub struct ConnectionArgs {
     )]
     pub jwt_secret: Option<String>,
 
-    /// PostgreSQL URL used for the invariant checks.
+    /// PostgreSQL URL: the invariant checks, `--decisions db`, and the
+    /// baseline's schema.
     #[arg(
         long,
         env = "CHECKLINE_DATABASE_URL",
@@ -71,67 +76,195 @@ pub enum Command {
     /// Many distinct buyers race for one fresh product's limited stock; every
     /// accepted order's decision is awaited, then the invariants are checked.
     FlashSale(FlashSaleArgs),
+    /// Throughput on one product with enough stock that it never sells out:
+    /// every order is accepted and confirmed.
+    HotProduct(HotProductArgs),
+    /// Orders spread uniformly at random over many products, none of which
+    /// sells out; the invariants are checked per product.
+    ManyProducts(ManyProductsArgs),
+    /// Sell a product out, then send a storm of buyers at it and measure how
+    /// fast the API answers `409 sold_out`.
+    SoldOutStorm(SoldOutStormArgs),
 }
 
+/// How load is offered (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// `--concurrency` virtual users, each sending its next order when the
+    /// previous one was answered.
+    Closed,
+    /// A fixed arrival rate (`--rate`), whatever the answers' latency.
+    Open,
+}
+
+/// How the decisions of accepted orders are learnt (`--decisions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DecisionsArg {
+    /// One long-poll `GET /v1/orders/{id}?wait=10` per accepted order.
+    Poll,
+    /// Watch PostgreSQL until no accepted order is pending; latencies from
+    /// the orders' own timestamps.
+    Db,
+}
+
+/// Flags shared by every scenario: the load shape and how it is followed.
 #[derive(Debug, Clone, Args)]
-pub struct FlashSaleArgs {
-    /// Number of buyers (distinct customers, one order each).
-    #[arg(long, value_name = "N", default_value_t = 2000,
-          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    pub buyers: u32,
+pub struct LoadArgs {
+    /// closed: --concurrency virtual users; open: a fixed arrival rate --rate.
+    #[arg(long, value_enum, default_value_t = ModeArg::Closed, help_heading = "Load")]
+    pub mode: ModeArg,
 
-    /// Initial stock of the product created for the sale.
-    #[arg(long, value_name = "S", default_value_t = 100,
-          value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
-    pub stock: u64,
-
-    /// Maximum number of order submissions in flight at once.
-    #[arg(long, value_name = "C", default_value_t = 256,
+    /// Closed mode: virtual users, i.e. order submissions in flight at once
+    /// [default: 256].
+    #[arg(long, value_name = "C", help_heading = "Load",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub concurrency: u32,
+    pub concurrency: Option<u32>,
+
+    /// Open mode (required there): order submissions started per second.
+    #[arg(long, value_name = "R", help_heading = "Load",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: Option<u32>,
+
+    /// Open mode: length of the arrival schedule; buyers = rate x duration
+    /// unless --buyers is given [default: 10].
+    #[arg(long, value_name = "SECS", help_heading = "Load",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration_secs: Option<u64>,
+
+    /// Open mode: most submissions outstanding at once; a request due while
+    /// the cap is reached is not sent and counts as dropped [default: 10000].
+    #[arg(long, value_name = "N", help_heading = "Load",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: Option<u32>,
+
+    /// Number of buyers (distinct customers, one order each) [default: the
+    /// scenario's in closed mode, rate x duration in open mode].
+    #[arg(long, value_name = "N", help_heading = "Load",
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub buyers: Option<u32>,
 
     /// Quantity each buyer orders.
-    #[arg(long, value_name = "Q", default_value_t = 1,
+    #[arg(long, value_name = "Q", default_value_t = 1, help_heading = "Load",
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub quantity: u32,
 
-    /// Per-customer limit set on the product (none if omitted).
-    #[arg(long, value_name = "M",
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_per_customer: Option<u32>,
-
-    /// Also write the report, checks included, as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json_out: Option<PathBuf>,
+    /// How decisions are learnt: poll (long-poll each accepted order through
+    /// the API) or db (watch PostgreSQL; adds no HTTP load).
+    #[arg(long, value_enum, default_value_t = DecisionsArg::Poll, help_heading = "Load")]
+    pub decisions: DecisionsArg,
 
     /// How long to wait for the remaining decisions once every buyer has been
     /// answered.
-    #[arg(long, value_name = "SECS", default_value_t = 60,
+    #[arg(long, value_name = "SECS", default_value_t = 60, help_heading = "Load",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub decision_timeout_secs: u64,
 
     /// Maximum number of decision long-polls (`GET /v1/orders/{id}?wait=`) in
-    /// flight at once.
-    #[arg(long, value_name = "P", default_value_t = 512,
+    /// flight at once (--decisions poll).
+    #[arg(long, value_name = "P", default_value_t = 512, help_heading = "Load",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub poll_concurrency: u32,
 
     /// Attempts per order submission (the first one included) when the API
     /// answers 429/503 or the connection fails; retries reuse the same
     /// Idempotency-Key.
-    #[arg(long, value_name = "N", default_value_t = 10,
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Load",
           value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub max_attempts: u32,
 
     /// Longest delay honoured from a Retry-After header.
-    #[arg(long, value_name = "SECS", default_value_t = 30,
+    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub max_retry_after_secs: u64,
 
     /// Timeout of one HTTP request (a long-poll gets its wait on top).
-    #[arg(long, value_name = "SECS", default_value_t = 30,
+    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub request_timeout_secs: u64,
+
+    /// Also write the report, checks included, as JSON to this file.
+    #[arg(long, value_name = "FILE", help_heading = "Load")]
+    pub json_out: Option<PathBuf>,
+}
+
+/// The row-locking comparison (`--baseline`).
+#[derive(Debug, Clone, Args)]
+pub struct BaselineArgs {
+    /// After the checkline run, run the same load against an in-process
+    /// row-locking implementation of the order endpoint and compare.
+    #[arg(long, help_heading = "Baseline")]
+    pub baseline: bool,
+
+    /// PostgreSQL connections of the baseline's pool.
+    #[arg(long, value_name = "N", default_value_t = 32, help_heading = "Baseline",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub baseline_pool: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FlashSaleArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    /// Initial stock of the product created for the sale.
+    #[arg(long, value_name = "S", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub stock: u64,
+
+    /// Per-customer limit set on the product (none if omitted).
+    #[arg(long, value_name = "M",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_per_customer: Option<u32>,
+
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HotProductArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    /// Initial stock of the product [default: buyers x quantity, so that it
+    /// never sells out].
+    #[arg(long, value_name = "S",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub stock: Option<u64>,
+
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManyProductsArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    /// Number of products the orders are spread over (uniformly at random).
+    #[arg(long, value_name = "P", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub products: u32,
+
+    /// Initial stock of each product [default: buyers x quantity, so that
+    /// none sells out].
+    #[arg(long, value_name = "S",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub stock: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SoldOutStormArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    /// Stock of the product, sold out (by as many orders of quantity 1)
+    /// before the storm.
+    #[arg(long, value_name = "S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub stock: u64,
+
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
 }
 
 /// Validated connection settings.
@@ -196,36 +329,278 @@ fn parse_database_url(raw: &str) -> Result<String> {
     Ok(trimmed.to_owned())
 }
 
-/// Flash-sale settings in the units the scenario works with.
+/// Buyers of a closed-mode run when `--buyers` is not given.
+pub const FLASH_SALE_BUYERS: u32 = 2000;
+pub const HOT_PRODUCT_BUYERS: u32 = 5000;
+pub const MANY_PRODUCTS_BUYERS: u32 = 5000;
+pub const SOLD_OUT_STORM_BUYERS: u32 = 20_000;
+/// Closed mode's virtual users when `--concurrency` is not given.
+pub const DEFAULT_CONCURRENCY: u32 = 256;
+/// Open mode's schedule length when neither `--duration-secs` nor `--buyers`
+/// is given.
+pub const DEFAULT_DURATION_SECS: u64 = 10;
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 10_000;
+const MAX_BUYERS: u64 = 10_000_000;
+const MAX_STOCK: u64 = 1_000_000_000;
+
+/// The scenarios, by their command-line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScenarioKind {
+    FlashSale,
+    HotProduct,
+    ManyProducts,
+    SoldOutStorm,
+}
+
+impl ScenarioKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FlashSale => "flash-sale",
+            Self::HotProduct => "hot-product",
+            Self::ManyProducts => "many-products",
+            Self::SoldOutStorm => "sold-out-storm",
+        }
+    }
+}
+
+/// How load is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `concurrency` virtual users, each sending its next order when the
+    /// previous one was answered.
+    Closed { concurrency: usize },
+    /// `rate` orders per second on a fixed schedule, at most `max_in_flight`
+    /// outstanding.
+    Open { rate: u32, max_in_flight: usize },
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed { .. } => "closed",
+            Self::Open { .. } => "open",
+        }
+    }
+
+    /// Most order submissions that may be in flight at once.
+    pub fn max_outstanding(self) -> usize {
+        match self {
+            Self::Closed { concurrency } => concurrency,
+            Self::Open { max_in_flight, .. } => max_in_flight,
+        }
+    }
+}
+
+/// How the decisions of the accepted orders are learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracking {
+    /// Long-poll every accepted order through the API.
+    Poll,
+    /// Watch PostgreSQL; latencies from the orders' timestamps.
+    Db,
+}
+
+/// The load shape in the units the engine works with.
 #[derive(Debug, Clone)]
-pub struct FlashSaleSettings {
+pub struct LoadSettings {
+    pub mode: Mode,
     pub buyers: u32,
-    pub stock: u64,
-    pub concurrency: usize,
     pub quantity: u32,
-    pub max_per_customer: Option<u32>,
-    pub json_out: Option<PathBuf>,
+    pub tracking: Tracking,
     pub decision_timeout: Duration,
     pub poll_concurrency: usize,
     pub max_attempts: u32,
     pub max_retry_after: Duration,
     pub request_timeout: Duration,
+    pub json_out: Option<PathBuf>,
 }
 
-impl From<&FlashSaleArgs> for FlashSaleSettings {
-    fn from(args: &FlashSaleArgs) -> Self {
-        Self {
-            buyers: args.buyers,
-            stock: args.stock,
-            concurrency: to_usize(args.concurrency),
+impl LoadSettings {
+    /// Validates the mode-specific flags and settles the number of buyers
+    /// (`default_buyers` in closed mode unless `--buyers` is given).
+    pub fn from_args(args: &LoadArgs, default_buyers: u32) -> Result<Self> {
+        let (mode, buyers) = match args.mode {
+            ModeArg::Closed => {
+                for (given, flag) in [
+                    (args.rate.is_some(), "--rate"),
+                    (args.duration_secs.is_some(), "--duration-secs"),
+                    (args.max_in_flight.is_some(), "--max-in-flight"),
+                ] {
+                    if given {
+                        bail!("{flag} is only used with --mode open");
+                    }
+                }
+                let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+                (
+                    Mode::Closed {
+                        concurrency: to_usize(concurrency),
+                    },
+                    args.buyers.unwrap_or(default_buyers),
+                )
+            }
+            ModeArg::Open => {
+                if args.concurrency.is_some() {
+                    bail!(
+                        "--concurrency is only used with --mode closed; open mode caps \
+                         outstanding requests with --max-in-flight"
+                    );
+                }
+                let Some(rate) = args.rate else {
+                    bail!("--mode open needs --rate (orders per second)");
+                };
+                let buyers = match args.buyers {
+                    Some(buyers) => buyers,
+                    None => {
+                        let duration = args.duration_secs.unwrap_or(DEFAULT_DURATION_SECS);
+                        let requests = schedule::requests_for(rate, duration);
+                        if !(1..=MAX_BUYERS).contains(&requests) {
+                            bail!(
+                                "--rate {rate} x --duration-secs {duration} = {requests} buyers; \
+                                 at most {MAX_BUYERS} are supported (lower one of them, or give --buyers)"
+                            );
+                        }
+                        u32::try_from(requests).unwrap_or(u32::MAX)
+                    }
+                };
+                let max_in_flight = args.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+                (
+                    Mode::Open {
+                        rate,
+                        max_in_flight: to_usize(max_in_flight),
+                    },
+                    buyers,
+                )
+            }
+        };
+        Ok(Self {
+            mode,
+            buyers,
             quantity: args.quantity,
-            max_per_customer: args.max_per_customer,
-            json_out: args.json_out.clone(),
+            tracking: match args.decisions {
+                DecisionsArg::Poll => Tracking::Poll,
+                DecisionsArg::Db => Tracking::Db,
+            },
             decision_timeout: Duration::from_secs(args.decision_timeout_secs),
             poll_concurrency: to_usize(args.poll_concurrency),
             max_attempts: args.max_attempts,
             max_retry_after: Duration::from_secs(args.max_retry_after_secs),
             request_timeout: Duration::from_secs(args.request_timeout_secs),
+            json_out: args.json_out.clone(),
+        })
+    }
+
+    /// Connections the HTTP client should keep: every submission and every
+    /// poll that may be in flight at once.
+    pub fn http_pool_size(&self) -> usize {
+        let polls = match self.tracking {
+            Tracking::Poll => self.poll_concurrency,
+            Tracking::Db => 0,
+        };
+        self.mode.max_outstanding().saturating_add(polls)
+    }
+
+    /// Units the run's orders could take at most: buyers x quantity.
+    fn demand(&self) -> u64 {
+        u64::from(self.buyers) * u64::from(self.quantity)
+    }
+}
+
+/// `--baseline` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaselineSettings {
+    pub pool_size: u32,
+}
+
+impl BaselineSettings {
+    fn from_args(args: &BaselineArgs) -> Option<Self> {
+        args.baseline.then_some(Self {
+            pool_size: args.baseline_pool,
+        })
+    }
+}
+
+/// A scenario and everything it needs, validated.
+#[derive(Debug, Clone)]
+pub struct ScenarioSettings {
+    pub kind: ScenarioKind,
+    pub load: LoadSettings,
+    /// Products created for the run.
+    pub products: u32,
+    /// Initial stock of each product.
+    pub stock: u64,
+    pub max_per_customer: Option<u32>,
+    pub baseline: Option<BaselineSettings>,
+}
+
+impl ScenarioSettings {
+    pub fn from_command(command: &Command) -> Result<Self> {
+        match command {
+            Command::FlashSale(args) => {
+                let baseline = BaselineSettings::from_args(&args.baseline);
+                if baseline.is_some() && args.max_per_customer.is_some() {
+                    bail!(
+                        "--baseline does not implement per-customer limits; \
+                         leave out --max-per-customer to compare"
+                    );
+                }
+                Ok(Self {
+                    kind: ScenarioKind::FlashSale,
+                    load: LoadSettings::from_args(&args.load, FLASH_SALE_BUYERS)?,
+                    products: 1,
+                    stock: args.stock,
+                    max_per_customer: args.max_per_customer,
+                    baseline,
+                })
+            }
+            Command::HotProduct(args) => {
+                let load = LoadSettings::from_args(&args.load, HOT_PRODUCT_BUYERS)?;
+                let stock = never_sold_out_stock(args.stock, &load)?;
+                Ok(Self {
+                    kind: ScenarioKind::HotProduct,
+                    load,
+                    products: 1,
+                    stock,
+                    max_per_customer: None,
+                    baseline: BaselineSettings::from_args(&args.baseline),
+                })
+            }
+            Command::ManyProducts(args) => {
+                let load = LoadSettings::from_args(&args.load, MANY_PRODUCTS_BUYERS)?;
+                let stock = never_sold_out_stock(args.stock, &load)?;
+                Ok(Self {
+                    kind: ScenarioKind::ManyProducts,
+                    load,
+                    products: args.products,
+                    stock,
+                    max_per_customer: None,
+                    baseline: None,
+                })
+            }
+            Command::SoldOutStorm(args) => Ok(Self {
+                kind: ScenarioKind::SoldOutStorm,
+                load: LoadSettings::from_args(&args.load, SOLD_OUT_STORM_BUYERS)?,
+                products: 1,
+                stock: args.stock,
+                max_per_customer: None,
+                baseline: BaselineSettings::from_args(&args.baseline),
+            }),
+        }
+    }
+}
+
+/// `--stock`, or enough for every order to go to one product.
+fn never_sold_out_stock(stock: Option<u64>, load: &LoadSettings) -> Result<u64> {
+    match stock {
+        Some(stock) => Ok(stock),
+        None => {
+            let demand = load.demand();
+            if demand > MAX_STOCK {
+                bail!(
+                    "the default stock, buyers x quantity = {demand}, exceeds {MAX_STOCK}; \
+                     give --stock or fewer buyers"
+                );
+            }
+            Ok(demand)
         }
     }
 }
@@ -243,6 +618,10 @@ mod tests {
         Cli::try_parse_from(std::iter::once("checkline-loadtest").chain(args.iter().copied()))
     }
 
+    fn settings(args: &[&str]) -> Result<ScenarioSettings> {
+        ScenarioSettings::from_command(&parse(args)?.command)
+    }
+
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
@@ -251,14 +630,203 @@ mod tests {
     #[test]
     fn flash_sale_defaults() {
         let cli = parse(&["flash-sale"]).unwrap();
-        let Command::FlashSale(args) = cli.command;
-        assert_eq!(args.buyers, 2000);
+        let Command::FlashSale(args) = &cli.command else {
+            panic!("not flash-sale: {:?}", cli.command);
+        };
         assert_eq!(args.stock, 100);
-        assert_eq!(args.concurrency, 256);
-        assert_eq!(args.quantity, 1);
         assert_eq!(args.max_per_customer, None);
-        assert_eq!(args.decision_timeout_secs, 60);
-        assert!(args.json_out.is_none());
+        assert!(!args.baseline.baseline);
+        assert_eq!(args.baseline.baseline_pool, 32);
+        let load = &args.load;
+        assert_eq!(load.buyers, None);
+        assert_eq!(load.quantity, 1);
+        assert_eq!(load.decision_timeout_secs, 60);
+        assert_eq!(load.decisions, DecisionsArg::Poll);
+        assert!(load.json_out.is_none());
+
+        let settings = ScenarioSettings::from_command(&cli.command).unwrap();
+        assert_eq!(settings.kind, ScenarioKind::FlashSale);
+        assert_eq!(settings.load.buyers, FLASH_SALE_BUYERS);
+        assert_eq!(settings.load.mode, Mode::Closed { concurrency: 256 });
+        assert_eq!(settings.load.tracking, Tracking::Poll);
+        assert_eq!(settings.stock, 100);
+        assert_eq!(settings.products, 1);
+        assert!(settings.baseline.is_none());
+        assert_eq!(settings.load.http_pool_size(), 256 + 512);
+    }
+
+    #[test]
+    fn flash_sale_keeps_its_flags() {
+        let settings = settings(&[
+            "flash-sale",
+            "--buyers",
+            "300",
+            "--stock",
+            "40",
+            "--concurrency",
+            "32",
+            "--quantity",
+            "2",
+            "--max-per-customer",
+            "3",
+            "--decision-timeout-secs",
+            "5",
+            "--poll-concurrency",
+            "64",
+            "--max-attempts",
+            "4",
+            "--max-retry-after-secs",
+            "7",
+            "--request-timeout-secs",
+            "9",
+            "--json-out",
+            "out.json",
+        ])
+        .unwrap();
+        let load = &settings.load;
+        assert_eq!(load.buyers, 300);
+        assert_eq!(load.mode, Mode::Closed { concurrency: 32 });
+        assert_eq!(load.quantity, 2);
+        assert_eq!(settings.max_per_customer, Some(3));
+        assert_eq!(load.decision_timeout, Duration::from_secs(5));
+        assert_eq!(load.poll_concurrency, 64);
+        assert_eq!(load.max_attempts, 4);
+        assert_eq!(load.max_retry_after, Duration::from_secs(7));
+        assert_eq!(load.request_timeout, Duration::from_secs(9));
+        assert_eq!(
+            load.json_out.as_deref(),
+            Some(std::path::Path::new("out.json"))
+        );
+    }
+
+    #[test]
+    fn open_mode_derives_buyers_from_rate_and_duration() {
+        let s = settings(&["hot-product", "--mode", "open", "--rate", "500"]).unwrap();
+        assert_eq!(
+            s.load.mode,
+            Mode::Open {
+                rate: 500,
+                max_in_flight: 10_000
+            }
+        );
+        assert_eq!(s.load.buyers, 5000, "500/s for the default 10 s");
+        assert_eq!(s.stock, 5000, "never sells out: buyers x quantity");
+
+        let s = settings(&[
+            "sold-out-storm",
+            "--mode",
+            "open",
+            "--rate",
+            "40000",
+            "--duration-secs",
+            "3",
+            "--max-in-flight",
+            "500",
+            "--decisions",
+            "db",
+        ])
+        .unwrap();
+        assert_eq!(s.load.buyers, 120_000);
+        assert_eq!(s.load.tracking, Tracking::Db);
+        assert_eq!(s.load.http_pool_size(), 500, "no polls with --decisions db");
+        assert_eq!(s.stock, 10);
+
+        // --buyers wins over rate x duration.
+        let s = settings(&[
+            "flash-sale",
+            "--mode",
+            "open",
+            "--rate",
+            "100",
+            "--duration-secs",
+            "60",
+            "--buyers",
+            "42",
+        ])
+        .unwrap();
+        assert_eq!(s.load.buyers, 42);
+    }
+
+    #[test]
+    fn mode_flags_must_match_the_mode() {
+        for (args, needle) in [
+            (
+                &["flash-sale", "--rate", "10"][..],
+                "--rate is only used with --mode open",
+            ),
+            (
+                &["hot-product", "--duration-secs", "3"][..],
+                "--duration-secs",
+            ),
+            (
+                &["hot-product", "--max-in-flight", "3"][..],
+                "--max-in-flight",
+            ),
+            (&["hot-product", "--mode", "open"][..], "needs --rate"),
+            (
+                &[
+                    "hot-product",
+                    "--mode",
+                    "open",
+                    "--rate",
+                    "5",
+                    "--concurrency",
+                    "3",
+                ][..],
+                "--concurrency is only used with --mode closed",
+            ),
+            (
+                &[
+                    "hot-product",
+                    "--mode",
+                    "open",
+                    "--rate",
+                    "1000000",
+                    "--duration-secs",
+                    "60",
+                ][..],
+                "at most 10000000",
+            ),
+        ] {
+            let err = settings(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn scenario_defaults() {
+        let hot = settings(&["hot-product", "--quantity", "3"]).unwrap();
+        assert_eq!(hot.load.buyers, HOT_PRODUCT_BUYERS);
+        assert_eq!(hot.stock, u64::from(HOT_PRODUCT_BUYERS) * 3);
+
+        let many = settings(&["many-products", "--buyers", "1000"]).unwrap();
+        assert_eq!(many.products, 100);
+        assert_eq!(many.stock, 1000);
+        assert!(many.baseline.is_none());
+        let many = settings(&["many-products", "--products", "7", "--stock", "5"]).unwrap();
+        assert_eq!((many.products, many.stock), (7, 5));
+
+        let storm = settings(&["sold-out-storm", "--baseline", "--baseline-pool", "8"]).unwrap();
+        assert_eq!(storm.load.buyers, SOLD_OUT_STORM_BUYERS);
+        assert_eq!(storm.stock, 10);
+        assert_eq!(storm.baseline, Some(BaselineSettings { pool_size: 8 }));
+
+        let too_much = settings(&["hot-product", "--buyers", "10000000", "--quantity", "101"]);
+        assert!(too_much.is_err(), "quantity range");
+        // The largest demand the flags allow is exactly the largest stock.
+        let max = settings(&["hot-product", "--buyers", "10000000", "--quantity", "100"]).unwrap();
+        assert_eq!(max.stock, 1_000_000_000);
+    }
+
+    #[test]
+    fn baseline_is_offered_where_it_applies() {
+        assert!(parse(&["many-products", "--baseline"]).is_err());
+        let err = settings(&["flash-sale", "--baseline", "--max-per-customer", "1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--max-per-customer"), "{err}");
+        let s = settings(&["flash-sale", "--baseline"]).unwrap();
+        assert_eq!(s.baseline, Some(BaselineSettings { pool_size: 32 }));
     }
 
     #[test]
@@ -276,6 +844,19 @@ mod tests {
             (
                 &["flash-sale", "--decision-timeout-secs", "0"][..],
                 "--decision-timeout-secs",
+            ),
+            (&["hot-product", "--rate", "0"][..], "--rate"),
+            (
+                &["hot-product", "--max-in-flight", "0"][..],
+                "--max-in-flight",
+            ),
+            (&["hot-product", "--mode", "sideways"][..], "--mode"),
+            (&["hot-product", "--decisions", "sse"][..], "--decisions"),
+            (&["many-products", "--products", "0"][..], "--products"),
+            (&["sold-out-storm", "--stock", "1000001"][..], "--stock"),
+            (
+                &["sold-out-storm", "--baseline-pool", "0"][..],
+                "--baseline-pool",
             ),
         ] {
             let err = parse(args).unwrap_err().to_string();

@@ -51,6 +51,15 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "confirmed" => Some(Self::Confirmed),
+            "rejected" => Some(Self::Rejected),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -92,6 +101,7 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// From sending the request to having read the whole body.
     pub latency: Duration,
+    pub sent_at: Instant,
     pub received_at: Instant,
 }
 
@@ -160,6 +170,11 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: Arc<str>,
     request_timeout: Duration,
+    /// Path orders are placed at: `/v1/orders` for checkline.
+    orders_path: &'static str,
+    /// The server decides in the answer (`200` with the decision) instead of
+    /// queueing (`202`); then a `200` is not a replay unless it says so.
+    synchronous: bool,
 }
 
 impl ApiClient {
@@ -178,11 +193,25 @@ impl ApiClient {
             http,
             base: base_url.as_str().trim_end_matches('/').into(),
             request_timeout,
+            orders_path: "/v1/orders",
+            synchronous: false,
         })
+    }
+
+    /// A client for an order endpoint at `orders_path` that answers `200`
+    /// with the decision (the baseline).
+    pub fn synchronous_at(mut self, orders_path: &'static str) -> Self {
+        self.orders_path = orders_path;
+        self.synchronous = true;
+        self
     }
 
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    pub fn is_synchronous(&self) -> bool {
+        self.synchronous
     }
 
     fn url(&self, path: &str) -> String {
@@ -215,7 +244,7 @@ impl ApiClient {
         self.execute(request, self.request_timeout).await
     }
 
-    /// `POST /v1/orders` (customer).
+    /// `POST /v1/orders` (customer), or the synchronous endpoint's path.
     pub async fn place_order(
         &self,
         token: &str,
@@ -225,7 +254,7 @@ impl ApiClient {
     ) -> Result<Reply, reqwest::Error> {
         let request = self
             .http
-            .post(self.url("/v1/orders"))
+            .post(self.url(self.orders_path))
             .header(AUTHORIZATION, bearer(token))
             .header(IDEMPOTENCY_KEY, idempotency_key)
             .json(&serde_json::json!({ "product_id": product_id, "quantity": quantity }));
@@ -270,6 +299,7 @@ impl ApiClient {
             replayed,
             body,
             latency: received_at.saturating_duration_since(started),
+            sent_at: started,
             received_at,
         })
     }
@@ -340,6 +370,7 @@ mod tests {
             replayed: false,
             body: body.as_bytes().to_vec(),
             latency: Duration::from_millis(3),
+            sent_at: Instant::now(),
             received_at: Instant::now(),
         }
     }
@@ -415,6 +446,15 @@ mod tests {
         assert_eq!(order.reason.as_deref(), Some("sold_out"));
         let decided = order.decided_at.unwrap();
         assert_eq!((decided - order.created_at).num_milliseconds(), 250);
+
+        for status in [
+            OrderStatus::Pending,
+            OrderStatus::Confirmed,
+            OrderStatus::Rejected,
+        ] {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(OrderStatus::parse("lost"), None);
 
         let unknown_status = body.replace("rejected", "lost");
         assert!(reply(200, &unknown_status).json::<Order>().is_err());

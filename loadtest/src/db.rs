@@ -1,4 +1,6 @@
-//! Read-only PostgreSQL queries behind the invariant checks.
+//! Read-only PostgreSQL queries on checkline's tables: the invariant checks,
+//! and `--decisions db` (pending counts, decisions with their timestamps).
+//! The baseline's own schema is handled in [`crate::baseline`].
 //!
 //! Plain runtime queries (no compile-time checked macros): the load test is
 //! built without a database at hand.
@@ -10,7 +12,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 use uuid::Uuid;
 
-use crate::checks::{CustomerTotal, DbView, DuplicateKey, OrderRow, StockAudit};
+use crate::checks::{
+    CustomerTotal, DbView, DuplicateKey, FifoBoundary, OrderRow, QueuePos, StockAudit,
+};
+use crate::client::{Order, OrderStatus};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,7 +50,7 @@ pub async fn connect(url: &str) -> Result<PgPool> {
 }
 
 /// sqlx errors repeat their source in their own message; keep one copy.
-fn sql_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> anyhow::Error {
+pub fn sql_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> anyhow::Error {
     move |err| anyhow!("{context}: {err}")
 }
 
@@ -93,8 +98,10 @@ pub async fn fetch_view(pool: &PgPool, product_id: Uuid) -> Result<DbView> {
     .map_err(sql_error("decoding duplicate idempotency keys"))?;
 
     let orders = sqlx::query(
-        "SELECT id, status, reason, quantity::bigint AS quantity, queue_sequence \
-         FROM orders WHERE product_id = $1 ORDER BY queue_sequence NULLS LAST, id",
+        "SELECT id, status, reason, quantity::bigint AS quantity, queue_sequence, \
+                queue_index::bigint AS queue_index \
+         FROM orders WHERE product_id = $1 \
+         ORDER BY queue_sequence NULLS LAST, queue_index NULLS FIRST, id",
     )
     .bind(product_id)
     .fetch_all(pool)
@@ -108,6 +115,7 @@ pub async fn fetch_view(pool: &PgPool, product_id: Uuid) -> Result<DbView> {
             reason: row.try_get("reason")?,
             quantity: row.try_get("quantity")?,
             queue_sequence: row.try_get("queue_sequence")?,
+            queue_index: row.try_get("queue_index")?,
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()
@@ -132,10 +140,90 @@ pub async fn fetch_view(pool: &PgPool, product_id: Uuid) -> Result<DbView> {
     .collect::<Result<Vec<_>, sqlx::Error>>()
     .map_err(sql_error("decoding per-customer totals"))?;
 
+    let fifo = FifoBoundary {
+        last_confirmed: queue_boundary(pool, product_id, LAST_CONFIRMED).await?,
+        first_stock_rejection: queue_boundary(pool, product_id, FIRST_STOCK_REJECTION).await?,
+    };
+
     Ok(DbView {
         audit,
         duplicate_keys,
         orders,
         confirmed_per_customer,
+        fifo,
     })
+}
+
+/// The latest queue position `(queue_sequence, queue_index)` of a confirmed
+/// order. Row comparisons in `max()` are not portable across PostgreSQL
+/// versions, so the boundary is the first row of an `ORDER BY ... LIMIT 1`.
+const LAST_CONFIRMED: &str =
+    "SELECT queue_sequence, COALESCE(queue_index, 0)::bigint AS queue_index \
+     FROM orders \
+     WHERE product_id = $1 AND status = 'confirmed' AND queue_sequence IS NOT NULL \
+     ORDER BY queue_sequence DESC, COALESCE(queue_index, 0) DESC LIMIT 1";
+
+/// The earliest queue position of an order rejected for stock reasons.
+const FIRST_STOCK_REJECTION: &str =
+    "SELECT queue_sequence, COALESCE(queue_index, 0)::bigint AS queue_index \
+     FROM orders \
+     WHERE product_id = $1 AND status = 'rejected' \
+       AND reason IN ('sold_out', 'insufficient_stock') AND queue_sequence IS NOT NULL \
+     ORDER BY queue_sequence ASC, COALESCE(queue_index, 0) ASC LIMIT 1";
+
+async fn queue_boundary(pool: &PgPool, product_id: Uuid, sql: &str) -> Result<Option<QueuePos>> {
+    sqlx::query(sql)
+        .bind(product_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(sql_error(
+            "reading a FIFO boundary (queue_sequence, queue_index)",
+        ))?
+        .map(|row| -> Result<QueuePos, sqlx::Error> {
+            Ok(QueuePos::new(
+                row.try_get("queue_sequence")?,
+                row.try_get("queue_index")?,
+            ))
+        })
+        .transpose()
+        .map_err(sql_error("decoding a FIFO boundary"))
+}
+
+/// `--decisions db`: how many orders of `product_ids` are still pending.
+pub async fn count_pending(pool: &PgPool, product_ids: &[Uuid]) -> Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM orders WHERE product_id = ANY($1) AND status = 'pending'",
+    )
+    .bind(product_ids)
+    .fetch_one(pool)
+    .await
+    .map_err(sql_error("counting pending orders"))
+}
+
+/// `--decisions db`: every order of `product_ids`, with its decision and
+/// timestamps.
+pub async fn fetch_decisions(pool: &PgPool, product_ids: &[Uuid]) -> Result<Vec<Order>> {
+    sqlx::query(
+        "SELECT id, status, reason, created_at, decided_at \
+         FROM orders WHERE product_id = ANY($1)",
+    )
+    .bind(product_ids)
+    .fetch_all(pool)
+    .await
+    .map_err(sql_error("reading the decisions"))?
+    .into_iter()
+    .map(|row| {
+        let status: String = row.try_get("status")?;
+        Ok(Order {
+            id: row.try_get("id")?,
+            status: OrderStatus::parse(&status).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown order status {status:?}").into())
+            })?,
+            reason: row.try_get("reason")?,
+            created_at: row.try_get("created_at")?,
+            decided_at: row.try_get("decided_at")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()
+    .map_err(sql_error("decoding the decisions"))
 }

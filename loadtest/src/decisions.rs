@@ -1,11 +1,17 @@
-//! Learning the decision of every accepted order.
+//! Learning the decision of every accepted order, three ways:
 //!
-//! Each accepted order is handed to [`run`] the moment its 202 arrives; a
-//! long-poll (`GET /v1/orders/{id}?wait=10`, with the owner's token) starts as
-//! soon as a slot is free, so decisions are observed while submissions are
-//! still going on. Once the submissions are over (the channel closes), the
-//! remaining polls get `timeout` to finish; whatever is still pending then is
-//! left undecided.
+//! - **poll** ([`run`]): each accepted order is handed over the moment its 202
+//!   arrives; a long-poll (`GET /v1/orders/{id}?wait=10`, with the owner's
+//!   token) starts as soon as a slot is free, so decisions are observed while
+//!   submissions are still going on. Once the submissions are over (the
+//!   channel closes), the remaining polls get `timeout` to finish; whatever is
+//!   still pending then is left undecided.
+//! - **db** ([`watch_database`]): no HTTP at all. Once the submissions are
+//!   over, PostgreSQL is asked every 100 ms how many of the run's orders are
+//!   still pending, until none is or `timeout` expires; the decisions and
+//!   their latencies (`decided_at - created_at`) are then read from the rows.
+//! - **synchronous** ([`Decisions::record_synchronous`]): the answer to the
+//!   order is its decision (the baseline).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,11 +19,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use reqwest::StatusCode;
+use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::client::{transport_error_kind, ApiClient, Order, OrderStatus};
+use crate::db;
 use crate::latency::LatencyRecorder;
 
 /// `wait` of each long-poll, in seconds.
@@ -29,6 +37,8 @@ const PENDING_PAUSE: Duration = Duration::from_millis(200);
 const ERROR_BACKOFF_BASE: Duration = Duration::from_millis(200);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How often `--decisions db` counts the pending orders.
+pub const DB_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// An accepted order to follow.
 #[derive(Debug, Clone)]
@@ -38,6 +48,9 @@ pub struct Accepted {
     pub token: Arc<str>,
     /// When the 202 (or replay 200) was received.
     pub accepted_at: Instant,
+    /// When the order was sent: the accepted attempt's send, or in open mode
+    /// its scheduled send time.
+    pub sent_at: Instant,
 }
 
 /// Everything the polls learned.
@@ -49,17 +62,56 @@ pub struct Decisions {
     pub observed: LatencyRecorder,
     /// `decided_at - created_at` from the server's timestamps.
     pub server: LatencyRecorder,
+    /// Time the decision was known to the buyer minus time the order was
+    /// sent (poll and synchronous tracking).
+    pub end_to_end: LatencyRecorder,
     /// Failed polls by label (`"503 overloaded"`, `"transport timeout"`, ...).
     pub poll_errors: BTreeMap<String, u64>,
     /// Orders whose polling stopped on a non-retryable answer.
     pub abandoned: u64,
     /// The decision timeout expired with polls still running.
     pub timed_out: bool,
-    /// When the last decision was observed.
+    /// When the last decision was observed (poll and synchronous tracking).
     pub last_decision_at: Option<Instant>,
+    /// `--decisions db`: from the first `created_at` to the last `decided_at`
+    /// of the decided orders (server clock).
+    pub server_span: Option<Duration>,
+    /// `--decisions db`: how the wait for the decisions ended.
+    pub database: Option<DbWatch>,
+}
+
+/// How a `--decisions db` wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbWatch {
+    /// No order of the run was pending any more before the timeout.
+    pub drained: bool,
+    /// Orders still pending at the last count.
+    pub pending: i64,
+    /// From the end of the submissions to the last count.
+    pub waited: Duration,
 }
 
 impl Decisions {
+    /// A decision returned in the answer to the order itself: it is known
+    /// when the answer arrives, so its decision latency is the answer's
+    /// latency.
+    pub fn record_synchronous(&mut self, order: Order, latency: Duration, received_at: Instant) {
+        if order.status == OrderStatus::Pending {
+            return;
+        }
+        self.observed.record(latency);
+        self.end_to_end.record(latency);
+        if let Some(decided_at) = order.decided_at {
+            self.server.record_chrono(decided_at - order.created_at);
+        }
+        self.note_decision_at(received_at);
+        self.orders.insert(order.id, order);
+    }
+
+    fn note_decision_at(&mut self, at: Instant) {
+        self.last_decision_at = Some(self.last_decision_at.map_or(at, |last| last.max(at)));
+    }
+
     fn absorb(&mut self, outcome: PollOutcome) {
         for error in outcome.errors {
             *self.poll_errors.entry(error).or_default() += 1;
@@ -71,14 +123,16 @@ impl Decisions {
                         .observed_at
                         .saturating_duration_since(decision.accepted_at),
                 );
+                self.end_to_end.record(
+                    decision
+                        .observed_at
+                        .saturating_duration_since(decision.sent_at),
+                );
                 if let Some(decided_at) = decision.order.decided_at {
                     self.server
                         .record_chrono(decided_at - decision.order.created_at);
                 }
-                self.last_decision_at = Some(
-                    self.last_decision_at
-                        .map_or(decision.observed_at, |last| last.max(decision.observed_at)),
-                );
+                self.note_decision_at(decision.observed_at);
                 self.orders.insert(decision.order.id, decision.order);
             }
             None => self.abandoned += 1,
@@ -89,6 +143,7 @@ impl Decisions {
 struct Decision {
     order: Order,
     accepted_at: Instant,
+    sent_at: Instant,
     observed_at: Instant,
 }
 
@@ -172,6 +227,7 @@ async fn follow(client: ApiClient, order: Accepted, slots: Arc<Semaphore>) -> Po
                         decision: Some(Decision {
                             order: current,
                             accepted_at: order.accepted_at,
+                            sent_at: order.sent_at,
                             observed_at: reply.received_at,
                         }),
                         errors,
@@ -221,6 +277,72 @@ async fn follow(client: ApiClient, order: Accepted, slots: Arc<Semaphore>) -> Po
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// `--decisions db`: waits until none of `accepted`'s orders (all of
+/// `product_ids`) is pending, counting every [`DB_WATCH_INTERVAL`] for at most
+/// `timeout`, then reads their decisions from PostgreSQL.
+pub async fn watch_database(
+    pool: &PgPool,
+    product_ids: &[Uuid],
+    accepted: &HashMap<Uuid, Uuid>,
+    timeout: Duration,
+) -> Result<Decisions> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let watch = loop {
+        let pending = if accepted.is_empty() {
+            0
+        } else {
+            db::count_pending(pool, product_ids).await?
+        };
+        let now = Instant::now();
+        if pending == 0 || now >= deadline {
+            break DbWatch {
+                drained: pending == 0,
+                pending,
+                waited: now.saturating_duration_since(started),
+            };
+        }
+        tokio::time::sleep(DB_WATCH_INTERVAL.min(deadline.saturating_duration_since(now))).await;
+    };
+
+    let mut decisions = Decisions {
+        timed_out: !watch.drained,
+        database: Some(watch),
+        ..Decisions::default()
+    };
+    if accepted.is_empty() {
+        return Ok(decisions);
+    }
+    let rows = db::fetch_decisions(pool, product_ids).await?;
+    let mut first_created = None;
+    let mut last_decided = None;
+    for order in rows {
+        if !accepted.contains_key(&order.id) || order.status == OrderStatus::Pending {
+            continue;
+        }
+        if let Some(decided_at) = order.decided_at {
+            decisions
+                .server
+                .record_chrono(decided_at - order.created_at);
+            last_decided = Some(
+                last_decided.map_or(decided_at, |last: chrono::DateTime<chrono::Utc>| {
+                    last.max(decided_at)
+                }),
+            );
+            first_created = Some(
+                first_created.map_or(order.created_at, |first: chrono::DateTime<chrono::Utc>| {
+                    first.min(order.created_at)
+                }),
+            );
+        }
+        decisions.orders.insert(order.id, order);
+    }
+    if let (Some(first), Some(last)) = (first_created, last_decided) {
+        decisions.server_span = Some((last - first).to_std().unwrap_or(Duration::ZERO));
+    }
+    Ok(decisions)
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -277,6 +399,7 @@ mod tests {
             decision: Some(Decision {
                 order: order.clone(),
                 accepted_at,
+                sent_at: accepted_at - Duration::from_millis(5),
                 observed_at: accepted_at + Duration::from_millis(70),
             }),
             errors: vec!["503 overloaded".into()],
@@ -293,9 +416,41 @@ mod tests {
         assert!((observed - 70.0).abs() < 0.1, "{observed}");
         let server = decisions.server.summary().max_ms.unwrap();
         assert!((server - 40.0).abs() < 0.1, "{server}");
+        let end_to_end = decisions.end_to_end.summary().max_ms.unwrap();
+        assert!((end_to_end - 75.0).abs() < 0.1, "{end_to_end}");
         assert_eq!(
             decisions.last_decision_at,
             Some(accepted_at + Duration::from_millis(70))
         );
+
+        // A synchronous decision: its latency is the answer's.
+        let mut sync = Decisions::default();
+        let received = accepted_at + Duration::from_millis(90);
+        sync.record_synchronous(
+            Order {
+                id: Uuid::new_v4(),
+                decided_at: Some(created),
+                ..order.clone()
+            },
+            Duration::from_millis(12),
+            received,
+        );
+        // A pending answer is not a decision.
+        sync.record_synchronous(
+            Order {
+                id: Uuid::new_v4(),
+                status: OrderStatus::Pending,
+                decided_at: None,
+                ..order
+            },
+            Duration::from_millis(1),
+            received,
+        );
+        assert_eq!(sync.orders.len(), 1);
+        let observed = sync.observed.summary();
+        assert_eq!(observed.count, 1);
+        assert!((observed.max_ms.unwrap() - 12.0).abs() < 0.1);
+        assert_eq!(sync.server.summary().max_ms, Some(0.0));
+        assert_eq!(sync.last_decision_at, Some(received));
     }
 }

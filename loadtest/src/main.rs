@@ -6,14 +6,17 @@
 //! then audits the contract's invariants against PostgreSQL and the API.
 //!
 //! Each load shape is a scenario under [`scenario`]; the building blocks
-//! (tokens, HTTP client, submission with retries, decision polling, latency
-//! histograms, report, invariant evaluation) are shared between scenarios.
+//! (tokens, HTTP client, submission with retries, the closed- and open-loop
+//! engine, decision tracking, latency histograms, report, invariant
+//! evaluation) are shared between scenarios, and with the row-locking
+//! [`baseline`] that `--baseline` compares checkline against.
 //!
 //! Exit codes: `0` every check passed, `1` at least one check failed, `2` the
 //! run could not be carried out (bad flags or configuration, API or database
 //! unreachable, set-up refused).
 
 mod auth;
+mod baseline;
 mod buyer;
 mod checks;
 mod cli;
@@ -21,8 +24,10 @@ mod client;
 mod db;
 mod decisions;
 mod latency;
+mod load;
 mod report;
 mod scenario;
+mod schedule;
 
 use std::process::ExitCode;
 

@@ -1,7 +1,7 @@
 //! The run report: tallies built while the load runs, the JSON document and
 //! the human-readable table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -15,22 +15,34 @@ use crate::checks::Check;
 use crate::client::{Order, OrderStatus};
 use crate::latency::{LatencyRecorder, LatencySummary};
 
-/// The whole report; serialised as-is for `--json-out`.
+/// The whole report; serialised as-is for `--json-out`. With `--baseline`,
+/// the baseline's report is nested under `baseline` (same shape) and the
+/// side-by-side figures are in `comparison`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// `checkline`, or `baseline` for the row-locking comparison.
+    pub system: &'static str,
     pub run_id: String,
     pub started_at: DateTime<Utc>,
+    /// Base URL the orders were sent to.
     pub api_url: String,
-    pub product: ProductInfo,
-    pub config: SaleConfig,
-    /// From releasing the first buyer to the last decision observed (or the
+    /// The product under load; `null` when there are several.
+    pub product: Option<ProductInfo>,
+    /// Every product created for the run.
+    pub products: Vec<ProductInfo>,
+    pub config: RunConfig,
+    /// From releasing the first buyer to the last decision learnt (or the
     /// decision timeout).
     pub duration_secs: f64,
     /// From releasing the first buyer to the last buyer's final answer.
     pub submission_secs: f64,
+    /// `sold-out-storm`: the phase that sold the product out first.
+    pub sell_out: Option<SellOut>,
     pub responses: Responses,
     pub throughput: Throughput,
+    /// A figure the scenario is measured against (`sold-out-storm`).
+    pub goal: Option<Goal>,
     pub decisions: DecisionSummary,
     pub latency_ms: Latencies,
     pub checks: Vec<Check>,
@@ -40,42 +52,113 @@ pub struct Report {
     pub error: Option<String>,
     /// Diagnostics worth a look (first transport error, and the like).
     pub notes: Vec<String>,
+    /// `--baseline`: the same load against the row-locking implementation.
+    pub baseline: Option<Box<Report>>,
+    /// `--baseline`: checkline and baseline figures side by side.
+    pub comparison: Option<Vec<ComparisonRow>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProductInfo {
     pub id: Uuid,
     pub sku: String,
-    pub partition: i64,
+    /// Queue partition (checkline); `null` for the baseline.
+    pub partition: Option<i64>,
     pub initial_stock: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SaleConfig {
+pub struct RunConfig {
+    /// `closed` or `open`.
+    pub mode: &'static str,
+    /// Closed mode: virtual users.
+    pub concurrency: Option<usize>,
+    /// Open mode: orders started per second.
+    pub rate: Option<u32>,
+    /// Open mode: length of the arrival schedule (buyers / rate).
+    pub schedule_secs: Option<f64>,
+    /// Open mode: cap on outstanding submissions.
+    pub max_in_flight: Option<usize>,
     pub buyers: u32,
+    pub products: u32,
+    /// Initial stock of each product.
     pub stock: u64,
     pub quantity: u32,
     pub max_per_customer: Option<u32>,
-    pub concurrency: usize,
+    /// `poll`, `db`, or `synchronous` (the baseline).
+    pub decisions: &'static str,
     pub poll_concurrency: usize,
     pub max_attempts: u32,
     pub decision_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    /// The baseline's PostgreSQL pool size (baseline reports only).
+    pub baseline_pool: Option<u32>,
+}
+
+/// `sold-out-storm`: the orders that sold the product out before the storm.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SellOut {
+    pub orders: u32,
+    pub accepted: u64,
+    pub decided: u64,
+    pub confirmed: u64,
+    pub secs: f64,
+    /// Stock once their decisions were in: 0 when sold out.
+    pub stock_after: i64,
+}
+
+/// A throughput figure the scenario is measured against.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Goal {
+    /// The `throughput` field it applies to.
+    pub figure: &'static str,
+    pub target: f64,
+    pub achieved: f64,
+    pub reached: bool,
+}
+
+impl Goal {
+    pub fn new(figure: &'static str, target: f64, achieved: f64) -> Self {
+        Self {
+            figure,
+            target,
+            achieved,
+            reached: achieved >= target,
+        }
+    }
+
+    /// Achieved as a percentage of the target, to 0.1.
+    pub fn percent(&self) -> f64 {
+        if self.target <= 0.0 {
+            return 100.0;
+        }
+        (self.achieved / self.target * 1000.0).round() / 10.0
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Responses {
-    /// Buyers whose order was accepted (`202`, or a `200` replay).
+    /// Buyers who got a final HTTP answer (of any kind).
+    pub answered: u64,
+    /// Buyers whose order was accepted (`202`, or a `200` replay); for the
+    /// baseline, answered `200` with the order and its decision.
     pub accepted: u64,
     /// Of those, how many got the `200` replay of an earlier attempt.
     pub replayed: u64,
     /// Buyers answered `409 sold_out` at once.
     pub sold_out: u64,
+    /// Baseline: accepted answers whose decision was a stock rejection (the
+    /// synchronous equivalent of `409 sold_out`). Always 0 for checkline.
+    pub sold_out_in_answer: u64,
     /// Every other final HTTP answer, by status and problem code.
     pub other: Vec<StatusCount>,
     /// 2xx answers whose body was not an order.
     pub unreadable: u64,
     /// Buyers left without any HTTP answer, by transport error kind.
     pub transport_failures: BTreeMap<String, u64>,
+    /// Open mode: buyers not sent because `max_in_flight` submissions were
+    /// outstanding when they were due.
+    pub dropped: u64,
     pub retries: Retries,
 }
 
@@ -97,15 +180,23 @@ pub struct Retries {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Throughput {
+    /// Final answers per second of the submission phase.
+    pub answered_per_sec: f64,
     /// Accepted orders per second of the submission phase.
     pub accepted_per_sec: f64,
-    /// Decisions observed per second, from the release of the buyers to the
-    /// last decision.
+    /// Decisions per second: from the release to the last decision seen
+    /// (poll, synchronous), or from the first `created_at` to the last
+    /// `decided_at` (db).
     pub decided_per_sec: f64,
+    /// Buyers told "sold out" in the answer (`409 sold_out`, or a synchronous
+    /// stock rejection) per second of the submission phase.
+    pub sold_out_per_sec: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DecisionSummary {
+    /// How decisions were learnt: `poll`, `db` or `synchronous`.
+    pub tracking: &'static str,
     /// Distinct order ids accepted.
     pub accepted_orders: u64,
     pub decided: u64,
@@ -123,22 +214,42 @@ pub struct DecisionSummary {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Latencies {
-    /// Round trip of the `POST /v1/orders` attempt that was accepted.
+    /// The accepted `POST`: round trip of the accepted attempt (closed mode),
+    /// or from its scheduled send time to the answer (open mode).
     pub accept: LatencySummary,
-    /// Round trip of the `409 sold_out` answers.
+    /// The `409 sold_out` answers (and the baseline's synchronous stock
+    /// rejections), measured the same way.
     pub sold_out: LatencySummary,
-    /// Decision observed minus 202 received, as seen by the buyer.
+    /// Decision seen minus accept answer received (poll); the answer's
+    /// latency (synchronous).
     pub decision_observed: LatencySummary,
     /// `decided_at - created_at` from the server's timestamps.
     pub decision_server: LatencySummary,
+    /// Decision seen minus order sent (its scheduled time in open mode):
+    /// what the buyer waited in all (poll, synchronous).
+    pub order_to_decision: LatencySummary,
+}
+
+/// One figure of checkline and of the baseline, side by side.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComparisonRow {
+    pub figure: &'static str,
+    pub checkline: Option<f64>,
+    pub baseline: Option<f64>,
+    /// checkline ÷ baseline, to three significant digits; `null` when either
+    /// is missing or the baseline's is 0.
+    pub ratio: Option<f64>,
 }
 
 /// Counts final answers as buyers finish.
 #[derive(Debug, Default)]
 pub struct ResponseTally {
+    answered: u64,
     accepted: u64,
     replayed: u64,
     sold_out: u64,
+    sold_out_in_answer: u64,
+    dropped: u64,
     other: BTreeMap<(u16, Option<String>), u64>,
     unreadable: u64,
     transport: BTreeMap<String, u64>,
@@ -150,6 +261,7 @@ pub struct ResponseTally {
 
 impl ResponseTally {
     pub fn accepted(&mut self, replayed: bool, latency: Duration) {
+        self.answered += 1;
         self.accepted += 1;
         if replayed {
             self.replayed += 1;
@@ -158,6 +270,7 @@ impl ResponseTally {
     }
 
     pub fn refused(&mut self, status: u16, code: Option<&str>, latency: Duration) {
+        self.answered += 1;
         if status == 409 && code == Some("sold_out") {
             self.sold_out += 1;
             self.sold_out_latency.record(latency);
@@ -169,8 +282,25 @@ impl ResponseTally {
         }
     }
 
+    /// An accepted answer (already counted) whose synchronous decision is a
+    /// stock rejection: the buyer was told "sold out" in the answer.
+    pub fn sold_out_in_answer(&mut self, latency: Duration) {
+        self.sold_out_in_answer += 1;
+        self.sold_out_latency.record(latency);
+    }
+
     pub fn unreadable(&mut self) {
+        self.answered += 1;
         self.unreadable += 1;
+    }
+
+    /// Open mode: a buyer not sent because the in-flight cap was reached.
+    pub fn dropped(&mut self) {
+        self.dropped += 1;
+    }
+
+    pub fn dropped_count(&self) -> u64 {
+        self.dropped
     }
 
     pub fn transport_failure(&mut self, kind: &str) {
@@ -182,15 +312,13 @@ impl ResponseTally {
         self.network_retries += u64::from(network);
     }
 
-    pub fn accepted_count(&self) -> u64 {
-        self.accepted
-    }
-
     pub fn summary(&self) -> Responses {
         Responses {
+            answered: self.answered,
             accepted: self.accepted,
             replayed: self.replayed,
             sold_out: self.sold_out,
+            sold_out_in_answer: self.sold_out_in_answer,
             other: self
                 .other
                 .iter()
@@ -202,6 +330,7 @@ impl ResponseTally {
                 .collect(),
             unreadable: self.unreadable,
             transport_failures: self.transport.clone(),
+            dropped: self.dropped,
             retries: Retries {
                 total: self.backpressure_retries + self.network_retries,
                 backpressure: self.backpressure_retries,
@@ -212,8 +341,8 @@ impl ResponseTally {
 }
 
 /// Summarises the decisions observed for the `accepted` order ids.
-pub fn summarize_decisions(
-    accepted: &BTreeSet<Uuid>,
+pub fn summarize_decisions<'a>(
+    accepted: impl ExactSizeIterator<Item = &'a Uuid>,
     decided: &HashMap<Uuid, Order>,
 ) -> DecisionSummary {
     let mut summary = DecisionSummary {
@@ -258,45 +387,166 @@ pub fn count(len: usize) -> u64 {
     u64::try_from(len).unwrap_or(u64::MAX)
 }
 
+/// `checkline ÷ baseline` to three significant digits; `None` when either
+/// figure is missing, not finite, or the baseline's is not positive.
+pub fn ratio(checkline: Option<f64>, baseline: Option<f64>) -> Option<f64> {
+    let (checkline, baseline) = (checkline?, baseline?);
+    if !checkline.is_finite() || !baseline.is_finite() || baseline <= 0.0 {
+        return None;
+    }
+    Some(significant(checkline / baseline, 3))
+}
+
+/// `value` rounded to `digits` significant digits.
+fn significant(value: f64, digits: i32) -> f64 {
+    if value == 0.0 || !value.is_finite() {
+        return value;
+    }
+    let magnitude = value.abs().log10().floor() as i32;
+    let scale = 10f64.powi(digits - 1 - magnitude);
+    (value * scale).round() / scale
+}
+
+/// The figures compared between checkline and the baseline. Rows where
+/// neither side has a non-zero figure are left out.
+pub fn compare(checkline: &Report, baseline: &Report) -> Vec<ComparisonRow> {
+    type Figure = fn(&Report) -> Option<f64>;
+    let figures: [(&'static str, Figure); 12] = [
+        ("answered/s", |r| Some(r.throughput.answered_per_sec)),
+        ("accepted/s", |r| Some(r.throughput.accepted_per_sec)),
+        ("decided/s", |r| Some(r.throughput.decided_per_sec)),
+        ("sold out/s", |r| Some(r.throughput.sold_out_per_sec)),
+        ("accept p50 (ms)", |r| r.latency_ms.accept.p50_ms),
+        ("accept p99 (ms)", |r| r.latency_ms.accept.p99_ms),
+        ("decision p50 (ms)", |r| r.decision_latency().p50_ms),
+        ("decision p99 (ms)", |r| r.decision_latency().p99_ms),
+        ("order to decision p50 (ms)", |r| {
+            r.latency_ms.order_to_decision.p50_ms
+        }),
+        ("order to decision p99 (ms)", |r| {
+            r.latency_ms.order_to_decision.p99_ms
+        }),
+        ("sold out p50 (ms)", |r| r.latency_ms.sold_out.p50_ms),
+        ("sold out p99 (ms)", |r| r.latency_ms.sold_out.p99_ms),
+    ];
+    figures
+        .into_iter()
+        .filter_map(|(figure, get)| {
+            let (c, b) = (get(checkline), get(baseline));
+            let present = |v: Option<f64>| v.is_some_and(|v| v != 0.0);
+            (present(c) || present(b)).then(|| ComparisonRow {
+                figure,
+                checkline: c,
+                baseline: b,
+                ratio: ratio(c, b),
+            })
+        })
+        .collect()
+}
+
+/// The comparison as a table.
+pub fn render_comparison(rows: &[ComparisonRow], baseline_pool: Option<u32>) -> String {
+    let mut out = String::new();
+    let pool = baseline_pool.map_or_else(String::new, |n| format!(", {n} connections"));
+    let _ = writeln!(
+        out,
+        "checkline vs baseline (row-locking transaction per order{pool})"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<LABEL_WIDTH$} {:>12} {:>12} {:>8}",
+        "figure", "checkline", "baseline", "ratio"
+    );
+    let figure = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    for row in rows {
+        let ratio = row
+            .ratio
+            .map_or_else(|| "-".to_owned(), |r| format!("{r}x"));
+        let _ = writeln!(
+            out,
+            "  {:<LABEL_WIDTH$} {:>12} {:>12} {:>8}",
+            row.figure,
+            figure(row.checkline),
+            figure(row.baseline),
+            ratio
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  ratio = checkline / baseline: above 1 is better for /s figures, below 1 for latencies"
+    );
+    out
+}
+
 impl Report {
+    /// The decision latency of the run: seen through the API (poll), from
+    /// the server's timestamps (db), or the answer's (synchronous).
+    pub fn decision_latency(&self) -> &LatencySummary {
+        if self.decisions.tracking == "db" {
+            &self.latency_ms.decision_server
+        } else {
+            &self.latency_ms.decision_observed
+        }
+    }
+
     /// The load part of the report as a table (checks are printed apart).
     pub fn render(&self) -> String {
         let mut out = String::new();
         let c = &self.config;
         let r = &self.responses;
         let d = &self.decisions;
+        let t = &self.throughput;
         let limit = c
             .max_per_customer
             .map_or_else(|| "none".to_owned(), |m| m.to_string());
+        let baseline = self.system == "baseline";
 
         let _ = writeln!(
             out,
-            "checkline {} — run {} — {}",
+            "{} {} — run {} — {}",
+            self.system,
             self.scenario,
             self.run_id,
             self.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
         );
         row(&mut out, "api", &self.api_url);
-        row(
-            &mut out,
-            "product",
-            format!(
-                "{} ({}, partition {})",
-                self.product.id, self.product.sku, self.product.partition
+        match (&self.product, self.products.as_slice()) {
+            (Some(product), _) => row(&mut out, "product", describe_product(product)),
+            (None, [first, .., last]) => row(
+                &mut out,
+                "products",
+                format!("{} ({} … {})", self.products.len(), first.sku, last.sku),
             ),
-        );
+            (None, _) => row(&mut out, "products", self.products.len()),
+        }
         row(&mut out, "buyers", c.buyers);
-        row(&mut out, "stock", c.stock);
+        if c.products > 1 {
+            row(&mut out, "stock", format!("{} per product", c.stock));
+        } else {
+            row(&mut out, "stock", c.stock);
+        }
         row(&mut out, "quantity per order", c.quantity);
         row(&mut out, "max per customer", limit);
-        row(
-            &mut out,
-            "concurrency",
-            format!(
-                "{} submissions, {} polls",
-                c.concurrency, c.poll_concurrency
+        let load = match (c.concurrency, c.rate) {
+            (_, Some(rate)) => format!(
+                "open: {rate} orders/s for {:.3} s, at most {} in flight",
+                c.schedule_secs.unwrap_or_default(),
+                c.max_in_flight.unwrap_or_default()
             ),
-        );
+            (Some(users), None) => format!("closed: {users} virtual users"),
+            (None, None) => c.mode.to_owned(),
+        };
+        row(&mut out, "load", load);
+        let tracking = match d.tracking {
+            "poll" => format!("poll: up to {} long-polls at once", c.poll_concurrency),
+            "db" => "db: PostgreSQL watched every 100 ms".to_owned(),
+            "synchronous" => "synchronous: in the answer".to_owned(),
+            other => other.to_owned(),
+        };
+        row(&mut out, "decisions", tracking);
+        if let Some(pool) = c.baseline_pool {
+            row(&mut out, "baseline pool", format!("{pool} connections"));
+        }
         row(
             &mut out,
             "duration",
@@ -306,13 +556,42 @@ impl Report {
             ),
         );
 
+        if let Some(sell_out) = &self.sell_out {
+            let _ = writeln!(out, "\nSell-out (before the storm)");
+            row(
+                &mut out,
+                "orders",
+                format!(
+                    "{} ({} accepted, {} decided, {} confirmed) in {:.3} s",
+                    sell_out.orders,
+                    sell_out.accepted,
+                    sell_out.decided,
+                    sell_out.confirmed,
+                    sell_out.secs
+                ),
+            );
+            row(&mut out, "stock after", sell_out.stock_after);
+        }
+
         let _ = writeln!(out, "\nResponses");
+        row(&mut out, "answered", r.answered);
         row(
             &mut out,
-            "accepted (202)",
+            if baseline {
+                "decided in the answer (200)"
+            } else {
+                "accepted (202)"
+            },
             format!("{} (of which replayed 200: {})", r.accepted, r.replayed),
         );
         row(&mut out, "sold out at once (409)", r.sold_out);
+        if baseline {
+            row(
+                &mut out,
+                "sold out in the answer (200)",
+                r.sold_out_in_answer,
+            );
+        }
         for other in &r.other {
             let label = match &other.code {
                 Some(code) => format!("{} {code}", other.status),
@@ -326,6 +605,9 @@ impl Report {
         for (kind, n) in &r.transport_failures {
             row(&mut out, &format!("no answer ({kind})"), n);
         }
+        if c.rate.is_some() || r.dropped > 0 {
+            row(&mut out, "dropped (in-flight cap)", r.dropped);
+        }
         row(
             &mut out,
             "retries",
@@ -334,18 +616,29 @@ impl Report {
                 r.retries.total, r.retries.backpressure, r.retries.network
             ),
         );
-        row(
-            &mut out,
-            "accepted/s",
-            format!("{:.1}", self.throughput.accepted_per_sec),
-        );
-        row(
-            &mut out,
-            "decided/s",
-            format!("{:.1}", self.throughput.decided_per_sec),
-        );
+        row(&mut out, "answered/s", format!("{:.1}", t.answered_per_sec));
+        row(&mut out, "accepted/s", format!("{:.1}", t.accepted_per_sec));
+        row(&mut out, "decided/s", format!("{:.1}", t.decided_per_sec));
+        row(&mut out, "sold out/s", format!("{:.1}", t.sold_out_per_sec));
+        if let Some(goal) = &self.goal {
+            row(
+                &mut out,
+                "goal",
+                format!(
+                    "{} {:.0}: {} ({:.1}%)",
+                    goal.figure,
+                    goal.target,
+                    if goal.reached {
+                        "reached"
+                    } else {
+                        "not reached"
+                    },
+                    goal.percent()
+                ),
+            );
+        }
 
-        let _ = writeln!(out, "\nDecisions");
+        let _ = writeln!(out, "\nDecisions ({})", d.tracking);
         row(
             &mut out,
             "decided",
@@ -395,7 +688,14 @@ impl Report {
             ("sold out (409)", &l.sold_out),
             ("decision (observed)", &l.decision_observed),
             ("decision (server)", &l.decision_server),
+            ("order to decision", &l.order_to_decision),
         ] {
+            let label = match (baseline, label) {
+                (true, "accept (202)") => "answer (200)",
+                (true, "sold out (409)") => "sold out (200)",
+                (true, "decision (observed)") => "decision (= answer)",
+                _ => label,
+            };
             let [p50, p90, p99, p999, max] = summary.columns();
             let _ = writeln!(
                 out,
@@ -414,6 +714,13 @@ impl Report {
     }
 }
 
+fn describe_product(product: &ProductInfo) -> String {
+    match product.partition {
+        Some(partition) => format!("{} ({}, partition {partition})", product.id, product.sku),
+        None => format!("{} ({})", product.id, product.sku),
+    }
+}
+
 /// Width of the label column of the table.
 const LABEL_WIDTH: usize = 27;
 
@@ -424,6 +731,7 @@ fn row(out: &mut String, label: &str, value: impl std::fmt::Display) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn order(status: OrderStatus, reason: Option<&str>) -> Order {
         let now = Utc::now();
@@ -449,14 +757,21 @@ mod tests {
         tally.refused(500, None, Duration::from_millis(1));
         tally.unreadable();
         tally.transport_failure("connect");
+        tally.dropped();
         tally.retries(3, 1);
         tally.retries(0, 2);
 
         let responses = tally.summary();
+        assert_eq!(
+            responses.answered, 9,
+            "dropped and unreachable are not answers"
+        );
         assert_eq!(responses.accepted, 2);
-        assert_eq!(tally.accepted_count(), 2);
         assert_eq!(responses.replayed, 1);
         assert_eq!(responses.sold_out, 2);
+        assert_eq!(responses.sold_out_in_answer, 0);
+        assert_eq!(responses.dropped, 1);
+        assert_eq!(tally.dropped_count(), 1);
         assert_eq!(
             responses.other,
             vec![
@@ -489,6 +804,15 @@ mod tests {
         );
         assert_eq!(tally.accept_latency.summary().count, 2);
         assert_eq!(tally.sold_out_latency.summary().count, 2);
+
+        // A synchronous stock rejection: accepted (it has an order) and told
+        // sold out in the answer.
+        tally.accepted(false, Duration::from_millis(3));
+        tally.sold_out_in_answer(Duration::from_millis(3));
+        let responses = tally.summary();
+        assert_eq!(responses.answered, 10);
+        assert_eq!(responses.sold_out_in_answer, 1);
+        assert_eq!(tally.sold_out_latency.summary().count, 3);
     }
 
     #[test]
@@ -507,7 +831,7 @@ mod tests {
             .map(|o| (o.id, o))
             .collect();
 
-        let summary = summarize_decisions(&accepted, &decided);
+        let summary = summarize_decisions(accepted.iter(), &decided);
         assert_eq!(summary.accepted_orders, 4);
         assert_eq!(summary.decided, 3);
         assert_eq!(summary.undecided, 2);
@@ -524,41 +848,86 @@ mod tests {
         assert_eq!(seconds(Duration::from_micros(1_234_567)), 1.235);
     }
 
+    #[test]
+    fn ratios() {
+        assert_eq!(ratio(Some(300.0), Some(100.0)), Some(3.0));
+        assert_eq!(ratio(Some(1.0), Some(3.0)), Some(0.333));
+        assert_eq!(ratio(Some(2.0), Some(3.0)), Some(0.667));
+        assert_eq!(ratio(Some(2419.8), Some(859.4)), Some(2.82));
+        assert_eq!(ratio(Some(12_345.0), Some(10.0)), Some(1230.0));
+        // Small ratios keep their digits instead of rounding to 0.
+        assert_eq!(ratio(Some(3.89), Some(1753.09)), Some(0.00222));
+        assert_eq!(ratio(Some(0.0), Some(5.0)), Some(0.0));
+        assert_eq!(ratio(Some(5.0), Some(0.0)), None, "no division by zero");
+        assert_eq!(ratio(Some(5.0), Some(-1.0)), None);
+        assert_eq!(ratio(None, Some(5.0)), None);
+        assert_eq!(ratio(Some(5.0), None), None);
+        assert_eq!(ratio(Some(f64::NAN), Some(5.0)), None);
+        assert_eq!(ratio(Some(5.0), Some(f64::INFINITY)), None);
+    }
+
+    #[test]
+    fn goals() {
+        let goal = Goal::new("sold_out_per_sec", 40_000.0, 12_345.0);
+        assert!(!goal.reached);
+        assert_eq!(goal.percent(), 30.9);
+        let goal = Goal::new("sold_out_per_sec", 40_000.0, 40_000.0);
+        assert!(goal.reached);
+        assert_eq!(goal.percent(), 100.0);
+        assert_eq!(Goal::new("x", 0.0, 1.0).percent(), 100.0);
+    }
+
     fn sample_report() -> Report {
         let mut tally = ResponseTally::default();
         tally.accepted(false, Duration::from_millis(4));
         tally.refused(409, Some("sold_out"), Duration::from_millis(1));
         tally.refused(503, Some("overloaded"), Duration::from_millis(1));
         tally.retries(2, 0);
+        let product = ProductInfo {
+            id: Uuid::nil(),
+            sku: "LOAD-AB12CD34".into(),
+            partition: Some(3),
+            initial_stock: 1,
+        };
         Report {
             scenario: "flash-sale",
+            system: "checkline",
             run_id: "ab12cd34".into(),
             started_at: Utc::now(),
             api_url: "http://127.0.0.1:8080".into(),
-            product: ProductInfo {
-                id: Uuid::nil(),
-                sku: "LOAD-AB12CD34".into(),
-                partition: 3,
-                initial_stock: 1,
-            },
-            config: SaleConfig {
+            product: Some(product.clone()),
+            products: vec![product],
+            config: RunConfig {
+                mode: "closed",
+                concurrency: Some(2),
+                rate: None,
+                schedule_secs: None,
+                max_in_flight: None,
                 buyers: 3,
+                products: 1,
                 stock: 1,
                 quantity: 1,
                 max_per_customer: None,
-                concurrency: 2,
+                decisions: "poll",
                 poll_concurrency: 4,
                 max_attempts: 10,
                 decision_timeout_secs: 60,
+                request_timeout_secs: 30,
+                baseline_pool: None,
             },
             duration_secs: 1.5,
             submission_secs: 0.5,
+            sell_out: None,
             responses: tally.summary(),
             throughput: Throughput {
+                answered_per_sec: 6.0,
                 accepted_per_sec: 2.0,
                 decided_per_sec: 0.7,
+                sold_out_per_sec: 2.0,
             },
+            goal: None,
             decisions: DecisionSummary {
+                tracking: "poll",
                 accepted_orders: 1,
                 decided: 1,
                 confirmed: 1,
@@ -566,12 +935,15 @@ mod tests {
             },
             latency_ms: Latencies {
                 accept: tally.accept_latency.summary(),
+                sold_out: tally.sold_out_latency.summary(),
                 ..Latencies::default()
             },
             checks: Vec::new(),
             passed: None,
             error: None,
             notes: Vec::new(),
+            baseline: None,
+            comparison: None,
         }
     }
 
@@ -588,15 +960,22 @@ mod tests {
             "LOAD-AB12CD34, partition 3",
             "buyers                  3",
             "max per customer        none",
+            "load                    closed: 2 virtual users",
+            "decisions               poll: up to 4 long-polls at once",
+            "answered                3",
             "accepted (202)          1 (of which replayed 200: 0)",
             "sold out at once (409)  1",
             "503 overloaded          1",
             "retries                 2 (backpressure 2, network 0)",
+            "answered/s              6.0",
+            "sold out/s              2.0",
+            "Decisions (poll)",
             "decided                 1 of 1 accepted orders",
             "confirmed               1",
             "p99.9",
             "accept (202)                 1      4.00",
             "decision (server)            0         -",
+            "order to decision            0         -",
         ] {
             assert!(
                 flat_table.contains(&flat(needle)),
@@ -604,6 +983,9 @@ mod tests {
             );
         }
         assert!(!table.contains("undecided"));
+        assert!(!table.contains("dropped"), "closed mode drops nothing");
+        assert!(!table.contains("Sell-out"));
+        assert!(!table.contains("goal"));
         // Labels longer than the column still leave a gap before the value.
         let mut report = sample_report();
         report
@@ -619,7 +1001,7 @@ mod tests {
             .skip_while(|line| !line.starts_with("Latency"))
             .map(|line| line.len())
             .collect();
-        assert_eq!(widths.len(), 5, "{table}");
+        assert_eq!(widths.len(), 6, "{table}");
         assert!(
             widths.iter().all(|&w| w == widths[0]),
             "{widths:?}\n{table}"
@@ -627,19 +1009,159 @@ mod tests {
     }
 
     #[test]
+    fn table_shows_open_mode_storms_and_many_products() {
+        let mut report = sample_report();
+        report.scenario = "sold-out-storm";
+        report.config.mode = "open";
+        report.config.concurrency = None;
+        report.config.rate = Some(40_000);
+        report.config.schedule_secs = Some(2.0);
+        report.config.max_in_flight = Some(10_000);
+        report.config.decisions = "db";
+        report.decisions.tracking = "db";
+        report.responses.dropped = 17;
+        report.sell_out = Some(SellOut {
+            orders: 10,
+            accepted: 10,
+            decided: 10,
+            confirmed: 10,
+            secs: 0.25,
+            stock_after: 0,
+        });
+        report.goal = Some(Goal::new("sold_out_per_sec", 40_000.0, 10_000.0));
+        let table = flat(&report.render());
+        for needle in [
+            "load open: 40000 orders/s for 2.000 s, at most 10000 in flight",
+            "decisions db: PostgreSQL watched every 100 ms",
+            "dropped (in-flight cap) 17",
+            "Sell-out (before the storm)",
+            "orders 10 (10 accepted, 10 decided, 10 confirmed) in 0.250 s",
+            "stock after 0",
+            "goal sold_out_per_sec 40000: not reached (25.0%)",
+            "Decisions (db)",
+        ] {
+            assert!(table.contains(needle), "missing {needle:?} in\n{table}");
+        }
+
+        let mut report = sample_report();
+        report.product = None;
+        report.products = (0..3)
+            .map(|i| ProductInfo {
+                id: Uuid::from_u128(i),
+                sku: format!("LOAD-X-{i}"),
+                partition: Some(0),
+                initial_stock: 5,
+            })
+            .collect();
+        report.config.products = 3;
+        report.config.stock = 5;
+        let table = flat(&report.render());
+        assert!(
+            table.contains("products 3 (LOAD-X-0 … LOAD-X-2)"),
+            "{table}"
+        );
+        assert!(table.contains("stock 5 per product"), "{table}");
+    }
+
+    #[test]
+    fn baseline_table_names_synchronous_answers() {
+        let mut report = sample_report();
+        report.system = "baseline";
+        report.product.as_mut().unwrap().partition = None;
+        report.config.decisions = "synchronous";
+        report.config.baseline_pool = Some(32);
+        report.decisions.tracking = "synchronous";
+        report.responses.sold_out_in_answer = 5;
+        let table = flat(&report.render());
+        for needle in [
+            "baseline flash-sale — run ab12cd34",
+            "00000000-0000-0000-0000-000000000000 (LOAD-AB12CD34)",
+            "decisions synchronous: in the answer",
+            "baseline pool 32 connections",
+            "decided in the answer (200) 1",
+            "sold out in the answer (200) 5",
+            "answer (200) 1 4.00",
+            "decision (= answer)",
+        ] {
+            assert!(table.contains(needle), "missing {needle:?} in\n{table}");
+        }
+    }
+
+    #[test]
+    fn comparison_rows_and_table() {
+        let checkline = sample_report();
+        let mut baseline = sample_report();
+        baseline.system = "baseline";
+        baseline.throughput.accepted_per_sec = 0.5;
+        baseline.throughput.decided_per_sec = 0.0;
+        baseline.latency_ms.accept.p50_ms = Some(8.0);
+        baseline.latency_ms.accept.p99_ms = Some(16.0);
+
+        let rows = compare(&checkline, &baseline);
+        let get = |figure: &str| rows.iter().find(|row| row.figure == figure).cloned();
+        let accepted = get("accepted/s").unwrap();
+        assert_eq!(accepted.checkline, Some(2.0));
+        assert_eq!(accepted.baseline, Some(0.5));
+        assert_eq!(accepted.ratio, Some(4.0));
+        let decided = get("decided/s").unwrap();
+        assert_eq!(decided.ratio, None, "baseline 0: no ratio");
+        let p50 = get("accept p50 (ms)").unwrap();
+        assert_eq!(p50.ratio, Some(0.5));
+        // Figures neither side has are left out.
+        assert!(get("order to decision p50 (ms)").is_none());
+        assert!(get("decision p50 (ms)").is_none());
+
+        let table = render_comparison(&rows, Some(32));
+        assert!(table.starts_with(
+            "checkline vs baseline (row-locking transaction per order, 32 connections)\n"
+        ));
+        assert!(flat(&table).contains("accepted/s 2.00 0.50 4x"), "{table}");
+        assert!(flat(&table).contains("decided/s 0.70 0.00 -"), "{table}");
+
+        // db tracking compares the server-side decision latency.
+        let mut db = sample_report();
+        db.decisions.tracking = "db";
+        db.latency_ms.decision_server.p50_ms = Some(42.0);
+        assert_eq!(db.decision_latency().p50_ms, Some(42.0));
+        assert_eq!(sample_report().decision_latency().p50_ms, None);
+    }
+
+    #[test]
     fn json_shape() {
-        let json = serde_json::to_value(sample_report()).unwrap();
+        let mut report = sample_report();
+        let baseline = sample_report();
+        report.comparison = Some(compare(&report, &baseline));
+        report.baseline = Some(Box::new(baseline));
+        let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["scenario"], "flash-sale");
+        assert_eq!(json["system"], "checkline");
+        assert_eq!(json["product"]["partition"], 3);
+        assert_eq!(json["products"].as_array().unwrap().len(), 1);
         assert_eq!(json["config"]["max_per_customer"], serde_json::Value::Null);
+        assert_eq!(json["config"]["mode"], "closed");
+        assert_eq!(json["config"]["concurrency"], 2);
+        assert!(json["config"]["rate"].is_null());
+        assert_eq!(json["config"]["decisions"], "poll");
+        assert_eq!(json["responses"]["answered"], 3);
+        assert_eq!(json["responses"]["dropped"], 0);
         assert_eq!(json["responses"]["other"][0]["status"], 503);
         assert_eq!(json["responses"]["other"][0]["code"], "overloaded");
         assert_eq!(json["responses"]["retries"]["total"], 2);
+        assert_eq!(json["throughput"]["sold_out_per_sec"], 2.0);
+        assert_eq!(json["decisions"]["tracking"], "poll");
         assert_eq!(json["latency_ms"]["accept"]["count"], 1);
         let p50 = json["latency_ms"]["accept"]["p50_ms"].as_f64().unwrap();
         assert!((4.0..4.01).contains(&p50), "{p50}");
         assert!(json["latency_ms"]["decision_server"]["p99_ms"].is_null());
+        assert!(json["latency_ms"]["order_to_decision"]["p99_ms"].is_null());
+        assert!(json["sell_out"].is_null());
+        assert!(json["goal"].is_null());
         assert!(json["passed"].is_null());
         assert!(json["checks"].as_array().unwrap().is_empty());
+        assert_eq!(json["baseline"]["system"], "checkline");
+        assert!(json["baseline"]["baseline"].is_null());
+        assert_eq!(json["comparison"][0]["figure"], "answered/s");
+        assert_eq!(json["comparison"][0]["ratio"], 1.0);
     }
 
     #[test]

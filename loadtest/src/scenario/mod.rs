@@ -1,8 +1,18 @@
 //! Scenarios and what they share: connecting to the system under test,
-//! creating the product under load, and turning checks into an exit code.
+//! creating the products under load, and turning checks into an exit code.
+//!
+//! Every scenario follows the same course ([`runner`]): create its products,
+//! (for `sold-out-storm`) sell the product out, release the buyers, learn the
+//! decisions, report, check the invariants; then, with `--baseline`, the same
+//! against the row-locking baseline ([`system`] hides the difference).
+//! What differs between scenarios is settled by the command line
+//! ([`crate::cli::ScenarioSettings`]): products, stock, default buyers, and
+//! the sell-out phase.
 
-pub mod flash_sale;
+mod runner;
+mod system;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -11,7 +21,7 @@ use sqlx::PgPool;
 
 use crate::auth::TokenMinter;
 use crate::checks::{self, Check};
-use crate::cli::{Cli, Command, Connection, FlashSaleSettings};
+use crate::cli::{Cli, Connection, ScenarioSettings};
 use crate::client::{error_chain, ApiClient, NewProduct, Product};
 use crate::db;
 
@@ -52,17 +62,14 @@ impl Verdict {
 /// Runs the scenario the command line asks for.
 pub async fn run(cli: Cli) -> Result<Verdict> {
     let connection = Connection::from_args(&cli.connection)?;
-    match &cli.command {
-        Command::FlashSale(args) => {
-            flash_sale::run(&connection, FlashSaleSettings::from(args)).await
-        }
-    }
+    let settings = ScenarioSettings::from_command(&cli.command)?;
+    runner::run(&connection, settings).await
 }
 
 /// Connections to the system under test, checked before any load is sent.
 pub struct Harness {
     pub client: ApiClient,
-    pub minter: TokenMinter,
+    pub minter: Arc<TokenMinter>,
     pub pool: PgPool,
 }
 
@@ -91,7 +98,7 @@ impl Harness {
         let pool = db::connect(&connection.database_url).await?;
         Ok(Self {
             client,
-            minter: TokenMinter::new(&connection.jwt_secret),
+            minter: Arc::new(TokenMinter::new(&connection.jwt_secret)),
             pool,
         })
     }
