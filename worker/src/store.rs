@@ -150,14 +150,14 @@ pub async fn apply_batch(
     // deciding exactly-once.
     let pending_orders: Vec<(Uuid, String, Uuid, i32)> = sqlx::query_as(
         "SELECT id, customer_id, product_id, quantity FROM orders \
-         WHERE id = ANY($1) AND status = 'pending' FOR UPDATE",
+         WHERE id = ANY($1) AND status = 'pending' FOR NO KEY UPDATE",
     )
     .bind(&order_ids)
     .fetch_all(&mut *tx)
     .await?;
     let pending_restocks: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
         "SELECT id, product_id, quantity FROM restocks \
-         WHERE id = ANY($1) AND status = 'pending' FOR UPDATE",
+         WHERE id = ANY($1) AND status = 'pending' FOR NO KEY UPDATE",
     )
     .bind(&restock_ids)
     .fetch_all(&mut *tx)
@@ -220,11 +220,15 @@ pub async fn apply_batch(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    // A fixed lock order keeps two transactions from deadlocking.
+    // A fixed lock order keeps two transactions from deadlocking. NO KEY
+    // UPDATE (what an UPDATE of a non-key column takes anyway), not UPDATE:
+    // the API's inserts of new orders check their product's foreign key with
+    // a KEY SHARE lock, which a FOR UPDATE lock would block until this batch
+    // commits, serializing accepting behind deciding.
     product_ids.sort_unstable();
     let product_rows: Vec<(Uuid, i64, i64, Option<i32>, bool)> = sqlx::query_as(
         "SELECT id, stock, price_cents, max_per_customer, active FROM products \
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+         WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(&product_ids)
     .fetch_all(&mut *tx)
