@@ -158,14 +158,20 @@ async fn process(deps: &Deps, batch: Vec<(Request, Reply)>) {
     publish(deps, inserted).await;
 }
 
+/// Answers every request still waiting in the batch with the batch's error.
 fn fail_all(slots: Vec<Slot>, err: ApiError) {
-    let status = err.status();
+    let unavailable = err.status().as_u16() == 503;
     let message = err.to_string();
+    if !unavailable {
+        // The cause is logged here once; each request gets a generic 500.
+        tracing::error!(error = ?err, "accept batch failed");
+    }
     for slot in slots {
         if let Slot::Pending(_, reply) = slot {
-            let err = match status.as_u16() {
-                503 => ApiError::Unavailable(message.clone()),
-                _ => ApiError::Internal(message.clone()),
+            let err = if unavailable {
+                ApiError::Unavailable(message.clone())
+            } else {
+                ApiError::Internal("accept batch failed".into())
             };
             let _ = reply.send(Err(err));
         }
