@@ -52,6 +52,15 @@ ensure_services
 printf 'CHECKLINE_NATS_URL=%s\nCHECKLINE_DATABASE_URL=%s\nCHECKLINE_REDIS_URL=%s\n' \
     "$CHECKLINE_NATS_URL" "$CHECKLINE_DATABASE_URL" "$CHECKLINE_REDIS_URL"
 
+# Databases left by tests that failed before cleaning up after themselves.
+if command -v psql >/dev/null 2>&1; then
+    psql -Atq "${CHECKLINE_DATABASE_URL%/*}/postgres" \
+        -c "SELECT datname FROM pg_database WHERE datname LIKE 'checkline\_test\_%' OR datname LIKE 'checkline\_e2e\_%'" 2>/dev/null |
+        while read -r db; do
+            [[ -n $db ]] && psql -q "${CHECKLINE_DATABASE_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1
+        done || true
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
@@ -104,5 +113,62 @@ fi
 
 step "fault suite: a flash sale through killed workers and restarted NATS, PostgreSQL and Redis"
 bash "$ROOT/scripts/fault-suite.sh"
+
+# The contract fuzzer: schemathesis (PyPI, pinned, installed into .run/venv
+# beside nats-server) generates requests from the served OpenAPI document and
+# fails on any 5xx and on any response whose status, headers, content type or
+# body the document does not allow, and on schema-violating input that is
+# accepted. Once as an admin (every operation but the orders), once as a
+# customer (the orders), each bounded in time. Tokens are passed as headers;
+# schemathesis filters them out of what it prints.
+step "contract fuzzing: schemathesis against the built binaries (about 2 minutes)"
+SCHEMATHESIS_VERSION=4.32.5
+if [[ "$("$RUN_DIR/venv/bin/st" --version 2>/dev/null)" != "st, version $SCHEMATHESIS_VERSION" ]]; then
+    if [[ ! -x "$RUN_DIR/venv/bin/pip" ]]; then
+        _svc_ensure_python_venv
+        python3 -m venv "$RUN_DIR/venv" || svc_die "python3 -m venv failed"
+    fi
+    "$RUN_DIR/venv/bin/pip" install --disable-pip-version-check -q "schemathesis==$SCHEMATHESIS_VERSION" ||
+        svc_die "pip install schemathesis==$SCHEMATHESIS_VERSION failed"
+fi
+ST_DB="checkline_st_$$"
+ST_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+st_env=(
+    CHECKLINE_DATABASE_URL="${CHECKLINE_DATABASE_URL%/*}/$ST_DB"
+    CHECKLINE_PREFIX="st$$"
+    CHECKLINE_STREAM_MAX_BYTES=$((64 * 1024 * 1024))
+    CHECKLINE_HTTP_ADDR="127.0.0.1:$ST_PORT"
+    CHECKLINE_JWT_SECRET="contract-fuzzing-secret-contract-fuzzing"
+    CHECKLINE_RESTOCK_WAIT_MS=1000
+    CHECKLINE_LOG=warn
+)
+env "${st_env[@]}" target/debug/checkline-worker >"$RUN_DIR/logs/st-worker.log" 2>&1 &
+ST_WORKER=$!
+svc_on_cleanup "svc_stop_pid $ST_WORKER st-worker"
+env "${st_env[@]}" target/debug/checkline-api >"$RUN_DIR/logs/st-api.log" 2>&1 &
+ST_API=$!
+svc_on_cleanup "svc_stop_pid $ST_API st-api"
+for _ in $(seq 1 150); do
+    curl -fsS --max-time 2 "http://127.0.0.1:$ST_PORT/readyz" >/dev/null 2>&1 && break
+    svc_alive "$ST_API" || { svc_show_log "$RUN_DIR/logs/st-api.log"; svc_die "the api exited"; }
+    sleep 0.2
+done
+ST_ADMIN=$(env "${st_env[@]}" target/debug/checkline-token --sub contract-admin --role admin --ttl-secs 900)
+ST_CUSTOMER=$(env "${st_env[@]}" target/debug/checkline-token --sub contract-customer --role customer --ttl-secs 900)
+st_run() {
+    local token=$1
+    shift
+    (cd "$RUN_DIR" && "$RUN_DIR/venv/bin/st" run "http://127.0.0.1:$ST_PORT/openapi.json" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection \
+        --max-examples 10 --max-time 60 --request-timeout 5 --no-color \
+        --header "Authorization: Bearer $token" "$@")
+}
+st_run "$ST_ADMIN" --exclude-tag orders
+st_run "$ST_CUSTOMER" --include-tag orders
+svc_stop_pid "$ST_API" st-api
+svc_stop_pid "$ST_WORKER" st-worker
+if command -v psql >/dev/null 2>&1; then
+    psql -q "${CHECKLINE_DATABASE_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS $ST_DB WITH (FORCE)" || true
+fi
 
 step "all checks passed"

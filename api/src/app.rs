@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use axum::Router;
 use checkline_shared::cache::Cache;
 use checkline_shared::config::ConfigError;
@@ -19,13 +18,18 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::accept::{self, Acceptor, Backlog};
 use crate::auth::Verifier;
 use crate::catalog::Catalog;
 use crate::config::ApiConfig;
+use crate::edge::{self, StreamSlots};
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::ratelimit::RateLimiter;
 use crate::routes;
 
 /// A monotonic counter for `/metrics`.
@@ -54,6 +58,11 @@ pub struct Metrics {
     pub publish_failures: Counter,
     pub accept_batches: Counter,
     pub accept_batch_orders: Counter,
+    pub rate_limited: Counter,
+    pub rate_local_decisions: Counter,
+    pub connections_refused: Counter,
+    pub streams_refused: Counter,
+    pub request_timeouts: Counter,
 }
 
 impl Metrics {
@@ -91,6 +100,31 @@ impl Metrics {
                 "Order requests handled in accept batches; divided by the batches, the mean batch size.",
                 self.accept_batch_orders.get(),
             ),
+            (
+                "checkline_rate_limited_total",
+                "Requests refused 429 by a rate limit.",
+                self.rate_limited.get(),
+            ),
+            (
+                "checkline_rate_local_decisions_total",
+                "Rate-limit checks decided in process because Redis did not answer.",
+                self.rate_local_decisions.get(),
+            ),
+            (
+                "checkline_connections_refused_total",
+                "Connections over CHECKLINE_MAX_CONNECTIONS (answered 503 or closed).",
+                self.connections_refused.get(),
+            ),
+            (
+                "checkline_streams_refused_total",
+                "Event streams refused 503 over the stream caps.",
+                self.streams_refused.get(),
+            ),
+            (
+                "checkline_request_timeouts_total",
+                "Requests answered 503 after CHECKLINE_REQUEST_TIMEOUT_MS.",
+                self.request_timeouts.get(),
+            ),
         ] {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
@@ -113,6 +147,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub catalog: Arc<Catalog>,
     pub acceptor: Acceptor,
+    pub limiter: RateLimiter,
+    pub streams: Arc<StreamSlots>,
 }
 
 impl AppState {
@@ -160,25 +196,42 @@ impl AppState {
     }
 }
 
+/// Every route, registered with its OpenAPI operation: the router and the
+/// document (`crate::openapi`) come from this one list, so the router cannot
+/// serve a route the document does not describe.
+pub fn api_router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(routes::products::list, routes::products::create))
+        .routes(routes!(routes::products::get, routes::products::patch))
+        .routes(routes!(routes::products::restock))
+        .routes(routes!(routes::stock::events))
+        .routes(routes!(routes::orders::list, routes::orders::create))
+        .routes(routes!(routes::orders::get))
+        .routes(routes!(routes::orders::events))
+        .routes(routes!(routes::admin::stats))
+        .routes(routes!(routes::ops::healthz))
+        .routes(routes!(routes::ops::readyz))
+        .routes(routes!(routes::ops::metrics))
+        .routes(routes!(routes::ops::openapi))
+}
+
 /// The router, with its middleware.
+///
+/// From the outside in: request id and tracing (so every answer, refusals
+/// included, carries `x-request-id`); `edge::admit` (431 for oversized
+/// heads, the per-address rate limit); the body limit; then, on matched
+/// routes only, `edge::bound` (the request time limit and the event stream
+/// cap). The per-subject rate limit is charged where the caller is known
+/// (`auth::Caller`).
 pub fn router(state: Arc<AppState>) -> Router {
     let body_max = state.config.body_max_bytes;
-    Router::new()
-        .route("/v1/products", get(routes::products::list).post(routes::products::create))
-        .route("/v1/products/{id}", get(routes::products::get).patch(routes::products::patch))
-        .route("/v1/products/{id}/restock", post(routes::products::restock))
-        .route("/v1/products/{id}/events", get(routes::stock::events))
-        .route("/v1/orders", get(routes::orders::list).post(routes::orders::create))
-        .route("/v1/orders/{id}", get(routes::orders::get))
-        .route("/v1/orders/{id}/events", get(routes::orders::events))
-        .route("/v1/admin/stats", get(routes::admin::stats))
-        .route("/healthz", get(routes::ops::healthz))
-        .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics))
-        .route("/openapi.json", get(routes::ops::openapi))
+    let (routes, _openapi) = api_router().split_for_parts();
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), edge::bound))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge::admit))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -267,7 +320,24 @@ impl Application {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(ApiSetupError::Bind)?;
-        let verifier = Verifier::new(&config.jwt_secret, config.jwt_leeway_secs);
+        let verifier = Verifier::with_options(
+            &config.jwt_secret,
+            &config.jwt_previous_secrets,
+            config.jwt_leeway_secs,
+            config.jwt_issuer.as_deref(),
+            config.jwt_audience.as_deref(),
+        );
+        let limiter = RateLimiter::new(
+            &config.rate,
+            &common.redis_url,
+            &common.prefix,
+            common.redis_timeout,
+            metrics.clone(),
+        )?;
+        let streams = StreamSlots::new(
+            config.edge.sse_max_streams,
+            config.edge.sse_max_streams_per_addr,
+        );
         let state = Arc::new(AppState {
             config,
             pool,
@@ -280,6 +350,8 @@ impl Application {
             metrics,
             catalog,
             acceptor,
+            limiter,
+            streams,
         });
         Ok(Self {
             listener,
@@ -293,35 +365,29 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish
-    /// for a bounded time.
+    /// for a bounded time (`crate::server`).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "api listening");
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = self.state.config.shutdown_grace;
         let app = router(self.state.clone());
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping_tx.send(());
-        });
-        let result = tokio::select! {
-            result = server => result,
-            () = async {
-                let _ = stopping_rx.await;
-                tokio::time::sleep(grace).await;
-            } => {
-                tracing::warn!("requests still open after the grace period; stopping anyway");
-                Ok(())
-            }
-        };
+        crate::server::serve(
+            self.listener,
+            app,
+            self.state.config.edge.clone(),
+            self.state.metrics.clone(),
+            shutdown,
+            grace,
+        )
+        .await;
         for task in &self.tasks {
             task.abort();
         }
         self.state.pool.close().await;
         tracing::info!("api stopped");
-        result
+        Ok(())
     }
 }

@@ -2,7 +2,13 @@
 //!
 //! Only HS256 is accepted (the algorithm list is fixed, so `none` and every
 //! other algorithm fail), `exp` is required with a small configured leeway,
-//! and the subject must be a valid customer id. Tokens are never logged.
+//! `iss` and `aud` are required and checked when configured, and the subject
+//! must be a valid customer id. Several keys may verify (rotation: the
+//! current one signs, previous ones still verify until removed). Tokens are
+//! never logged, nor the reason a token was refused (which could echo it).
+//!
+//! Once the caller is known, its per-subject rate limit is charged here, so
+//! that every authenticated route is covered (`crate::ratelimit`).
 
 use std::sync::Arc;
 
@@ -27,28 +33,77 @@ pub struct Claims {
 /// Verifies tokens.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    /// The current key first, then the previous ones still accepted.
+    keys: Vec<DecodingKey>,
     validation: Validation,
 }
 
+/// Longest bearer token looked at; anything longer is refused unparsed.
+pub const TOKEN_MAX_BYTES: usize = 4096;
+
 impl Verifier {
     pub fn new(secret: &[u8], leeway_secs: u64) -> Self {
+        Self::with_options(secret, &[], leeway_secs, None, None)
+    }
+
+    /// `previous`: keys that still verify (rotation). `issuer` and
+    /// `audience`: when given, the claim is required and must match.
+    pub fn with_options(
+        secret: &[u8],
+        previous: &[Vec<u8>],
+        leeway_secs: u64,
+        issuer: Option<&str>,
+        audience: Option<&str>,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = leeway_secs;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            key: DecodingKey::from_secret(secret),
-            validation,
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        match audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            // Without a configured audience, a token's `aud` is not checked.
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        let keys = std::iter::once(secret)
+            .chain(previous.iter().map(Vec::as_slice))
+            .map(DecodingKey::from_secret)
+            .collect();
+        Self { keys, validation }
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|_| ApiError::Unauthorized("the bearer token is invalid or expired"))?;
-        let claims = data.claims;
+        const INVALID: ApiError = ApiError::Unauthorized("the bearer token is invalid or expired");
+        if token.len() > TOKEN_MAX_BYTES {
+            return Err(INVALID);
+        }
+        let mut data = None;
+        for key in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Ok(decoded) => {
+                    data = Some(decoded);
+                    break;
+                }
+                // Only a signature mismatch may be another key's token; any
+                // other failure (expired, malformed, wrong algorithm) is final.
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        jsonwebtoken::errors::ErrorKind::InvalidSignature
+                    ) => {}
+                Err(_) => return Err(INVALID),
+            }
+        }
+        let claims = data.ok_or(INVALID)?.claims;
         let subject = CustomerId::parse(&claims.sub).ok_or(ApiError::Unauthorized(
             "the token's sub is not a valid customer id",
         ))?;
@@ -67,11 +122,34 @@ pub fn mint(
     roles: &[&str],
     ttl_secs: u64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let exp = jsonwebtoken::get_current_timestamp() + ttl_secs;
-    let claims = Claims {
-        sub: sub.to_owned(),
-        exp,
-        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+    mint_with(secret, sub, roles, ttl_secs, None, None)
+}
+
+/// Mints a token with optional `iss` and `aud` claims.
+pub fn mint_with(
+    secret: &[u8],
+    sub: &str,
+    roles: &[&str],
+    ttl_secs: u64,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    #[derive(Serialize)]
+    struct Minted<'a> {
+        sub: &'a str,
+        exp: u64,
+        roles: &'a [&'a str],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        iss: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        aud: Option<&'a str>,
+    }
+    let claims = Minted {
+        sub,
+        exp: jsonwebtoken::get_current_timestamp() + ttl_secs,
+        roles,
+        iss: issuer,
+        aud: audience,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -124,19 +202,24 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .ok_or(ApiError::Unauthorized(
                 "an Authorization: Bearer token is required",
             ))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized(
-                "an Authorization: Bearer token is required",
-            ))?;
-        state.verifier.verify(token)
+        let token = bearer_token(value.as_bytes()).ok_or(ApiError::Unauthorized(
+            "an Authorization: Bearer token is required",
+        ))?;
+        let caller = state.verifier.verify(token)?;
+        state
+            .limiter
+            .check_subject(&caller.subject, &parts.method, &parts.headers)
+            .await?;
+        Ok(caller)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer_token(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
@@ -198,6 +281,92 @@ mod tests {
         )
         .unwrap();
         assert!(v.verify(&hs512).is_err());
+    }
+
+    #[test]
+    fn leeway_is_a_few_seconds_at_most() {
+        let v = Verifier::new(SECRET, 5);
+        let token = |exp: u64| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &Claims {
+                    sub: "alice".into(),
+                    exp,
+                    roles: vec!["customer".into()],
+                },
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap()
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        // Within the leeway: still accepted. Beyond it: refused.
+        assert!(v.verify(&token(now - 2)).is_ok());
+        assert!(v.verify(&token(now - 8)).is_err());
+    }
+
+    #[test]
+    fn rotated_keys_verify_until_removed() {
+        let old = b"previous-key-previous-key-previous".to_vec();
+        let rotated = Verifier::with_options(SECRET, std::slice::from_ref(&old), 5, None, None);
+        let by_old = mint(&old, "alice", &["customer"], 60).unwrap();
+        let by_new = mint(SECRET, "alice", &["customer"], 60).unwrap();
+        assert!(rotated.verify(&by_old).is_ok());
+        assert!(rotated.verify(&by_new).is_ok());
+        // Once the old key is dropped from the list, its tokens fail.
+        assert!(Verifier::new(SECRET, 5).verify(&by_old).is_err());
+        // An expired token signed by an old key is still refused.
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: "alice".into(),
+                exp: jsonwebtoken::get_current_timestamp() - 60,
+                roles: vec![],
+            },
+            &EncodingKey::from_secret(&old),
+        )
+        .unwrap();
+        assert!(rotated.verify(&expired).is_err());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let strict = Verifier::with_options(SECRET, &[], 5, Some("checkline"), Some("storefront"));
+        let good = mint_with(
+            SECRET,
+            "alice",
+            &["customer"],
+            60,
+            Some("checkline"),
+            Some("storefront"),
+        )
+        .unwrap();
+        assert!(strict.verify(&good).is_ok());
+        for (iss, aud) in [
+            (None, Some("storefront")),
+            (Some("checkline"), None),
+            (Some("other"), Some("storefront")),
+            (Some("checkline"), Some("other")),
+        ] {
+            let token = mint_with(SECRET, "alice", &["customer"], 60, iss, aud).unwrap();
+            assert!(strict.verify(&token).is_err(), "iss {iss:?} aud {aud:?}");
+        }
+        // Not configured: the claims are optional and not checked.
+        let lax = Verifier::new(SECRET, 5);
+        let token = mint_with(SECRET, "alice", &["customer"], 60, Some("x"), Some("y")).unwrap();
+        assert!(lax.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token(b"bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(&[0x42, 0xff, 0x20, 0x41]), None);
+        assert!(Verifier::new(SECRET, 5)
+            .verify(&"a".repeat(TOKEN_MAX_BYTES + 1))
+            .is_err());
     }
 
     #[test]

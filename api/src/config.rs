@@ -1,6 +1,6 @@
 //! The API's settings.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use checkline_shared::config::{CommonConfig, ConfigError, Env};
@@ -51,6 +51,59 @@ pub struct ApiConfig {
     pub partition_backlog_max: i64,
     /// How often the partitions' backlogs are measured.
     pub backlog_check_interval: Duration,
+    /// Keys that still verify tokens (rotation): signed before the current
+    /// secret took over. Never logged.
+    pub jwt_previous_secrets: Vec<Vec<u8>>,
+    /// When set, tokens must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub jwt_audience: Option<String>,
+    /// Rate limits (per token subject and per client address).
+    pub rate: RateConfig,
+    /// Limits on connections, headers, request time and event streams.
+    pub edge: EdgeConfig,
+}
+
+/// One budget of the GCRA limiter: a steady rate and the burst allowed on
+/// top of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateQuota {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateConfig {
+    /// `CHECKLINE_RATE_LIMITS=off` turns every rate limit off.
+    pub enabled: bool,
+    /// Per token subject: `POST /v1/orders` and every other write.
+    pub orders: RateQuota,
+    /// Per token subject: authenticated reads (orders, long polls, streams, stats).
+    pub reads: RateQuota,
+    /// Per client address: every request.
+    pub addr: RateQuota,
+    /// Keys the in-process limiter keeps while Redis is unreachable.
+    pub local_keys_max: usize,
+    /// Peers whose `X-Forwarded-For` names the client (a reverse proxy).
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Largest request line plus headers answered normally; beyond it `431`.
+    pub header_max_bytes: usize,
+    /// A client must send a request's whole head within this time (also the
+    /// idle time of a kept-alive connection); else the connection is closed.
+    pub header_read_timeout: Duration,
+    /// How long a request may take (a long poll gets its `wait` on top;
+    /// event streams are bounded by the stream cap instead).
+    pub request_timeout: Duration,
+    /// Open connections; beyond it new ones get `503 overloaded`.
+    pub max_connections: usize,
+    /// Open server-sent event streams; beyond it `503 overloaded`.
+    pub sse_max_streams: usize,
+    /// Open event streams per client address.
+    pub sse_max_streams_per_addr: usize,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -59,6 +112,14 @@ impl std::fmt::Debug for ApiConfig {
             .field("common", &self.common)
             .field("http_addr", &self.http_addr)
             .field("jwt_secret", &"<redacted>")
+            .field(
+                "jwt_previous_secrets",
+                &format_args!("<{} redacted>", self.jwt_previous_secrets.len()),
+            )
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("rate", &self.rate)
+            .field("edge", &self.edge)
             .finish_non_exhaustive()
     }
 }
@@ -129,7 +190,145 @@ impl ApiConfig {
                 i64::MAX,
             )?,
             backlog_check_interval: env.millis("CHECKLINE_BACKLOG_CHECK_MS", 500, 10, 60_000)?,
+            jwt_previous_secrets: previous_secrets(env)?,
+            jwt_issuer: env.raw("CHECKLINE_JWT_ISSUER").map(|v| v.trim().to_owned()),
+            jwt_audience: env
+                .raw("CHECKLINE_JWT_AUDIENCE")
+                .map(|v| v.trim().to_owned()),
+            rate: RateConfig::from_env(env)?,
+            edge: EdgeConfig::from_env(env)?,
             common,
+        })
+    }
+}
+
+fn previous_secrets(env: &Env) -> Result<Vec<Vec<u8>>, ConfigError> {
+    const VAR: &str = "CHECKLINE_JWT_PREVIOUS_SECRETS";
+    let Some(raw) = env.raw(VAR) else {
+        return Ok(Vec::new());
+    };
+    let secrets: Vec<Vec<u8>> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    if secrets.len() > 8 {
+        return Err(ConfigError::new(VAR, "at most 8 previous keys"));
+    }
+    if let Some(position) = secrets.iter().position(|s| s.len() < JWT_SECRET_MIN_BYTES) {
+        // The position, never the key.
+        return Err(ConfigError::new(
+            VAR,
+            format!(
+                "key {} of the list is shorter than {JWT_SECRET_MIN_BYTES} bytes",
+                position + 1
+            ),
+        ));
+    }
+    Ok(secrets)
+}
+
+fn quota(
+    env: &Env,
+    rate_var: &'static str,
+    burst_var: &'static str,
+    per_sec: u32,
+    burst: u32,
+) -> Result<RateQuota, ConfigError> {
+    Ok(RateQuota {
+        per_sec: env.number(rate_var, per_sec, 1, 1_000_000)?,
+        burst: env.number(burst_var, burst, 1, 100_000_000)?,
+    })
+}
+
+impl RateConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        const VAR: &str = "CHECKLINE_RATE_LIMITS";
+        let enabled = match env.string(VAR, "on").to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => true,
+            "off" | "false" | "0" | "no" => false,
+            other => {
+                return Err(ConfigError::new(
+                    VAR,
+                    format!("expected on or off, got {other:?}"),
+                ))
+            }
+        };
+        let trusted_proxies = match env.raw("CHECKLINE_RATE_TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(raw) => raw
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<IpAddr>().map_err(|_| {
+                        ConfigError::new(
+                            "CHECKLINE_RATE_TRUSTED_PROXIES",
+                            format!("{s:?} is not an IP address"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Self {
+            enabled,
+            orders: quota(
+                env,
+                "CHECKLINE_RATE_ORDERS_PER_SEC",
+                "CHECKLINE_RATE_ORDERS_BURST",
+                20,
+                40,
+            )?,
+            reads: quota(
+                env,
+                "CHECKLINE_RATE_READS_PER_SEC",
+                "CHECKLINE_RATE_READS_BURST",
+                100,
+                200,
+            )?,
+            addr: quota(
+                env,
+                "CHECKLINE_RATE_ADDR_PER_SEC",
+                "CHECKLINE_RATE_ADDR_BURST",
+                2_000,
+                4_000,
+            )?,
+            local_keys_max: env.number(
+                "CHECKLINE_RATE_LOCAL_KEYS_MAX",
+                100_000,
+                100,
+                10_000_000,
+            )?,
+            trusted_proxies,
+        })
+    }
+}
+
+impl EdgeConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            header_max_bytes: env.number(
+                "CHECKLINE_HEADER_MAX_BYTES",
+                8 * 1024,
+                1024,
+                64 * 1024,
+            )?,
+            header_read_timeout: env.millis(
+                "CHECKLINE_HEADER_READ_TIMEOUT_MS",
+                10_000,
+                100,
+                300_000,
+            )?,
+            request_timeout: env.millis("CHECKLINE_REQUEST_TIMEOUT_MS", 15_000, 100, 600_000)?,
+            max_connections: env.number("CHECKLINE_MAX_CONNECTIONS", 4_096, 1, 1_000_000)?,
+            sse_max_streams: env.number("CHECKLINE_SSE_MAX_STREAMS", 1_024, 1, 1_000_000)?,
+            sse_max_streams_per_addr: env.number(
+                "CHECKLINE_SSE_MAX_STREAMS_PER_ADDR",
+                64,
+                1,
+                1_000_000,
+            )?,
         })
     }
 }
@@ -152,6 +351,64 @@ mod tests {
         )]))
         .unwrap();
         assert!(!format!("{config:?}").contains(&secret));
+    }
+
+    #[test]
+    fn previous_secrets_are_checked_and_never_shown() {
+        let secret = "x".repeat(32);
+        let old = "o".repeat(40);
+        let list = format!("{old}, {}", "p".repeat(32));
+        let config = ApiConfig::from_env(&Env::from_pairs([
+            ("CHECKLINE_JWT_SECRET", secret.as_str()),
+            ("CHECKLINE_JWT_PREVIOUS_SECRETS", list.as_str()),
+        ]))
+        .unwrap();
+        assert_eq!(config.jwt_previous_secrets.len(), 2);
+        assert!(!format!("{config:?}").contains(&old));
+        let short = format!("{old},tiny");
+        let err = ApiConfig::from_env(&Env::from_pairs([
+            ("CHECKLINE_JWT_SECRET", secret.as_str()),
+            ("CHECKLINE_JWT_PREVIOUS_SECRETS", short.as_str()),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "CHECKLINE_JWT_PREVIOUS_SECRETS");
+        assert!(!err.to_string().contains("tiny"));
+    }
+
+    #[test]
+    fn rate_and_edge_settings_name_their_variables() {
+        let secret = "x".repeat(32);
+        for (var, value) in [
+            ("CHECKLINE_RATE_LIMITS", "sometimes"),
+            ("CHECKLINE_RATE_ORDERS_PER_SEC", "0"),
+            ("CHECKLINE_RATE_ADDR_BURST", "lots"),
+            ("CHECKLINE_RATE_TRUSTED_PROXIES", "10.0.0.1,proxy"),
+            ("CHECKLINE_HEADER_MAX_BYTES", "10"),
+            ("CHECKLINE_MAX_CONNECTIONS", "0"),
+            ("CHECKLINE_REQUEST_TIMEOUT_MS", "5"),
+        ] {
+            let err = ApiConfig::from_env(&Env::from_pairs([
+                ("CHECKLINE_JWT_SECRET", secret.as_str()),
+                (var, value),
+            ]))
+            .unwrap_err();
+            assert_eq!(err.var, var);
+        }
+        let config = ApiConfig::from_env(&Env::from_pairs([
+            ("CHECKLINE_JWT_SECRET", secret.as_str()),
+            ("CHECKLINE_RATE_LIMITS", "off"),
+            ("CHECKLINE_RATE_TRUSTED_PROXIES", "10.0.0.1, ::1"),
+        ]))
+        .unwrap();
+        assert!(!config.rate.enabled);
+        assert_eq!(config.rate.trusted_proxies.len(), 2);
+        assert_eq!(
+            config.rate.orders,
+            RateQuota {
+                per_sec: 20,
+                burst: 40
+            }
+        );
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub enum ApiError {
     /// Too much work queued already; the request may be retried.
     #[error("{0}")]
     Overloaded(String),
+    /// A rate limit refused the request; retry after this many seconds.
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// The request line and headers are larger than the configured limit.
+    #[error("the request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
+    /// The request took longer than the server allows; it may be retried
+    /// (orders with the same Idempotency-Key).
+    #[error("the request was not answered within {0} ms; retry later")]
+    Timeout(u128),
     /// Anything else. The cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -73,7 +83,11 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(_) | Self::Timeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,8 +110,10 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::Timeout(_) => "unavailable",
             Self::Overloaded(_) => "overloaded",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::HeadersTooLarge(_) => "headers_too_large",
             Self::Internal(_) => "internal",
         }
     }
@@ -109,15 +125,11 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        match &err {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => {
-                tracing::warn!(error = %err, "database unavailable");
-                Self::Unavailable("the database is unavailable; retry later".into())
-            }
-            _ => Self::Internal(err.to_string()),
+        if checkline_shared::db::is_transient(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            Self::Unavailable("the database is unavailable; retry later".into())
+        } else {
+            Self::Internal(err.to_string())
         }
     }
 }
@@ -146,11 +158,21 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match self {
-            Self::Unavailable(_) | Self::Overloaded(_) => {
+            Self::Unavailable(_) | Self::Overloaded(_) | Self::Timeout(_) => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
                 );
+            }
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
+            }
+            Self::HeadersTooLarge(_) => {
+                // The connection may hold more of the oversized head.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -174,6 +196,40 @@ mod tests {
             "application/problem+json"
         );
         assert_eq!(ApiError::Internal("x".into()).to_string(), "internal error");
+    }
+
+    #[test]
+    fn edge_errors_have_their_codes_and_headers() {
+        let response = ApiError::RateLimited {
+            retry_after_secs: 3,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(
+            ApiError::RateLimited {
+                retry_after_secs: 0
+            }
+            .into_response()
+            .headers()[header::RETRY_AFTER],
+            "1"
+        );
+        assert_eq!(
+            ApiError::RateLimited {
+                retry_after_secs: 1
+            }
+            .code(),
+            "rate_limited"
+        );
+        let response = ApiError::HeadersTooLarge(8192).into_response();
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(ApiError::HeadersTooLarge(1).code(), "headers_too_large");
+        let response = ApiError::Timeout(100).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]

@@ -57,6 +57,11 @@ impl IdempotencyKey {
 
 /// Where an order stands. It only ever moves from `Pending` to a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(description = "`pending` moves to `confirmed` or `rejected`, never back.")
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,
@@ -89,6 +94,14 @@ impl OrderStatus {
 
 /// Why an order was rejected. These strings are part of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        as = RejectionReason,
+        description = "Why an order was rejected. `sold_out`: stock was 0; `insufficient_stock`: 0 < stock < quantity; `limit_exceeded`: over `max_per_customer`; `product_unavailable`: the product is inactive; `idempotency_key_reused`: the same key was raced with a different body (such an order never takes stock)."
+    )
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     /// Stock was 0 when the order's turn came.
@@ -128,38 +141,99 @@ impl RejectReason {
 
 /// An order as the contract shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(
+    description = "An order. Prices are set when the order is confirmed.",
+    examples(
+        json!({"id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "customer_id": "alice",
+            "product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1, "status": "pending",
+            "reason": null, "unit_price_cents": null, "total_cents": null,
+            "created_at": "2026-11-22T10:00:01Z", "decided_at": null}),
+        json!({"id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "customer_id": "alice",
+            "product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1, "status": "confirmed",
+            "reason": null, "unit_price_cents": 19900, "total_cents": 19900,
+            "created_at": "2026-11-22T10:00:01Z", "decided_at": "2026-11-22T10:00:01.042Z"}),
+        json!({"id": "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f", "customer_id": "alice",
+            "product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 2, "status": "rejected",
+            "reason": "sold_out", "unit_price_cents": null, "total_cents": null,
+            "created_at": "2026-11-22T10:00:03Z", "decided_at": "2026-11-22T10:00:03.015Z"})
+    )
+))]
 pub struct Order {
     pub id: Uuid,
+    /// The `sub` of the customer who placed the order.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.@-]{1,64}$")
+    )]
     pub customer_id: String,
     pub product_id: Uuid,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub quantity: i32,
     pub status: OrderStatus,
+    /// Null unless the order is rejected.
     pub reason: Option<RejectReason>,
+    /// Unit price charged; null unless confirmed.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub unit_price_cents: Option<i64>,
+    /// `unit_price_cents * quantity`; null unless confirmed.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub total_cents: Option<i64>,
     pub created_at: DateTime<Utc>,
+    /// When the order was confirmed or rejected; null while pending.
     pub decided_at: Option<DateTime<Utc>>,
 }
 
 /// A product as the contract shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(
+    description = "A product on sale. `stock` reflects every decided order and applied restock.",
+    examples(json!({"id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "sku": "FLASH-1",
+        "name": "Flash phone", "price_cents": 19900, "stock": 100, "max_per_customer": 2,
+        "active": true, "partition": 3, "updated_at": "2026-11-22T10:00:00Z"}))
+))]
 pub struct Product {
+    /// Product id (canonical lowercase UUID).
     pub id: Uuid,
+    /// Stock keeping unit; unique across products.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub sku: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: String,
+    /// Unit price in integer cents.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 1_000_000_000_000_i64)
+    )]
     pub price_cents: i64,
+    /// Units currently available. Never negative; may exceed 10^9 after restocks.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub stock: i64,
+    /// Maximum units one customer may buy in total; null for no limit.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub max_per_customer: Option<i32>,
+    /// Inactive products reject new orders with reason `product_unavailable`.
     pub active: bool,
+    /// The queue partition this product's orders and restocks go through. Fixed at creation.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub partition: i32,
+    /// Last change (RFC 3339, UTC).
     pub updated_at: DateTime<Utc>,
 }
 
 /// What stock subscribers receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(
+    description = "Data of a `stock` server-sent event.",
+    examples(json!({"product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "stock": 42, "sold_out": false}))
+))]
 pub struct StockEvent {
     pub product_id: Uuid,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub stock: i64,
+    /// True when `stock` is 0.
     pub sold_out: bool,
 }
 
@@ -175,8 +249,14 @@ impl StockEvent {
 
 /// The answer to a restock, once applied (or still queued).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(
+    description = "Outcome of a restock. With `200` the restock is applied and `stock` includes it; with `202` it is still queued and `stock` is the product's stock at the time of the answer.",
+    examples(json!({"product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "stock": 150}))
+))]
 pub struct RestockResult {
     pub product_id: Uuid,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub stock: i64,
 }
 

@@ -6,37 +6,77 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 
-#[derive(Serialize, sqlx::FromRow)]
+/// Sales of one product.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 pub struct ProductStats {
     id: Uuid,
+    #[schema(min_length = 1, max_length = 64)]
     sku: String,
+    #[schema(minimum = 0)]
     stock: i64,
+    /// Sum of the quantities of confirmed orders.
+    #[schema(minimum = 0)]
     confirmed_units: i64,
+    #[schema(minimum = 0)]
     confirmed_orders: i64,
+    #[schema(minimum = 0)]
     rejected_orders: i64,
+    /// Sum of `total_cents` of confirmed orders.
+    #[schema(minimum = 0)]
     revenue_cents: i64,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// Queue state of one partition.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 pub struct PartitionStats {
+    #[schema(minimum = 0)]
     partition: i32,
+    /// Orders and restocks queued on this partition and not yet decided.
+    #[schema(minimum = 0)]
     pending: i64,
+    /// Id of the worker that holds the partition, or null when none does.
     owner: Option<String>,
+    /// When this partition last decided an order or applied a restock; null if never.
     last_decided_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+/// Per-product sales and per-partition queue state.
+#[derive(Serialize, ToSchema)]
+#[schema(
+    as = AdminStats,
+    examples(json!({"products": [{"id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "sku": "FLASH-1",
+        "stock": 0, "confirmed_units": 100, "confirmed_orders": 100, "rejected_orders": 4211,
+        "revenue_cents": 1990000}],
+        "partitions": [{"partition": 3, "pending": 0, "owner": "worker-7f3a",
+        "last_decided_at": "2026-11-22T10:00:09.310Z"},
+        {"partition": 4, "pending": 0, "owner": null, "last_decided_at": null}]}))
+)]
 pub struct Stats {
     products: Vec<ProductStats>,
     partitions: Vec<PartitionStats>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/stats",
+    operation_id = "getAdminStats",
+    tag = "admin",
+    summary = "Sales and queue statistics",
+    description = "Requires the `admin` role.",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "Per-product sales and per-partition queue state.", body = Stats),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+    )
+)]
 pub async fn stats(
     State(state): State<Arc<AppState>>,
     caller: Caller,

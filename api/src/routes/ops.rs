@@ -11,14 +11,43 @@ use serde_json::json;
 
 use crate::app::AppState;
 
-/// The contract as OpenAPI 3.1, kept beside the code.
-pub const OPENAPI: &str = include_str!("../../openapi.json");
-
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "getHealth",
+    tag = "operations",
+    summary = "Liveness",
+    description = "Public. Answers `200` while the process runs, whatever the state of its dependencies.",
+    responses((status = 200, description = "The process is running.", body = crate::openapi::Health)),
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// 200 when PostgreSQL and NATS are reachable; Redis only degrades.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "getReadiness",
+    tag = "operations",
+    summary = "Readiness",
+    description = "Public. `200` when the queue and the database are reachable, else `503`.",
+    responses(
+        (status = 200, description = "The database and the queue are reachable. A cache outage degrades (`status: degraded`) but does not make the API unready.",
+            body = crate::openapi::Ready,
+            examples(
+                ("ok" = (summary = "Everything up", value = json!({"status": "ok", "checks": {"database": "up", "queue": "up", "cache": "up"}}))),
+                ("degraded" = (summary = "Cache down", value = json!({"status": "degraded", "checks": {"database": "up", "queue": "up", "cache": "degraded"}}))),
+            )),
+        (status = 503, description = "Not ready: the body names what is down (or, like any request, the edge refused it: then a problem document).",
+            content(
+                (crate::openapi::Ready = "application/json",
+                    example = json!({"status": "unavailable", "checks": {"database": "up", "queue": "down", "cache": "up"}})),
+                (crate::openapi::ProblemDoc = "application/problem+json"),
+            ),
+            headers(("Retry-After" = Option<i64>, description = "With a problem document: seconds to wait before retrying."))),
+    )
+)]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let database = tokio::time::timeout(
         Duration::from_secs(2),
@@ -45,6 +74,17 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     (status, Json(body)).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "getMetrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Public.",
+    responses((status = 200, description = "Metrics in the Prometheus text exposition format.",
+        content_type = "text/plain", body = String,
+        example = json!("# HELP checkline_orders_accepted_total Orders queued and answered 202.\n# TYPE checkline_orders_accepted_total counter\ncheckline_orders_accepted_total 1027\n"))),
+)]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(
@@ -56,6 +96,19 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "getOpenApi",
+    tag = "operations",
+    summary = "This OpenAPI document",
+    description = "Public. Generated from the code; `api/openapi.json` is a copy.",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API.", body = Object)),
+)]
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document_json(),
+    )
+        .into_response()
 }

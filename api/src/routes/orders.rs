@@ -25,6 +25,7 @@ use checkline_shared::domain::{parse_id, Order};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::accept::{self, Accepted};
@@ -34,16 +35,26 @@ use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
 use crate::hub::Watch;
 
-#[derive(Deserialize)]
+/// Body of `POST /v1/orders`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateOrder {
+#[schema(
+    as = OrderCreate,
+    examples(json!({"product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1}))
+)]
+pub struct CreateOrder {
+    #[schema(value_type = Uuid)]
     product_id: String,
+    /// Units to buy. The upper bound (100 by default) is configurable per deployment.
+    #[schema(minimum = 1, maximum = 100)]
     quantity: i64,
 }
 
-#[derive(Serialize)]
+/// One page of the caller's orders, newest first.
+#[derive(Serialize, ToSchema)]
 pub struct OrderPage {
     items: Vec<Order>,
+    /// Cursor for the next page (pass as `cursor`); null on the last page.
     next_cursor: Option<String>,
 }
 
@@ -69,6 +80,48 @@ fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response
     response
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    operation_id = "createOrder",
+    tag = "orders",
+    summary = "Place an order",
+    description = "Requires the `customer` role. Acceptance is asynchronous: the order is queued on its product's partition and decided in the order received, first come, first served. Follow it with `GET /v1/orders/{id}?wait=` or `GET /v1/orders/{id}/events`.\n\nHowever many identical requests (same customer, key and body) arrive, concurrently or not, at most one order exists for them. If a request with the same key and a different body races the original so closely that it cannot be refused with `422`, it ends as an order `rejected` with reason `idempotency_key_reused` and never takes stock. A request answered with a 4xx leaves no order and moves no stock.",
+    security(("bearerAuth" = [])),
+    params(
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]{1,255}$",
+            description = "Client-chosen key, 1-255 visible ASCII characters (0x21-0x7E), scoped per customer and kept at least 24 hours. Retrying the same key with the same body returns the same order; the same key with a different body is `422 idempotency_key_reused`. Absent: `400 missing_idempotency_key`; malformed: `400 invalid_idempotency_key`.",
+            example = "checkout-7d1c2f9e"),
+    ),
+    request_body(content = CreateOrder, description = "The product and quantity."),
+    responses(
+        (status = 202, description = "The order is durably queued and will be decided (confirmed or rejected), even if any process is killed right after this answer. The body is the order, `pending`. A retry racing the original request may also get `202` with the same order id.",
+            body = Order,
+            headers(("Location" = String, description = "URL of the order, `/v1/orders/{id}`.")),
+            example = json!({"id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "customer_id": "alice",
+                "product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1, "status": "pending",
+                "reason": null, "unit_price_cents": null, "total_cents": null,
+                "created_at": "2026-11-22T10:00:01Z", "decided_at": null})),
+        (status = 200, description = "Replay: a retry with the same Idempotency-Key and body (same customer). The body is the same order in its current state.",
+            body = Order,
+            headers(
+                ("Location" = String, description = "URL of the order, `/v1/orders/{id}`."),
+                ("Idempotent-Replayed" = String, description = "`true`: the answer replays an earlier request with the same Idempotency-Key."),
+            ),
+            example = json!({"id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "customer_id": "alice",
+                "product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1, "status": "confirmed",
+                "reason": null, "unit_price_cents": 19900, "total_cents": 19900,
+                "created_at": "2026-11-22T10:00:01Z", "decided_at": "2026-11-22T10:00:01.042Z"})),
+        (status = 400, response = crate::openapi::OrderBadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::ProductNotFound),
+        (status = 409, response = crate::openapi::SoldOut),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::IdempotencyKeyReused),
+    )
+)]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -178,6 +231,27 @@ async fn wait_subscribed(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    operation_id = "getOrder",
+    tag = "orders",
+    summary = "Get an order",
+    description = "The order's owner (role `customer`) or an `admin`. Another customer's order answers `404 order_not_found`. With `wait`, long-polls until the order is decided or the wait ends.",
+    security(("bearerAuth" = [])),
+    params(
+        ("id" = Uuid, Path, description = "Order id (canonical UUID); anything else is `400 invalid_id`.", example = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"),
+        ("wait" = Option<f64>, Query, minimum = 0, maximum = 30, example = 10,
+            description = "Long-poll: seconds to wait for a pending order to be decided. The call returns as soon as the order is decided or the wait ends, whichever comes first. 0 (the default) answers at once."),
+    ),
+    responses(
+        (status = 200, description = "The order. Visible at once after the `202` (pending), never pending again once decided.", body = Order),
+        (status = 400, response = crate::openapi::InvalidIdOrRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::OrderNotFound),
+    )
+)]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -219,6 +293,25 @@ pub async fn get(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/orders",
+    operation_id = "listOrders",
+    tag = "orders",
+    summary = "List my orders",
+    description = "Requires the `customer` role. Lists only the caller's own orders, newest first; follow `next_cursor` until it is null.",
+    security(("bearerAuth" = [])),
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
+        ("cursor" = Option<String>, Query, format = Uuid, description = "`next_cursor` from the previous page. Omit for the first page; anything else is `400 invalid_request`."),
+    ),
+    responses(
+        (status = 200, description = "One page of the caller's orders, newest first.", body = OrderPage),
+        (status = 400, response = crate::openapi::InvalidRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -248,6 +341,28 @@ pub async fn list(
 /// Server-sent events: the current state first, then the decision, then the
 /// stream ends. A reconnect (with `Last-Event-ID` or not) starts again from
 /// the current state, so it cannot miss the decision.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}/events",
+    operation_id = "streamOrder",
+    tag = "orders",
+    summary = "Stream an order's state",
+    description = "The order's owner (role `customer`) or an `admin`. A reconnect, with `Last-Event-ID` or not, never misses the decision. Open streams are capped per deployment and per client address (`503 overloaded` beyond).",
+    security(("bearerAuth" = [])),
+    params(
+        ("id" = Uuid, Path, description = "Order id (canonical UUID); anything else is `400 invalid_id`."),
+        ("Last-Event-ID" = Option<String>, Header, description = "Sent by an EventSource client when it reconnects. Accepted; the stream always starts with the order's current state, so a reconnect never misses the decision."),
+    ),
+    responses(
+        (status = 200, description = "A server-sent event stream. Every event is named `order` and its `data` is an `Order` JSON object (`#/components/schemas/Order`). The first event is the current state, then one per change; the stream ends after the decision (at once if already decided).",
+            content_type = "text/event-stream", body = crate::openapi::OrderStreamEvent,
+            example = json!({"event": "order", "id": "confirmed", "data": "{\"id\":\"9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d\",\"customer_id\":\"alice\",\"product_id\":\"0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d\",\"quantity\":1,\"status\":\"confirmed\",\"reason\":null,\"unit_price_cents\":19900,\"total_cents\":19900,\"created_at\":\"2026-11-22T10:00:01Z\",\"decided_at\":\"2026-11-22T10:00:01.042Z\"}"})),
+        (status = 400, response = crate::openapi::InvalidId),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::OrderNotFound),
+    )
+)]
 pub async fn events(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -15,6 +15,7 @@ use checkline_shared::domain::{Product, RestockResult};
 use checkline_shared::messages::QueueMessage;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -29,16 +30,33 @@ pub const STOCK_MAX: i64 = 1_000_000_000;
 pub const MAX_PER_CUSTOMER_MAX: i64 = 1_000_000;
 pub const RESTOCK_MAX: i64 = 1_000_000_000;
 
-#[derive(Deserialize)]
+/// Body of `POST /v1/products`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateProduct {
+#[schema(
+    as = ProductCreate,
+    examples(json!({"sku": "FLASH-1", "name": "Flash phone", "price_cents": 19900,
+        "stock": 100, "max_per_customer": 2, "active": true}))
+)]
+pub struct CreateProduct {
+    /// Must be unique (else `409 sku_taken`).
+    #[schema(min_length = 1, max_length = 64)]
     sku: String,
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    /// Unit price in integer cents.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     price_cents: i64,
+    /// Initial stock.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     stock: i64,
+    /// Maximum units one customer may buy in total; null or absent for no limit.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     max_per_customer: Option<i64>,
+    /// Whether the product can be ordered; null or absent: true.
     #[serde(default)]
+    #[schema(value_type = Option<bool>, default = true)]
     active: Option<bool>,
 }
 
@@ -49,22 +67,41 @@ fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+/// Body of `PATCH /v1/products/{id}`: any non-empty subset of the fields.
+/// Absent fields are left unchanged; `max_per_customer: null` removes the
+/// limit. `sku` and `stock` cannot be patched (stock changes only through
+/// orders and restocks).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchProduct {
+#[schema(
+    as = ProductPatch,
+    examples(json!({"price_cents": 17900, "max_per_customer": null}))
+)]
+pub struct PatchProduct {
+    /// Null is the same as absent (unchanged).
     #[serde(default)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
     name: Option<String>,
+    /// Null is the same as absent (unchanged).
     #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_i64)]
     price_cents: Option<i64>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000)]
     max_per_customer: Option<Option<i64>>,
+    /// Null is the same as absent (unchanged).
     #[serde(default)]
+    #[schema(value_type = Option<bool>)]
     active: Option<bool>,
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /v1/products/{id}/restock`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RestockBody {
+#[schema(as = Restock, examples(json!({"quantity": 50})))]
+pub struct RestockBody {
+    /// Units to add to the stock.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     quantity: i64,
 }
 
@@ -78,9 +115,11 @@ struct ExistingRestock {
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
-#[derive(Serialize)]
+/// One page of products.
+#[derive(Serialize, ToSchema)]
 pub struct ProductPage {
     items: Vec<Product>,
+    /// Cursor for the next page (pass as `cursor`); null on the last page.
     next_cursor: Option<String>,
 }
 
@@ -108,6 +147,26 @@ fn check_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), ApiErr
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/products",
+    operation_id = "createProduct",
+    tag = "products",
+    summary = "Create a product",
+    description = "Requires the `admin` role. The product is assigned a queue partition at creation.",
+    security(("bearerAuth" = [])),
+    request_body(content = CreateProduct, description = "The new product."),
+    responses(
+        (status = 201, description = "The created product.", body = Product,
+            headers(("Location" = String, description = "URL of the created product, `/v1/products/{id}`."))),
+        (status = 400, response = crate::openapi::InvalidRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::SkuTaken),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+    )
+)]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -155,6 +214,22 @@ pub async fn create(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/products",
+    operation_id = "listProducts",
+    tag = "products",
+    summary = "List products",
+    description = "Public. Cursor-paginated; follow `next_cursor` until it is null.",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
+        ("cursor" = Option<String>, Query, format = Uuid, description = "`next_cursor` from the previous page. Omit for the first page; anything else is `400 invalid_request`."),
+    ),
+    responses(
+        (status = 200, description = "One page of products.", body = ProductPage),
+        (status = 400, response = crate::openapi::InvalidRequest),
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
@@ -187,6 +262,20 @@ pub async fn fetch(pool: &PgPool, id: Uuid) -> Result<Option<Product>, ApiError>
     Ok(row.map(Product::from))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/products/{id}",
+    operation_id = "getProduct",
+    tag = "products",
+    summary = "Get a product",
+    description = "Public.",
+    params(("id" = Uuid, Path, description = "Product id (canonical UUID); anything else is `400 invalid_id`.", example = "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d")),
+    responses(
+        (status = 200, description = "The product; `stock` reflects every decided order.", body = Product),
+        (status = 400, response = crate::openapi::InvalidId),
+        (status = 404, response = crate::openapi::ProductNotFound),
+    )
+)]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -198,6 +287,26 @@ pub async fn get(
         .ok_or(ApiError::ProductNotFound)
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/products/{id}",
+    operation_id = "updateProduct",
+    tag = "products",
+    summary = "Update a product",
+    description = "Requires the `admin` role. Changes apply to orders decided after the update; a confirmed order keeps the price it was confirmed at.",
+    security(("bearerAuth" = [])),
+    params(("id" = Uuid, Path, description = "Product id (canonical UUID); anything else is `400 invalid_id`.")),
+    request_body(content = PatchProduct, description = "The fields to change (at least one)."),
+    responses(
+        (status = 200, description = "The updated product.", body = Product),
+        (status = 400, response = crate::openapi::InvalidIdOrRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::ProductNotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+    )
+)]
 pub async fn patch(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -247,6 +356,33 @@ pub async fn patch(
 /// Restocks travel through the product's queue like orders, so they take
 /// effect in order with the checkouts around them. The call waits a bounded
 /// time for the worker: 200 once applied, 202 if still queued.
+#[utoipa::path(
+    post,
+    path = "/v1/products/{id}/restock",
+    operation_id = "restockProduct",
+    tag = "products",
+    summary = "Restock a product",
+    description = "Requires the `admin` role. The restock travels through the product's queue partition, so it is ordered with the checkouts around it. A retried restock with the same Idempotency-Key adds stock once.",
+    security(("bearerAuth" = [])),
+    params(
+        ("id" = Uuid, Path, description = "Product id (canonical UUID); anything else is `400 invalid_id`."),
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]{1,255}$",
+            description = "Client-chosen key, 1-255 visible ASCII characters (0x21-0x7E), scoped per caller. A retried restock with the same key and body adds stock once; the same key with a different body is `422 idempotency_key_reused`. Absent: `400 missing_idempotency_key`; malformed: `400 invalid_idempotency_key`.",
+            example = "restock-2026-11-22-01"),
+    ),
+    request_body(content = RestockBody, description = "Units to add."),
+    responses(
+        (status = 200, description = "The restock is applied; `stock` includes it.", body = RestockResult),
+        (status = 202, description = "The restock is durably queued but was not yet applied after a bounded wait; it will be applied. Same shape as `200`; `stock` does not yet include it.", body = RestockResult),
+        (status = 400, response = crate::openapi::RestockBadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::ProductNotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::IdempotencyKeyReused),
+    )
+)]
 pub async fn restock(
     State(state): State<Arc<AppState>>,
     caller: Caller,

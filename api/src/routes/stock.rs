@@ -15,6 +15,22 @@ use crate::error::ApiError;
 use crate::extract::path_id;
 use crate::hub::Watch;
 
+#[utoipa::path(
+    get,
+    path = "/v1/products/{id}/events",
+    operation_id = "streamProductStock",
+    tag = "products",
+    summary = "Stream stock changes",
+    description = "Public. Answered as a problem document, before any event, when the id is invalid or unknown. Open streams are capped per deployment and per client address (`503 overloaded` beyond).",
+    params(("id" = uuid::Uuid, Path, description = "Product id (canonical UUID); anything else is `400 invalid_id`.")),
+    responses(
+        (status = 200, description = "A server-sent event stream. Every event is named `stock` and its `data` is a `StockEvent` JSON object (`#/components/schemas/StockEvent`). The first event is the current stock; then one per change, possibly coalesced (at most a few per second).",
+            content_type = "text/event-stream", body = crate::openapi::StockStreamEvent,
+            example = json!({"event": "stock", "data": "{\"product_id\":\"0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d\",\"stock\":3,\"sold_out\":false}"})),
+        (status = 400, response = crate::openapi::InvalidId),
+        (status = 404, response = crate::openapi::ProductNotFound),
+    )
+)]
 pub async fn events(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

@@ -1,0 +1,250 @@
+//! The request-level limits every request passes before a handler: header
+//! size (431), the per-address rate limit (429), a per-request time limit
+//! (503), and the cap on open event streams (503 `overloaded`).
+//!
+//! Connection-level limits (connection cap, header read timeout, the hard
+//! header ceiling) are in `crate::server`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::app::AppState;
+use crate::config::ApiConfig;
+use crate::error::ApiError;
+use crate::ratelimit::client_addr;
+
+/// Bytes of a request's head as it came on the wire, near enough: the
+/// request line and every header line.
+pub fn head_size(method: &Method, uri: &Uri, headers: &HeaderMap) -> usize {
+    let line = method.as_str().len() + uri.to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    headers.iter().fold(line, |total, (name, value)| {
+        total + name.as_str().len() + value.len() + 4
+    }) + 2
+}
+
+/// Refuses oversized heads (`431 headers_too_large`), then charges the
+/// client address's rate limit (`429 rate_limited`).
+pub async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let max = state.config.edge.header_max_bytes;
+    if head_size(request.method(), request.uri(), request.headers()) > max {
+        return ApiError::HeadersTooLarge(max).into_response();
+    }
+    let peer = peer_addr(&request);
+    if let Err(err) = state.limiter.check_addr(peer, request.headers()).await {
+        return err.into_response();
+    }
+    next.run(request).await
+}
+
+fn peer_addr(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+}
+
+/// How long a request on `route` may take: the base limit, plus the wait a
+/// long poll asked for (within its own bound) or a restock's bounded wait.
+pub fn time_budget(config: &ApiConfig, route: &str, uri: &Uri) -> Duration {
+    let base = config.edge.request_timeout;
+    match route {
+        "/v1/orders/{id}" => {
+            let wait = Query::<HashMap<String, String>>::try_from_uri(uri)
+                .ok()
+                .and_then(|q| q.0.get("wait").and_then(|w| w.parse::<f64>().ok()))
+                .filter(|w| w.is_finite() && *w > 0.0)
+                .map_or(0.0, |w| w.min(config.wait_max_secs as f64));
+            base + Duration::from_secs_f64(wait)
+        }
+        "/v1/products/{id}/restock" => base + config.restock_wait,
+        _ => base,
+    }
+}
+
+/// Per matched route: the time limit, and for event streams a slot that is
+/// held for as long as the stream is open.
+pub async fn bound(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let slot = if route.ends_with("/events") {
+        let addr = client_addr(
+            peer_addr(&request),
+            request.headers(),
+            &state.config.rate.trusted_proxies,
+        );
+        match state.streams.open(addr) {
+            Some(slot) => Some(slot),
+            None => {
+                state.metrics.streams_refused.inc();
+                return ApiError::Overloaded(
+                    "too many open event streams; retry later or poll with ?wait=".into(),
+                )
+                .into_response();
+            }
+        }
+    } else {
+        None
+    };
+    let budget = time_budget(&state.config, &route, request.uri());
+    let response = match tokio::time::timeout(budget, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            state.metrics.request_timeouts.inc();
+            tracing::warn!(
+                route,
+                budget_ms = budget.as_millis() as u64,
+                "request timed out"
+            );
+            return ApiError::Timeout(budget.as_millis()).into_response();
+        }
+    };
+    match slot {
+        // The slot lives as long as the stream's body: dropped when the
+        // stream ends or the client goes away.
+        Some(slot) if response.status().is_success() => {
+            let (parts, body) = response.into_parts();
+            let stream = body.into_data_stream().map(move |chunk| {
+                let _held = &slot;
+                chunk
+            });
+            Response::from_parts(parts, Body::from_stream(stream))
+        }
+        _ => response,
+    }
+}
+
+/// Open event streams, in total and per client address.
+pub struct StreamSlots {
+    total: Arc<Semaphore>,
+    per_addr: Mutex<HashMap<IpAddr, usize>>,
+    per_addr_max: usize,
+}
+
+/// One open stream; gives its slot back when dropped.
+pub struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+    slots: Arc<StreamSlots>,
+    addr: Option<IpAddr>,
+}
+
+impl StreamSlots {
+    pub fn new(total: usize, per_addr_max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            total: Arc::new(Semaphore::new(total)),
+            per_addr: Mutex::new(HashMap::new()),
+            per_addr_max,
+        })
+    }
+
+    /// A slot, or `None` when the total or the address's share is used up.
+    pub fn open(self: &Arc<Self>, addr: Option<IpAddr>) -> Option<StreamSlot> {
+        let permit = self.total.clone().try_acquire_owned().ok()?;
+        if let Some(addr) = addr {
+            let mut per_addr = self
+                .per_addr
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let open = per_addr.entry(addr).or_insert(0);
+            if *open >= self.per_addr_max {
+                if *open == 0 {
+                    per_addr.remove(&addr);
+                }
+                return None;
+            }
+            *open += 1;
+        }
+        Some(StreamSlot {
+            _permit: permit,
+            slots: self.clone(),
+            addr,
+        })
+    }
+
+    /// Streams open now.
+    pub fn open_count(&self) -> usize {
+        self.per_addr
+            .lock()
+            .map(|m| m.values().sum())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(addr) = self.addr {
+            let mut per_addr = self
+                .slots
+                .per_addr
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(open) = per_addr.get_mut(&addr) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    // The map holds only addresses with open streams.
+                    per_addr.remove(&addr);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn stream_slots_are_capped_in_total_and_per_address() {
+        let slots = StreamSlots::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = slots.open(Some(a)).unwrap();
+        let _a2 = slots.open(Some(a)).unwrap();
+        assert!(slots.open(Some(a)).is_none(), "per-address cap");
+        let _b1 = slots.open(Some(b)).unwrap();
+        assert!(slots.open(Some(b)).is_none(), "total cap");
+        drop(a1);
+        let _b2 = slots.open(Some(b)).unwrap();
+        assert_eq!(slots.open_count(), 3);
+    }
+
+    #[test]
+    fn head_size_counts_line_and_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", "b".repeat(100).parse().unwrap());
+        let size = head_size(&Method::GET, &"/v1/products".parse().unwrap(), &headers);
+        assert!((100 + 3 + 12..200).contains(&size), "{size}");
+    }
+
+    proptest! {
+        #[test]
+        fn time_budget_is_bounded(query in "\\PC{0,64}") {
+            let env = checkline_shared::config::Env::from_pairs([(
+                "CHECKLINE_JWT_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            )]);
+            let config = ApiConfig::from_env(&env).unwrap();
+            if let Ok(uri) = format!("/v1/orders/x?{query}").parse::<Uri>() {
+                let budget = time_budget(&config, "/v1/orders/{id}", &uri);
+                prop_assert!(budget >= config.edge.request_timeout);
+                prop_assert!(
+                    budget <= config.edge.request_timeout
+                        + Duration::from_secs(config.wait_max_secs)
+                );
+            }
+        }
+    }
+}
