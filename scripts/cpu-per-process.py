@@ -32,7 +32,8 @@ def per_name():
         name = raw[raw.index("(") + 1 : raw.rindex(")")]
         fields = raw[raw.rindex(")") + 2 :].split()
         cpu = (int(fields[11]) + int(fields[12])) / TICK
-        totals[(pid, name)] = cpu
+        # Keyed by pid: kernel workers change their names as they work.
+        totals[pid] = (name.split("-")[0] if name.startswith("kworker") else name, cpu)
     return totals
 
 
@@ -51,10 +52,10 @@ def main():
     after, (busy1, all1) = per_name(), machine()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     by_name = {}
-    for key, cpu in after.items():
-        delta = cpu - before.get(key, 0.0)
+    for pid, (name, cpu) in after.items():
+        delta = cpu - before.get(pid, (name, 0.0))[1]
         if delta > 0:
-            by_name[key[1]] = by_name.get(key[1], 0.0) + delta
+            by_name[name] = by_name.get(name, 0.0) + delta
     report = {
         "command": os.path.basename(command[0]),
         "command_cpu_secs": round(usage.ru_utime + usage.ru_stime, 2),

@@ -6,13 +6,15 @@
 //! order goes alone; under load, batches grow while the previous ones are in
 //! flight, like a database's group commit) and for the whole batch:
 //!
-//! 1. answers retries of known keys from the stored orders (one query),
-//! 2. refuses unknown products (404) and products known to be sold out (409),
-//! 3. writes the new orders as pending (one multi-row insert; the unique
-//!    (customer, key) constraint still settles every race),
-//! 4. publishes one queue message per product holding its orders in arrival
+//! 1. refuses unknown products (404), products known to be sold out (409) and
+//!    full partitions (503), after answering those that retry an accepted
+//!    key from the stored order (one query),
+//! 2. writes the new orders as pending (one multi-row insert; the unique
+//!    (customer, key) constraint settles every race and finds the retries,
+//!    which are answered from the stored order: one more query, if any),
+//! 3. publishes one queue message per product holding its orders in arrival
 //!    order, and waits for JetStream's fsynced acknowledgements,
-//! 5. answers each request: 202, 200 replayed, or its error.
+//! 4. answers each request: 202, 200 replayed, or its error.
 //!
 //! A request waits at most for its own batch. Every bound is a setting.
 
@@ -141,18 +143,25 @@ async fn process(deps: &Deps, batch: Vec<(Request, Reply)>) {
         .into_iter()
         .map(|(r, tx)| Slot::Pending(r, tx))
         .collect();
-    if let Err(err) = answer_known_keys(deps, &mut slots).await {
+    if let Err(err) = refresh_catalog(deps, &slots).await {
         return fail_all(slots, err);
     }
-    if let Err(err) = refuse_at_the_door(deps, &mut slots).await {
+    // A request about to be refused may be the retry of an accepted order:
+    // look its key up first, so that a buyer who got in always gets their
+    // order back. New orders for an open product skip the look-up: the
+    // insert's unique constraint finds the retries among them.
+    let refusable = |r: &Request| refusal(deps, r).is_some();
+    if let Err(err) = answer_known_keys(deps, &mut slots, refusable).await {
         return fail_all(slots, err);
     }
+    refuse_at_the_door(deps, &mut slots);
     let inserted = match insert_pending(deps, &mut slots).await {
         Ok(inserted) => inserted,
         Err(err) => return fail_all(slots, err),
     };
-    // Rows that lost an insert race to another batch: answer as retries.
-    if let Err(err) = answer_known_keys(deps, &mut slots).await {
+    // Keys that already had an order (retries, or an insert race lost to
+    // another batch): answer from the stored order.
+    if let Err(err) = answer_known_keys(deps, &mut slots, |_| true).await {
         return fail_all(slots, err);
     }
     publish(deps, inserted).await;
@@ -187,12 +196,16 @@ fn take(slot: &mut Slot) -> Option<(Request, Reply)> {
 
 /// Retries of keys that already have an order: the stored order (200), or
 /// 422 if the request differs.
-async fn answer_known_keys(deps: &Deps, slots: &mut [Slot]) -> Result<(), ApiError> {
+async fn answer_known_keys(
+    deps: &Deps,
+    slots: &mut [Slot],
+    which: impl Fn(&Request) -> bool,
+) -> Result<(), ApiError> {
     let (customers, keys): (Vec<&str>, Vec<&str>) = slots
         .iter()
         .filter_map(|s| match s {
-            Slot::Pending(r, _) => Some((r.customer.as_str(), r.key.as_str())),
-            Slot::Done => None,
+            Slot::Pending(r, _) if which(r) => Some((r.customer.as_str(), r.key.as_str())),
+            _ => None,
         })
         .unzip();
     if customers.is_empty() {
@@ -283,9 +296,9 @@ async fn requeue_if_stranded(deps: &Deps, order: &Order, partition: i32, request
     }
 }
 
-/// 404 for unknown products, 409 for products known to be sold out, 503 for
-/// partitions whose backlog is full. Fills in the partition of the rest.
-async fn refuse_at_the_door(deps: &Deps, slots: &mut [Slot]) -> Result<(), ApiError> {
+/// Reads the products the catalog does not know, or whose "sold out" is too
+/// old to trust, in one query.
+async fn refresh_catalog(deps: &Deps, slots: &[Slot]) -> Result<(), ApiError> {
     let mut ask: Vec<Uuid> = slots
         .iter()
         .filter_map(|s| match s {
@@ -308,29 +321,38 @@ async fn refuse_at_the_door(deps: &Deps, slots: &mut [Slot]) -> Result<(), ApiEr
             deps.catalog.observe_row(id, partition, stock);
         }
     }
+    Ok(())
+}
+
+/// Why a request would be refused at the door, if it would: 404 for an
+/// unknown product, 409 for a product known to be sold out, 503 for a
+/// partition whose backlog is full.
+fn refusal(deps: &Deps, request: &Request) -> Option<ApiError> {
+    match deps.catalog.lookup(request.product_id) {
+        Known::Unknown => Some(ApiError::ProductNotFound),
+        // Just read from PostgreSQL (refresh_catalog), so truthful.
+        Known::SoldOut { .. } | Known::Stale { .. } => Some(ApiError::SoldOut),
+        Known::Open { partition } if deps.backlog.is_full(partition) => Some(ApiError::Overloaded(
+            "this product's queue is full; retry shortly with the same Idempotency-Key".into(),
+        )),
+        Known::Open { .. } => None,
+    }
+}
+
+/// Answers the requests that are refused (known keys were answered before).
+fn refuse_at_the_door(deps: &Deps, slots: &mut [Slot]) {
     for slot in slots.iter_mut() {
         let Slot::Pending(r, _) = slot else { continue };
-        let refusal = match deps.catalog.lookup(r.product_id) {
-            Known::Unknown => Some(ApiError::ProductNotFound),
-            Known::SoldOut { .. } | Known::Stale { .. } => {
-                deps.metrics.sold_out_fast.inc();
-                Some(ApiError::SoldOut)
-            }
-            Known::Open { partition } if deps.backlog.is_full(partition) => {
-                Some(ApiError::Overloaded(
-                    "this product's queue is full; retry shortly with the same Idempotency-Key"
-                        .into(),
-                ))
-            }
-            Known::Open { .. } => None,
+        let Some(err) = refusal(deps, r) else {
+            continue;
         };
-        if let Some(err) = refusal {
-            if let Some((_, reply)) = take(slot) {
-                let _ = reply.send(Err(err));
-            }
+        if matches!(err, ApiError::SoldOut) {
+            deps.metrics.sold_out_fast.inc();
+        }
+        if let Some((_, reply)) = take(slot) {
+            let _ = reply.send(Err(err));
         }
     }
-    Ok(())
 }
 
 /// A freshly written order waiting for its queue acknowledgement.
@@ -505,6 +527,21 @@ impl Backlog {
             pending: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
             max,
         }
+    }
+
+    /// Prometheus gauges: undecided orders per partition.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP checkline_partition_backlog Undecided orders per queue partition.\n\
+             # TYPE checkline_partition_backlog gauge\n",
+        );
+        for (partition, count) in self.pending.iter().enumerate() {
+            out.push_str(&format!(
+                "checkline_partition_backlog{{partition=\"{partition}\"}} {}\n",
+                count.load(Ordering::Relaxed)
+            ));
+        }
+        out
     }
 
     pub fn is_full(&self, partition: i32) -> bool {

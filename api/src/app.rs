@@ -149,6 +149,8 @@ pub struct AppState {
     pub acceptor: Acceptor,
     pub limiter: RateLimiter,
     pub streams: Arc<StreamSlots>,
+    /// Undecided orders per partition, for backpressure and `/metrics`.
+    pub backlog: Arc<Backlog>,
 }
 
 impl AppState {
@@ -314,7 +316,7 @@ impl Application {
             subjects: subjects.clone(),
             catalog: catalog.clone(),
             metrics: metrics.clone(),
-            backlog,
+            backlog: backlog.clone(),
             config: config.clone(),
         });
         let listener = TcpListener::bind(config.http_addr)
@@ -352,6 +354,7 @@ impl Application {
             acceptor,
             limiter,
             streams,
+            backlog,
         });
         Ok(Self {
             listener,

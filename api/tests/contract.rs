@@ -517,11 +517,9 @@ async fn operations_endpoints() {
         .to_str()
         .unwrap()
         .starts_with("text/plain"));
-    assert!(metrics
-        .text()
-        .await
-        .unwrap()
-        .contains("checkline_orders_accepted_total"));
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("checkline_orders_accepted_total"));
+    assert!(text.contains("checkline_partition_backlog{partition=\"3\"}"));
     let spec: Value = app
         .http
         .get(app.url("/openapi.json"))

@@ -183,6 +183,15 @@ async fn orders_are_decided_first_come_first_served() {
     let late = app.order(&app.customer("late"), "k", &pid, 1).await;
     assert_eq!(late.status(), StatusCode::CONFLICT);
     assert_eq!(late.json::<Value>().await.unwrap()["code"], "sold_out");
+    // A buyer who got in and retries after the sell-out gets their order,
+    // not "sold out".
+    let (token, id) = &queued[0];
+    let retry = app.order(token, "k", &pid, 1).await;
+    assert_eq!(retry.status(), StatusCode::OK);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let body: Value = retry.json().await.unwrap();
+    assert_eq!(body["id"], id.as_str());
+    assert_eq!(body["status"], "confirmed");
     assert_eq!(app.count_orders(&pid).await, 10);
     app.shutdown().await;
 }
