@@ -196,13 +196,6 @@ report_death() {
 for ((i = 1; i <= WORKERS; i++)); do
     start_process "worker-$i" env CHECKLINE_WORKER_ID="worker-$i" "$BIN/checkline-worker"
 done
-if ((DEMO)); then
-    # The demo's 10,000 buyers all come from this machine's one address: lift
-    # the per-address limit for this run (per-customer limits stay on).
-    export CHECKLINE_RATE_ADDR_PER_SEC=${CHECKLINE_RATE_ADDR_PER_SEC:-100000}
-    export CHECKLINE_RATE_ADDR_BURST=${CHECKLINE_RATE_ADDR_BURST:-200000}
-    log "demo: per-address rate limit raised to $CHECKLINE_RATE_ADDR_PER_SEC/s (one load generator, many buyers)"
-fi
 start_process api "$BIN/checkline-api"
 
 log "waiting for $CHECKLINE_API_URL/readyz"

@@ -291,8 +291,12 @@ impl RateConfig {
                 env,
                 "CHECKLINE_RATE_ADDR_PER_SEC",
                 "CHECKLINE_RATE_ADDR_BURST",
-                2_000,
-                4_000,
+                // Storefront servers relay many customers' orders from one
+                // address: the default stops a single runaway source, not a
+                // storefront at full flash-sale speed. Tighten it where
+                // buyers connect directly.
+                20_000,
+                40_000,
             )?,
             local_keys_max: env.number(
                 "CHECKLINE_RATE_LOCAL_KEYS_MAX",
