@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
+use checkline_shared::db::{order_columns, OrderRow, ORDER_COLUMNS};
 use checkline_shared::domain::{CustomerId, IdempotencyKey, Order};
 use checkline_shared::messages::{QueueMessage, QueuedOrder};
 use checkline_shared::queue;
@@ -219,11 +219,7 @@ async fn answer_known_keys(
         request_hash: Vec<u8>,
         partition: i32,
     }
-    let columns = ORDER_COLUMNS
-        .split(", ")
-        .map(|c| format!("o.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = order_columns("o");
     let rows: Vec<Existing> = sqlx::query_as(&format!(
         "SELECT {columns}, o.idempotency_key, o.request_hash, o.partition \
          FROM orders o JOIN unnest($1::text[], $2::text[]) AS k(customer_id, idempotency_key) \

@@ -150,6 +150,16 @@ pub async fn ensure_partitions(pool: &PgPool, partitions: u32) -> Result<(), DbS
 pub const ORDER_COLUMNS: &str = "id, customer_id, product_id, quantity, status, reason, \
      unit_price_cents, total_cents, created_at, decided_at";
 
+/// [`ORDER_COLUMNS`] qualified with a table alias, for joins and
+/// `UPDATE … FROM` statements.
+pub fn order_columns(alias: &str) -> String {
+    ORDER_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderRow {
     pub id: Uuid,

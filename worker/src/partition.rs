@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::WorkerConfig;
-use crate::store::{self, QueuedKind, QueuedRef, StoreError, Stranded};
+use crate::store::{self, QueuedKind, QueuedRef, StoreError};
 use crate::{deadletter, notify};
 
 /// Everything a partition loop needs; shared by all partitions of a worker.
@@ -313,31 +313,7 @@ async fn requeue_stranded(deps: &Deps, partition: u32) -> Result<(), LoopError> 
         return Ok(());
     }
     tracing::warn!(count = stranded.len(), "requeueing stranded items");
-    for item in stranded {
-        let message = match item {
-            Stranded::Order {
-                order_id,
-                product_id,
-                customer_id,
-                quantity,
-                created_at,
-            } => QueueMessage::Order {
-                order_id,
-                product_id,
-                customer_id,
-                quantity,
-                accepted_at: created_at,
-            },
-            Stranded::Restock {
-                restock_id,
-                product_id,
-                quantity,
-            } => QueueMessage::Restock {
-                restock_id,
-                product_id,
-                quantity,
-            },
-        };
+    for message in stranded {
         let subject = deps.subjects.product_queue(partition, message.product_id());
         queue::publish(
             &deps.js,

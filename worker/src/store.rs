@@ -3,8 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
+use checkline_shared::db::{order_columns, OrderRow};
 use checkline_shared::domain::{Order, RestockResult, StockEvent};
+use checkline_shared::messages::QueueMessage;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -426,11 +427,7 @@ async fn write_orders(
              AS d(id, status, reason, unit_price_cents, total_cents, seq, idx) \
          WHERE o.id = d.id AND o.status = 'pending' \
          RETURNING {}",
-        ORDER_COLUMNS
-            .split(", ")
-            .map(|c| format!("o.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        order_columns("o")
     ))
     .bind(&ids)
     .bind(&statuses)
@@ -529,32 +526,16 @@ async fn write_restocks(
     Ok(results)
 }
 
-/// An order or restock that has waited in `pending` longer than it should if
-/// it had been queued: its publish failed (or the API died between writing it
-/// and publishing it).
-#[derive(Debug, Clone)]
-pub enum Stranded {
-    Order {
-        order_id: Uuid,
-        product_id: Uuid,
-        customer_id: String,
-        quantity: i32,
-        created_at: chrono::DateTime<chrono::Utc>,
-    },
-    Restock {
-        restock_id: Uuid,
-        product_id: Uuid,
-        quantity: i64,
-    },
-}
-
-/// Pending items of a partition older than `older_than`, oldest first.
+/// Pending orders and restocks of a partition older than `older_than`,
+/// oldest first, as the queue messages that would carry them. They have
+/// waited longer than they would have if they had been queued: their publish
+/// failed, or the API died between writing and publishing them.
 pub async fn stranded(
     pool: &PgPool,
     partition: u32,
     older_than: std::time::Duration,
     limit: i64,
-) -> Result<Vec<Stranded>, sqlx::Error> {
+) -> Result<Vec<QueueMessage>, sqlx::Error> {
     let age = older_than.as_secs_f64();
     let orders: Vec<(Uuid, Uuid, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT id, product_id, customer_id, quantity, created_at FROM orders \
@@ -578,25 +559,21 @@ pub async fn stranded(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    Ok(orders
+    let orders = orders.into_iter().map(
+        |(order_id, product_id, customer_id, quantity, accepted_at)| QueueMessage::Order {
+            order_id,
+            product_id,
+            customer_id,
+            quantity,
+            accepted_at,
+        },
+    );
+    let restocks = restocks
         .into_iter()
-        .map(
-            |(order_id, product_id, customer_id, quantity, created_at)| Stranded::Order {
-                order_id,
-                product_id,
-                customer_id,
-                quantity,
-                created_at,
-            },
-        )
-        .chain(
-            restocks
-                .into_iter()
-                .map(|(restock_id, product_id, quantity)| Stranded::Restock {
-                    restock_id,
-                    product_id,
-                    quantity,
-                }),
-        )
-        .collect())
+        .map(|(restock_id, product_id, quantity)| QueueMessage::Restock {
+            restock_id,
+            product_id,
+            quantity,
+        });
+    Ok(orders.chain(restocks).collect())
 }
