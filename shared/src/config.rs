@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::faults::Faults;
 
 /// A setting that could not be used, with the variable that holds it.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +143,8 @@ pub struct CommonConfig {
     pub requeue_after: Duration,
     /// How long a decided order stays in the Redis cache.
     pub order_cache_ttl: Duration,
+    /// Fault points armed for tests (`CHECKLINE_FAULTS`, debug builds only).
+    pub faults: Arc<Faults>,
 }
 
 pub const PARTITIONS_MAX: u32 = 1024;
@@ -200,6 +205,7 @@ impl CommonConfig {
                 1,
                 30 * 86_400,
             )?),
+            faults: Arc::new(Faults::parse(env.raw(Faults::VAR))?),
         })
         .and_then(|config: Self| {
             if config.requeue_after <= config.publish_timeout {

@@ -11,12 +11,14 @@
 //! - [`db`]: PostgreSQL pool, database creation and migrations.
 //! - [`queue`]: NATS connection and the JetStream stream definition.
 //! - [`cache`]: the Redis cache; every operation degrades to "miss" on failure.
+//! - [`faults`]: fault points that tests arm to force rare interleavings.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and the shutdown signal.
 
 pub mod cache;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod faults;
 pub mod messages;
 pub mod queue;
 pub mod shutdown;
