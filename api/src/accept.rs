@@ -32,9 +32,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
 use crate::app::Metrics;
-use crate::catalog::{Catalog, Known};
+use crate::catalog::{Catalog, Known, ProductRead};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
+use crate::requeue::Requeuer;
 
 /// One order request, validated and authenticated.
 pub struct Request {
@@ -72,6 +73,7 @@ pub struct Deps {
     pub catalog: Arc<Catalog>,
     pub metrics: Arc<Metrics>,
     pub backlog: Arc<Backlog>,
+    pub requeuer: Requeuer,
     pub config: ApiConfig,
 }
 
@@ -138,7 +140,45 @@ enum Slot {
     Pending(Request, Reply),
 }
 
+/// What the door said about a request: read from the catalog once per
+/// request, and every later step of the batch follows that one reading. A
+/// stock event landing in the middle of a batch must not make a retry of an
+/// accepted key look like a refusal (its key was not looked up), nor leave a
+/// request that passed the door neither refused nor written.
+#[derive(Debug, Clone, Copy)]
+enum Door {
+    Refuse(Refusal),
+    Open { partition: i32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    ProductNotFound,
+    SoldOut,
+    PartitionFull,
+}
+
+impl Refusal {
+    fn error(self) -> ApiError {
+        match self {
+            Self::ProductNotFound => ApiError::ProductNotFound,
+            Self::SoldOut => ApiError::SoldOut,
+            Self::PartitionFull => ApiError::Overloaded(
+                "this product's queue is full; retry shortly with the same Idempotency-Key".into(),
+            ),
+        }
+    }
+}
+
+/// Every step answers what it settles; whatever fails, a request is
+/// answered exactly once. Once the insert has committed, the batch's orders
+/// exist and are never taken back: a failure after it answers 503 and the
+/// order is queued again in the background (the rule of docs/operations.md:
+/// after a 5xx, retry with the same key; the order, if written, is decided
+/// and the retry returns it).
 async fn process(deps: &Deps, batch: Vec<(Request, Reply)>) {
+    let faults = &deps.config.common.faults;
+    faults.pause("accept_batch_start").await;
     let mut slots: Vec<Slot> = batch
         .into_iter()
         .map(|(r, tx)| Slot::Pending(r, tx))
@@ -146,25 +186,49 @@ async fn process(deps: &Deps, batch: Vec<(Request, Reply)>) {
     if let Err(err) = refresh_catalog(deps, &slots).await {
         return fail_all(slots, err);
     }
+    let doors: Vec<Door> = slots
+        .iter()
+        .map(|slot| match slot {
+            Slot::Pending(r, _) => door(deps, r),
+            Slot::Done => Door::Refuse(Refusal::ProductNotFound),
+        })
+        .collect();
     // A request about to be refused may be the retry of an accepted order:
     // look its key up first, so that a buyer who got in always gets their
     // order back. New orders for an open product skip the look-up: the
     // insert's unique constraint finds the retries among them.
-    let refusable = |r: &Request| refusal(deps, r).is_some();
-    if let Err(err) = answer_known_keys(deps, &mut slots, refusable).await {
+    let refused = |i: usize| matches!(doors[i], Door::Refuse(_));
+    if let Err(err) = answer_known_keys(deps, &mut slots, refused).await {
         return fail_all(slots, err);
     }
-    refuse_at_the_door(deps, &mut slots);
-    let inserted = match insert_pending(deps, &mut slots).await {
+    faults.pause("accept_after_door").await;
+    refuse_at_the_door(deps, &mut slots, &doors);
+    let inserted = match insert_pending(deps, &mut slots, &doors).await {
         Ok(inserted) => inserted,
         Err(err) => return fail_all(slots, err),
     };
     // Keys that already had an order (retries, or an insert race lost to
-    // another batch): answer from the stored order.
-    if let Err(err) = answer_known_keys(deps, &mut slots, |_| true).await {
-        return fail_all(slots, err);
+    // another batch) are answered from the stored order, while the new ones
+    // are published: neither waits for the other, and a failure of the
+    // look-up cannot strand what was written.
+    let lookup = async {
+        if faults.fail("accept_second_lookup") {
+            return Err(ApiError::Unavailable("fault point".into()));
+        }
+        answer_known_keys(deps, &mut slots, |_| true).await
+    };
+    let ((), looked_up) = tokio::join!(publish(deps, inserted), lookup);
+    match looked_up {
+        Ok(()) => {
+            // Nothing may be left: a request not refused, not written and
+            // not known would be a bug in the steps above.
+            fail_all(
+                slots,
+                ApiError::Internal("order request neither written nor refused".into()),
+            );
+        }
+        Err(err) => fail_all(slots, err),
     }
-    publish(deps, inserted).await;
 }
 
 /// Answers every request still waiting in the batch with the batch's error.
@@ -199,12 +263,13 @@ fn take(slot: &mut Slot) -> Option<(Request, Reply)> {
 async fn answer_known_keys(
     deps: &Deps,
     slots: &mut [Slot],
-    which: impl Fn(&Request) -> bool,
+    which: impl Fn(usize) -> bool,
 ) -> Result<(), ApiError> {
     let (customers, keys): (Vec<&str>, Vec<&str>) = slots
         .iter()
-        .filter_map(|s| match s {
-            Slot::Pending(r, _) if which(r) => Some((r.customer.as_str(), r.key.as_str())),
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            Slot::Pending(r, _) if which(i) => Some((r.customer.as_str(), r.key.as_str())),
             _ => None,
         })
         .unzip();
@@ -252,7 +317,7 @@ async fn answer_known_keys(
             let _ = reply.send(Err(ApiError::IdempotencyKeyReused));
             continue;
         }
-        requeue_if_stranded(deps, &order, partition, request.request_id.as_deref()).await;
+        requeue_if_stranded(deps, &order, partition, request.request_id);
         deps.metrics.orders_replayed.inc();
         let _ = reply.send(Ok(Accepted::Replayed(order)));
     }
@@ -260,35 +325,27 @@ async fn answer_known_keys(
 }
 
 /// A retried order that is still pending long after it was written may never
-/// have reached the queue: publish it again (a duplicate is harmless).
-async fn requeue_if_stranded(deps: &Deps, order: &Order, partition: i32, request_id: Option<&str>) {
+/// have reached the queue: publish it again, in the background (a duplicate
+/// is harmless).
+fn requeue_if_stranded(deps: &Deps, order: &Order, partition: i32, request_id: Option<String>) {
     let age = (chrono::Utc::now() - order.created_at)
         .to_std()
         .unwrap_or_default();
     if order.status.is_decided() || age <= deps.config.common.requeue_after {
         return;
     }
-    let Ok(partition) = u32::try_from(partition) else {
-        return;
-    };
-    let message = QueueMessage::Order {
+    deps.requeuer
+        .submit(partition, lone_message(order), request_id);
+}
+
+/// The queue message that carries one order on its own.
+fn lone_message(order: &Order) -> QueueMessage {
+    QueueMessage::Order {
         order_id: order.id,
         product_id: order.product_id,
         customer_id: order.customer_id.clone(),
         quantity: order.quantity,
         accepted_at: order.created_at,
-    };
-    let subject = deps.subjects.product_queue(partition, order.product_id);
-    if let Err(err) = queue::publish(
-        &deps.js,
-        subject,
-        &message,
-        request_id,
-        deps.config.common.publish_timeout,
-    )
-    .await
-    {
-        tracing::warn!(error = %err, order_id = %order.id, "requeue of a retried order failed");
     }
 }
 
@@ -308,45 +365,53 @@ async fn refresh_catalog(deps: &Deps, slots: &[Slot]) -> Result<(), ApiError> {
     ask.sort_unstable();
     ask.dedup();
     if !ask.is_empty() {
-        let rows: Vec<(Uuid, i32, i64)> =
-            sqlx::query_as("SELECT id, partition, stock FROM products WHERE id = ANY($1)")
-                .bind(&ask)
-                .fetch_all(&deps.pool)
-                .await?;
-        for (id, partition, stock) in rows {
-            deps.catalog.observe_row(id, partition, stock);
+        let read_at = std::time::Instant::now();
+        let rows: Vec<(Uuid, i32, i64, Vec<Uuid>)> = sqlx::query_as(
+            "SELECT p.id, p.partition, p.stock, \
+                 ARRAY(SELECT r.id FROM restocks r WHERE r.product_id = p.id AND r.status = 'pending') \
+             FROM products p WHERE p.id = ANY($1)",
+        )
+        .bind(&ask)
+        .fetch_all(&deps.pool)
+        .await?;
+        for (id, partition, stock, pending_restocks) in rows {
+            let read = ProductRead {
+                partition,
+                stock,
+                pending_restocks,
+            };
+            deps.catalog.observe_read(id, read, read_at);
         }
     }
     Ok(())
 }
 
-/// Why a request would be refused at the door, if it would: 404 for an
-/// unknown product, 409 for a product known to be sold out, 503 for a
-/// partition whose backlog is full.
-fn refusal(deps: &Deps, request: &Request) -> Option<ApiError> {
+/// Whether a request is refused at the door: 404 for an unknown product,
+/// 409 for a product known to be sold out, 503 for a partition whose
+/// backlog is full.
+fn door(deps: &Deps, request: &Request) -> Door {
     match deps.catalog.lookup(request.product_id) {
-        Known::Unknown => Some(ApiError::ProductNotFound),
+        Known::Unknown => Door::Refuse(Refusal::ProductNotFound),
         // Just read from PostgreSQL (refresh_catalog), so truthful.
-        Known::SoldOut { .. } | Known::Stale { .. } => Some(ApiError::SoldOut),
-        Known::Open { partition } if deps.backlog.is_full(partition) => Some(ApiError::Overloaded(
-            "this product's queue is full; retry shortly with the same Idempotency-Key".into(),
-        )),
-        Known::Open { .. } => None,
+        Known::SoldOut { .. } | Known::Stale { .. } => Door::Refuse(Refusal::SoldOut),
+        Known::Open { partition } if deps.backlog.is_full(partition) => {
+            Door::Refuse(Refusal::PartitionFull)
+        }
+        Known::Open { partition } => Door::Open { partition },
     }
 }
 
 /// Answers the requests that are refused (known keys were answered before).
-fn refuse_at_the_door(deps: &Deps, slots: &mut [Slot]) {
-    for slot in slots.iter_mut() {
-        let Slot::Pending(r, _) = slot else { continue };
-        let Some(err) = refusal(deps, r) else {
+fn refuse_at_the_door(deps: &Deps, slots: &mut [Slot], doors: &[Door]) {
+    for (slot, door) in slots.iter_mut().zip(doors) {
+        let Door::Refuse(refusal) = door else {
             continue;
         };
-        if matches!(err, ApiError::SoldOut) {
-            deps.metrics.sold_out_fast.inc();
-        }
         if let Some((_, reply)) = take(slot) {
-            let _ = reply.send(Err(err));
+            if matches!(refusal, Refusal::SoldOut) {
+                deps.metrics.sold_out_fast.inc();
+            }
+            let _ = reply.send(Err(refusal.error()));
         }
     }
 }
@@ -360,7 +425,11 @@ struct Written {
 }
 
 /// Writes the batch's new orders as pending, in arrival order.
-async fn insert_pending(deps: &Deps, slots: &mut [Slot]) -> Result<Vec<Written>, ApiError> {
+async fn insert_pending(
+    deps: &Deps,
+    slots: &mut [Slot],
+    doors: &[Door],
+) -> Result<Vec<Written>, ApiError> {
     let mut ids = Vec::new();
     let mut customers = Vec::new();
     let mut keys = Vec::new();
@@ -369,9 +438,9 @@ async fn insert_pending(deps: &Deps, slots: &mut [Slot]) -> Result<Vec<Written>,
     let mut quantities = Vec::new();
     let mut partitions = Vec::new();
     let mut positions = HashMap::new();
-    for (i, slot) in slots.iter().enumerate() {
+    for (i, (slot, door)) in slots.iter().zip(doors).enumerate() {
         let Slot::Pending(r, _) = slot else { continue };
-        let Known::Open { partition } = deps.catalog.lookup(r.product_id) else {
+        let Door::Open { partition } = *door else {
             continue;
         };
         // UUIDv7: time-ordered, so "newest first" lists need no extra index.
@@ -448,34 +517,12 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
     let sends = groups
         .into_iter()
         .map(|(product_id, partition, group)| async move {
-            let message = QueueMessage::Orders {
-                product_id,
-                orders: group
-                    .iter()
-                    .map(|w| QueuedOrder {
-                        order_id: w.order.id,
-                        customer_id: w.order.customer_id.clone(),
-                        quantity: w.order.quantity,
-                    })
-                    .collect(),
-            };
-            let subject = deps
-                .subjects
-                .product_queue(u32::try_from(partition).unwrap_or(0), product_id);
-            let request_id = group.first().and_then(|w| w.request_id.clone());
-            let result = queue::publish(
-                &deps.js,
-                subject,
-                &message,
-                request_id.as_deref(),
-                deps.config.common.publish_timeout,
-            )
-            .await;
+            let result = publish_group(deps, product_id, partition, &group).await;
             (group, result)
         });
     for (group, result) in futures::future::join_all(sends).await {
         match result {
-            Ok(_) => {
+            Ok(()) => {
                 deps.backlog.add(group[0].partition, group.len() as i64);
                 for w in group {
                     deps.metrics.orders_accepted.inc();
@@ -484,30 +531,68 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
             }
             Err(err) => {
                 deps.metrics.publish_failures.inc();
-                tracing::warn!(error = %err, orders = group.len(), "queue publish failed");
-                // Not accepted: take the rows back, so the 503 means "nothing
-                // happened". If the message reached the queue after all, the
-                // worker finds no pending rows and skips it; if the delete
-                // fails, the worker's sweep queues the orders later and a retry
-                // with the same key shows their fate.
-                let ids: Vec<Uuid> = group.iter().map(|w| w.order.id).collect();
-                if let Err(err) =
-                    sqlx::query("DELETE FROM orders WHERE id = ANY($1) AND status = 'pending'")
-                        .bind(&ids)
-                        .execute(&deps.pool)
-                        .await
-                {
-                    tracing::warn!(error = %err, "could not take back unqueued orders; the sweep will queue them");
-                }
+                tracing::warn!(error = %err, orders = group.len(), "queue publish failed; requeueing in the background");
+                // The rows stay: the message may be in the queue after all
+                // (a lost acknowledgement), and taking them back would race
+                // the worker deciding them. Each order is published again on
+                // its own; the worker decides only pending rows, so a copy is
+                // harmless, and the sweep catches whatever this misses.
                 for w in group {
+                    deps.requeuer
+                        .submit(w.partition, lone_message(&w.order), w.request_id.clone());
                     let _ = w.reply.send(Err(ApiError::Unavailable(
-                        "the order queue is unavailable; retry with the same Idempotency-Key"
+                        "the order was recorded but its queueing is not confirmed; \
+                         retry with the same Idempotency-Key to follow it"
                             .into(),
                     )));
                 }
             }
         }
     }
+}
+
+async fn publish_group(
+    deps: &Deps,
+    product_id: Uuid,
+    partition: i32,
+    group: &[Written],
+) -> Result<(), queue::PublishError> {
+    let message = QueueMessage::Orders {
+        product_id,
+        orders: group
+            .iter()
+            .map(|w| QueuedOrder {
+                order_id: w.order.id,
+                customer_id: w.order.customer_id.clone(),
+                quantity: w.order.quantity,
+            })
+            .collect(),
+    };
+    let partition = u32::try_from(partition)
+        .map_err(|_| queue::PublishError::Failed(format!("partition {partition} out of range")))?;
+    let subject = deps.subjects.product_queue(partition, product_id);
+    let request_id = group.first().and_then(|w| w.request_id.clone());
+    let published = queue::publish(
+        &deps.js,
+        subject,
+        &message,
+        request_id.as_deref(),
+        deps.config.common.publish_timeout,
+    )
+    .await?;
+    if deps.config.common.faults.fail("accept_ack_lost") {
+        return Err(queue::PublishError::Timeout(
+            deps.config.common.publish_timeout,
+        ));
+    }
+    // A group is published once, by the batch that wrote its orders: a
+    // duplicate means JetStream dropped it, and its orders are not queued.
+    if published.duplicate {
+        return Err(queue::PublishError::Failed(
+            "JetStream dropped the group as a duplicate".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Undecided orders per partition, measured periodically from PostgreSQL and

@@ -30,6 +30,7 @@ use crate::edge::{self, StreamSlots};
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::ratelimit::RateLimiter;
+use crate::requeue::{self, Requeuer};
 use crate::routes;
 
 /// A monotonic counter for `/metrics`.
@@ -58,6 +59,8 @@ pub struct Metrics {
     pub publish_failures: Counter,
     pub accept_batches: Counter,
     pub accept_batch_orders: Counter,
+    pub requeues: Counter,
+    pub requeues_dropped: Counter,
     pub rate_limited: Counter,
     pub rate_local_decisions: Counter,
     pub connections_refused: Counter,
@@ -99,6 +102,16 @@ impl Metrics {
                 "checkline_accept_batch_orders_total",
                 "Order requests handled in accept batches; divided by the batches, the mean batch size.",
                 self.accept_batch_orders.get(),
+            ),
+            (
+                "checkline_requeues_total",
+                "Orders and restocks published again in the background (failed publish, stranded retry).",
+                self.requeues.get(),
+            ),
+            (
+                "checkline_requeues_dropped_total",
+                "Background requeues given up or not taken (queue full); the worker's sweep queues them.",
+                self.requeues_dropped.get(),
             ),
             (
                 "checkline_rate_limited_total",
@@ -151,6 +164,8 @@ pub struct AppState {
     pub streams: Arc<StreamSlots>,
     /// Undecided orders per partition, for backpressure and `/metrics`.
     pub backlog: Arc<Backlog>,
+    /// Publishes again, in the background, what may not be in the queue.
+    pub requeuer: Requeuer,
 }
 
 impl AppState {
@@ -164,21 +179,25 @@ impl AppState {
     ) -> Result<(), ApiError> {
         let partition = u32::try_from(partition).map_err(ApiError::internal)?;
         let subject = self.subjects.product_queue(partition, message.product_id());
-        match queue::publish(
-            &self.js,
-            subject,
-            message,
-            request_id,
-            self.config.common.publish_timeout,
-        )
-        .await
-        {
+        let published = if self.config.common.faults.fail("restock_publish") {
+            Err(queue::PublishError::Failed("fault point".into()))
+        } else {
+            queue::publish(
+                &self.js,
+                subject,
+                message,
+                request_id,
+                self.config.common.publish_timeout,
+            )
+            .await
+        };
+        match published {
             Ok(_sequence) => Ok(()),
             Err(err) => {
                 self.metrics.publish_failures.inc();
                 tracing::warn!(error = %err, partition, "queue publish failed");
                 Err(ApiError::Unavailable(
-                    "the order queue is unavailable; retry with the same Idempotency-Key".into(),
+                    "recorded, but its queueing is not confirmed; retry with the same Idempotency-Key to follow it".into(),
                 ))
             }
         }
@@ -186,12 +205,13 @@ impl AppState {
 }
 
 impl AppState {
-    /// Tells every API instance (this one at once) that a restock of the
-    /// product is on its way.
-    pub async fn announce_restocking(&self, product_id: uuid::Uuid) {
-        self.catalog.restocking(product_id);
+    /// Tells every API instance (this one at once) that the restock
+    /// `restock_id` of the product is on its way.
+    pub async fn announce_restocking(&self, product_id: uuid::Uuid, restock_id: uuid::Uuid) {
+        self.catalog.restocking(product_id, restock_id);
         let subject = self.subjects.restocking_event(product_id);
-        if let Err(err) = self.client.publish(subject, bytes::Bytes::new()).await {
+        let payload = bytes::Bytes::from(restock_id.to_string());
+        if let Err(err) = self.client.publish(subject, payload).await {
             tracing::warn!(error = %err, "restock announcement not published");
         }
         let _ = self.client.flush().await;
@@ -310,6 +330,17 @@ impl Application {
                 .clone()
                 .monitor(pool.clone(), config.backlog_check_interval),
         );
+        let requeuer = Requeuer::start(
+            requeue::Deps {
+                js: js.clone(),
+                subjects: subjects.clone(),
+                stream_limits: StreamLimits::from_config(common),
+                publish_timeout: common.publish_timeout,
+                faults: common.faults.clone(),
+                metrics: metrics.clone(),
+            },
+            config.requeue_queue_max,
+        );
         let acceptor = Acceptor::start(accept::Deps {
             pool: pool.clone(),
             js: js.clone(),
@@ -317,6 +348,7 @@ impl Application {
             catalog: catalog.clone(),
             metrics: metrics.clone(),
             backlog: backlog.clone(),
+            requeuer: requeuer.clone(),
             config: config.clone(),
         });
         let listener = TcpListener::bind(config.http_addr)
@@ -355,6 +387,7 @@ impl Application {
             limiter,
             streams,
             backlog,
+            requeuer,
         });
         Ok(Self {
             listener,

@@ -3,9 +3,13 @@
 //! was last seen sold out.
 //!
 //! "Sold out" is trusted only while fresh: it comes from the worker's stock
-//! events or a database read, expires after `CHECKLINE_SOLD_OUT_TTL_MS`, and
-//! is cleared the moment any API instance announces a restock (before the
-//! restock is queued), so a restock is never hidden behind a stale flag.
+//! events or a database read and expires after `CHECKLINE_SOLD_OUT_TTL_MS`.
+//! A restock is never hidden behind it: every API instance hears of a
+//! restock (by its id) before the restock is queued, and keeps the product
+//! open until that restock's own result arrives, whatever stock events about
+//! other decisions say in between. Should the result event be missed (events
+//! are core NATS), the next database read (the restock's `pending` row, or
+//! its absence) settles it.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -13,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy)]
-pub struct ProductInfo {
-    pub partition: i32,
+#[derive(Debug, Clone)]
+struct ProductInfo {
+    partition: i32,
     /// Last stock seen (events or database).
-    pub stock: i64,
-    pub seen_at: Instant,
-    /// A restock was announced and not yet seen applied.
-    pub restocking: bool,
+    stock: i64,
+    seen_at: Instant,
+    /// Restocks announced or read as pending and not yet seen applied, with
+    /// when this instance learnt of each.
+    restocks: HashMap<Uuid, Instant>,
 }
 
 pub struct Catalog {
@@ -37,8 +42,18 @@ pub enum Known {
     SoldOut { partition: i32 },
     /// Known; let the queue decide.
     Open { partition: i32 },
-    /// Known, but its "sold out" is too old to answer with: ask the database.
+    /// Known, but its "sold out" (or its pending restocks) too old to answer
+    /// with: ask the database.
     Stale { partition: i32 },
+}
+
+/// A product as read from PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct ProductRead {
+    pub partition: i32,
+    pub stock: i64,
+    /// Its restocks still pending at the time of the read.
+    pub pending_restocks: Vec<Uuid>,
 }
 
 impl Catalog {
@@ -51,33 +66,58 @@ impl Catalog {
 
     pub fn lookup(&self, id: Uuid) -> Known {
         let products = self.products.read().unwrap_or_else(|e| e.into_inner());
-        match products.get(&id) {
-            None => Known::Unknown,
-            Some(info) if info.stock > 0 || info.restocking => Known::Open {
-                partition: info.partition,
-            },
-            Some(info) if info.seen_at.elapsed() <= self.sold_out_ttl => Known::SoldOut {
-                partition: info.partition,
-            },
-            Some(info) => Known::Stale {
-                partition: info.partition,
-            },
+        let Some(info) = products.get(&id) else {
+            return Known::Unknown;
+        };
+        let partition = info.partition;
+        if info.stock > 0 {
+            return Known::Open { partition };
+        }
+        let fresh = info.seen_at.elapsed() <= self.sold_out_ttl;
+        match (info.restocks.is_empty(), fresh) {
+            (true, true) => Known::SoldOut { partition },
+            // A restock on its way keeps the product open; once that has
+            // lasted a while without its result, the database is asked
+            // whether it is still pending.
+            (false, _)
+                if fresh
+                    || info
+                        .restocks
+                        .values()
+                        .any(|at| at.elapsed() <= self.sold_out_ttl) =>
+            {
+                Known::Open { partition }
+            }
+            _ => Known::Stale { partition },
         }
     }
 
-    /// A fresh read from PostgreSQL.
-    pub fn observe_row(&self, id: Uuid, partition: i32, stock: i64) {
+    /// A read from PostgreSQL that started at `read_at`: it speaks for every
+    /// restock announced before it, not for those announced since.
+    pub fn observe_read(&self, id: Uuid, read: ProductRead, read_at: Instant) {
         let mut products = self.products.write().unwrap_or_else(|e| e.into_inner());
-        let restocking = products
-            .get(&id)
-            .is_some_and(|p| p.restocking && stock <= 0);
+        let now = Instant::now();
+        let mut restocks: HashMap<Uuid, Instant> = read
+            .pending_restocks
+            .into_iter()
+            .map(|r| (r, now))
+            .collect();
+        if let Some(known) = products.get(&id) {
+            restocks.extend(
+                known
+                    .restocks
+                    .iter()
+                    .filter(|(_, at)| **at > read_at)
+                    .map(|(r, at)| (*r, *at)),
+            );
+        }
         products.insert(
             id,
             ProductInfo {
-                partition,
-                stock,
-                seen_at: Instant::now(),
-                restocking,
+                partition: read.partition,
+                stock: read.stock,
+                seen_at: now,
+                restocks,
             },
         );
     }
@@ -88,27 +128,24 @@ impl Catalog {
         if let Some(info) = products.get_mut(&id) {
             info.stock = stock;
             info.seen_at = Instant::now();
-            if stock > 0 {
-                info.restocking = false;
-            }
         }
     }
 
-    /// A restock was applied (its result event): stock events speak for the
-    /// product again.
-    pub fn restock_applied(&self, id: Uuid) {
+    /// A restock was applied (its result event).
+    pub fn restock_applied(&self, id: Uuid, restock_id: Uuid) {
         let mut products = self.products.write().unwrap_or_else(|e| e.into_inner());
         if let Some(info) = products.get_mut(&id) {
-            info.restocking = false;
+            info.restocks.remove(&restock_id);
         }
     }
 
     /// A restock was announced: never answer "sold out" for this product
-    /// until the restock is applied.
-    pub fn restocking(&self, id: Uuid) {
+    /// until that restock is applied. (An unknown product is read from the
+    /// database before any answer, and the read sees the restock.)
+    pub fn restocking(&self, id: Uuid, restock_id: Uuid) {
         let mut products = self.products.write().unwrap_or_else(|e| e.into_inner());
         if let Some(info) = products.get_mut(&id) {
-            info.restocking = true;
+            info.restocks.insert(restock_id, Instant::now());
         }
     }
 }
@@ -117,23 +154,59 @@ impl Catalog {
 mod tests {
     use super::*;
 
+    fn read(stock: i64, pending_restocks: Vec<Uuid>) -> ProductRead {
+        ProductRead {
+            partition: 3,
+            stock,
+            pending_restocks,
+        }
+    }
+
     #[test]
-    fn sold_out_is_trusted_only_while_fresh_and_not_restocking() {
+    fn sold_out_is_trusted_only_while_fresh() {
         let catalog = Catalog::new(Duration::from_millis(50));
         let id = Uuid::new_v4();
         assert_eq!(catalog.lookup(id), Known::Unknown);
-        catalog.observe_row(id, 3, 5);
+        catalog.observe_read(id, read(5, vec![]), Instant::now());
         assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
         catalog.observe_stock(id, 0);
         assert_eq!(catalog.lookup(id), Known::SoldOut { partition: 3 });
-        catalog.restocking(id);
-        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
-        // A stale zero read while the restock is on its way keeps it open.
-        catalog.observe_row(id, 3, 0);
-        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
-        catalog.observe_stock(id, 4);
-        catalog.observe_stock(id, 0);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(catalog.lookup(id), Known::Stale { partition: 3 });
+    }
+
+    #[test]
+    fn a_restock_keeps_the_product_open_until_its_own_result() {
+        let catalog = Catalog::new(Duration::from_secs(60));
+        let (id, restock) = (Uuid::new_v4(), Uuid::new_v4());
+        catalog.observe_read(id, read(0, vec![]), Instant::now());
+        catalog.restocking(id, restock);
+        // Other decisions' stock events do not end it.
+        catalog.observe_stock(id, 1);
+        catalog.observe_stock(id, 0);
+        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        // Nor does a read that started before the announcement.
+        let before = Instant::now() - Duration::from_secs(1);
+        catalog.observe_read(id, read(0, vec![]), before);
+        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        catalog.restock_applied(id, Uuid::new_v4());
+        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        catalog.restock_applied(id, restock);
+        assert_eq!(catalog.lookup(id), Known::SoldOut { partition: 3 });
+    }
+
+    #[test]
+    fn a_missed_result_is_settled_by_the_next_read() {
+        let catalog = Catalog::new(Duration::from_millis(30));
+        let (id, restock) = (Uuid::new_v4(), Uuid::new_v4());
+        catalog.observe_read(id, read(0, vec![restock]), Instant::now());
+        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(catalog.lookup(id), Known::Stale { partition: 3 });
+        // Still pending: open again; applied (absent from the read): sold out.
+        catalog.observe_read(id, read(0, vec![restock]), Instant::now());
+        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        catalog.observe_read(id, read(0, vec![]), Instant::now());
+        assert_eq!(catalog.lookup(id), Known::SoldOut { partition: 3 });
     }
 }

@@ -43,6 +43,9 @@ pub struct ApiConfig {
     pub accept_pipelines: usize,
     /// Orders waiting for a batch; beyond it, `503 overloaded`.
     pub accept_queue_max: usize,
+    /// Orders and restocks waiting to be published again in the background;
+    /// beyond it they are left to the worker's stranded-order sweep.
+    pub requeue_queue_max: usize,
     /// How long a "sold out" seen for a product is trusted before PostgreSQL
     /// is asked again (events refresh it sooner).
     pub sold_out_ttl: Duration,
@@ -182,6 +185,7 @@ impl ApiConfig {
             accept_batch_max: env.number("CHECKLINE_ACCEPT_BATCH_MAX", 512, 1, 4096)?,
             accept_pipelines: env.number("CHECKLINE_ACCEPT_PIPELINES", 4, 1, 64)?,
             accept_queue_max: env.number("CHECKLINE_ACCEPT_QUEUE_MAX", 20_000, 1, 1_000_000)?,
+            requeue_queue_max: env.number("CHECKLINE_REQUEUE_QUEUE_MAX", 10_000, 1, 1_000_000)?,
             sold_out_ttl: env.millis("CHECKLINE_SOLD_OUT_TTL_MS", 1_000, 0, 60_000)?,
             partition_backlog_max: env.number(
                 "CHECKLINE_PARTITION_BACKLOG_MAX",

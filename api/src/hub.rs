@@ -119,11 +119,21 @@ impl Hub {
                 }
                 Some(EventSubject::Restock(id)) => {
                     if let Ok(result) = serde_json::from_slice::<RestockResult>(payload) {
-                        catalog.restock_applied(result.product_id);
+                        catalog.restock_applied(result.product_id, id);
                         self.restocks.publish(&id, result);
                     }
                 }
-                Some(EventSubject::Restocking(product_id)) => catalog.restocking(product_id),
+                Some(EventSubject::Restocking(product_id)) => {
+                    match std::str::from_utf8(payload)
+                        .ok()
+                        .and_then(|p| p.parse().ok())
+                    {
+                        Some(restock_id) => catalog.restocking(product_id, restock_id),
+                        None => {
+                            tracing::warn!(%product_id, "restock announcement without a restock id")
+                        }
+                    }
+                }
                 None => tracing::debug!(subject = %message.subject, "unknown event subject"),
             }
         }

@@ -20,6 +20,7 @@
 //! - [`hub`]: result events fanned out to waiting requests.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 //! - [`ratelimit`]: GCRA rate limits in Redis, with an in-process fallback.
+//! - [`requeue`]: publishing again, in the background, what may not be queued.
 //! - [`routes`]: the handlers.
 //! - [`server`]: the accept loop: connection cap, header read timeout,
 //!   graceful shutdown.
@@ -36,6 +37,7 @@ pub mod fuzzing;
 pub mod hub;
 pub mod openapi;
 pub mod ratelimit;
+pub mod requeue;
 pub mod routes;
 pub mod server;
 

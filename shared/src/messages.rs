@@ -53,16 +53,20 @@ pub struct QueuedOrder {
 }
 
 impl QueueMessage {
-    /// The id JetStream deduplicates on (`Nats-Msg-Id`) within its window:
-    /// the order or restock id (the first order's for a group, whose orders
-    /// are only ever published together).
+    /// The id JetStream deduplicates on (`Nats-Msg-Id`) within its window.
+    ///
+    /// Each kind has its own id space: a lone republish of an order (`o.`)
+    /// must never make JetStream drop a group that contains it (`g.`, named
+    /// after its first order; a group is only ever published once, by the
+    /// batch that wrote its orders), and the reverse.
     pub fn message_id(&self) -> String {
         match self {
-            Self::Orders { orders, product_id } => orders
-                .first()
-                .map_or_else(|| product_id.to_string(), |o| o.order_id.to_string()),
-            Self::Order { order_id, .. } => order_id.to_string(),
-            Self::Restock { restock_id, .. } => restock_id.to_string(),
+            Self::Orders { orders, product_id } => orders.first().map_or_else(
+                || format!("g.{product_id}"),
+                |o| format!("g.{}", o.order_id),
+            ),
+            Self::Order { order_id, .. } => format!("o.{order_id}"),
+            Self::Restock { restock_id, .. } => format!("r.{restock_id}"),
         }
     }
 
@@ -100,5 +104,26 @@ mod tests {
         assert_eq!(json["type"], "restock");
         assert_eq!(QueueMessage::decode(&bytes).unwrap(), msg);
         assert!(QueueMessage::decode(b"{\"type\":\"other\"}").is_err());
+    }
+
+    #[test]
+    fn a_group_and_a_lone_order_never_share_a_message_id() {
+        let id = Uuid::now_v7();
+        let lone = QueueMessage::Order {
+            order_id: id,
+            product_id: Uuid::nil(),
+            customer_id: "c".into(),
+            quantity: 1,
+            accepted_at: Utc::now(),
+        };
+        let group = QueueMessage::Orders {
+            product_id: Uuid::nil(),
+            orders: vec![QueuedOrder {
+                order_id: id,
+                customer_id: "c".into(),
+                quantity: 1,
+            }],
+        };
+        assert_ne!(lone.message_id(), group.message_id());
     }
 }

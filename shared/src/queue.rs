@@ -111,6 +111,12 @@ pub fn stream_config(subjects: &Subjects, limits: StreamLimits) -> stream::Confi
     }
 }
 
+/// JetStream's times (a message's store time, a stream's creation) as UTC.
+pub fn utc(time: async_nats::datetime::DateTime) -> chrono::DateTime<chrono::Utc> {
+    let nanos = i64::try_from(time.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp_nanos(nanos)
+}
+
 /// Creates the stream, or updates it to the current definition.
 ///
 /// Create comes first: JetStream accepts a create with an identical
@@ -165,17 +171,28 @@ pub enum PublishError {
     Failed(String),
 }
 
+/// A stored (or deduplicated) queue message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Its stream sequence (the earlier copy's, for a duplicate).
+    pub sequence: u64,
+    /// JetStream already held a message with this `Nats-Msg-Id` inside the
+    /// duplicate window and dropped this one.
+    pub duplicate: bool,
+}
+
 /// Publishes a queue message and waits for JetStream's acknowledgement, which
-/// under `sync_interval: always` means the message is on disk. Returns the
-/// stream sequence. `Nats-Msg-Id` is the order or restock id, so a republish
-/// inside the duplicate window is dropped by the server.
+/// under `sync_interval: always` means the message is on disk.
+/// `Nats-Msg-Id` is [`QueueMessage::message_id`](crate::messages::QueueMessage::message_id),
+/// so a republish inside the duplicate window is dropped by the server; the
+/// caller decides what a duplicate means for it.
 pub async fn publish(
     js: &jetstream::Context,
     subject: String,
     message: &crate::messages::QueueMessage,
     request_id: Option<&str>,
     timeout: Duration,
-) -> Result<u64, PublishError> {
+) -> Result<Published, PublishError> {
     let mut publish = jetstream::message::PublishMessage::build()
         .payload(message.encode().into())
         .message_id(message.message_id());
@@ -190,7 +207,10 @@ pub async fn publish(
         ack.await.map_err(|e| PublishError::Failed(e.to_string()))
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(ack)) => Ok(ack.sequence),
+        Ok(Ok(ack)) => Ok(Published {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        }),
         Ok(Err(err)) => Err(err),
         Err(_) => Err(PublishError::Timeout(timeout)),
     }

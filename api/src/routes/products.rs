@@ -433,10 +433,12 @@ pub async fn restock(
                 product_id,
                 quantity: input.quantity,
             };
+            // Pending long past its publish: it may never have reached the
+            // queue. Publish it again in the background (a copy is harmless).
             if age(created_at) > state.config.common.requeue_after {
-                let _ = state
-                    .enqueue(partition, &message, request_id(&headers))
-                    .await;
+                state
+                    .requeuer
+                    .submit(partition, message, request_id(&headers).map(str::to_owned));
             }
             return wait_for_restock(&state, restock_id, product_id).await;
         }
@@ -468,15 +470,26 @@ pub async fn restock(
         };
         // Before the restock is queued, every API instance stops answering
         // "sold out" for the product, so the new stock is never hidden.
-        state.announce_restocking(product_id).await;
+        state.announce_restocking(product_id, restock_id).await;
+        state
+            .config
+            .common
+            .faults
+            .pause("restock_before_enqueue")
+            .await;
         if let Err(err) = state
             .enqueue(product.partition, &message, request_id(&headers))
             .await
         {
-            let _ = sqlx::query("DELETE FROM restocks WHERE id = $1 AND status = 'pending'")
-                .bind(restock_id)
-                .execute(&state.pool)
-                .await;
+            // The row stays: another request may already have answered 202
+            // for it (a retry waiting on it), and the message may be in the
+            // queue after all. It is published again in the background; the
+            // worker's sweep catches whatever that misses.
+            state.requeuer.submit(
+                product.partition,
+                message,
+                request_id(&headers).map(str::to_owned),
+            );
             return Err(err);
         }
         tracing::info!(%restock_id, %product_id, quantity = input.quantity, "restock queued");

@@ -1,0 +1,433 @@
+//! Interleavings that real traffic hits only by chance, forced with fault
+//! points (`CHECKLINE_FAULTS`): a stock event landing inside an accept batch,
+//! a lost acknowledgement, a failed publish racing a retry, a stranded order
+//! retried while NATS is slow. Each test states the promise it holds the API
+//! to; real PostgreSQL, NATS JetStream and Redis throughout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use checkline_shared::domain::StockEvent;
+use checkline_shared::messages::{QueueMessage, QueuedOrder};
+use checkline_shared::queue::{self, StreamLimits};
+use checkline_shared::subjects::Subjects;
+use common::TestApp;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Publishes a stock event as a worker would after a commit.
+async fn announce_stock(app: &TestApp, product_id: &str, stock: i64) {
+    let client = async_nats::connect(app.env.config.nats_url.as_str())
+        .await
+        .unwrap();
+    let id: Uuid = product_id.parse().unwrap();
+    let subjects = Subjects::new(&app.env.config.prefix);
+    client
+        .publish(
+            subjects.stock_event(id),
+            serde_json::to_vec(&StockEvent::new(id, stock))
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+}
+
+async fn restock(app: &TestApp, product_id: &str, key: &str, quantity: i64) -> reqwest::Response {
+    app.http
+        .post(app.url(&format!("/v1/products/{product_id}/restock")))
+        .bearer_auth(&app.admin)
+        .header("idempotency-key", key)
+        .json(&json!({ "quantity": quantity }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits until the product's stock is `want`, for at most `limit`.
+async fn stock_becomes(app: &TestApp, product_id: &str, want: i64, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let product = app.product(product_id).await;
+        if product["stock"] == want || Instant::now() > deadline {
+            return product["stock"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A retry of a key that has an order gets that order, even when the
+/// product sells out between the batch's look-ups (the catalog is read once
+/// per request and every later step follows that reading).
+#[tokio::test]
+async fn a_retry_is_answered_with_its_order_when_the_product_sells_out_mid_batch() {
+    // The order exists (as if accepted earlier); its retry's batch is the
+    // first to reach the pause.
+    let app = TestApp::spawn_with(&[("CHECKLINE_FAULTS", "accept_after_door:800")]).await;
+    let product = app.create_product(5, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let order_id = Uuid::now_v7();
+    let hash = checkline_api::routes::orders::request_hash(&["order", &pid, "1"]);
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition) \
+         SELECT $1, 'alice', 'k1', $2, id, 1, partition FROM products WHERE id = $3::uuid",
+    )
+    .bind(order_id)
+    .bind(&hash)
+    .bind(&pid)
+    .execute(&app.env.pool)
+    .await
+    .unwrap();
+    let retry = {
+        let app_url = app.url("/v1/orders");
+        let http = app.http.clone();
+        let token = app.customer("alice");
+        let pid = pid.clone();
+        tokio::spawn(async move {
+            http.post(app_url)
+                .bearer_auth(token)
+                .header("idempotency-key", "k1")
+                .json(&json!({"product_id": pid, "quantity": 1}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // While the retry's batch is paused, the product sells out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    announce_stock(&app, &pid, 0).await;
+    let retry = retry.await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK, "a retry of an accepted key");
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let body: Value = retry.json().await.unwrap();
+    assert_eq!(body["id"], order_id.to_string());
+    app.shutdown().await;
+}
+
+/// A new order whose product sells out while its batch is under way is
+/// still answered (202: the queue decides it), never dropped with a 500.
+#[tokio::test]
+async fn a_new_order_is_answered_when_the_product_sells_out_mid_batch() {
+    let mut app = TestApp::spawn_with(&[("CHECKLINE_FAULTS", "accept_after_door:800")]).await;
+    let product = app.create_product(5, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    // The product is known (and open) before the order comes.
+    assert_eq!(app.product(&pid).await["stock"], 5);
+    let order = {
+        let app_url = app.url("/v1/orders");
+        let http = app.http.clone();
+        let token = app.customer("bob");
+        let pid = pid.clone();
+        tokio::spawn(async move {
+            http.post(app_url)
+                .bearer_auth(token)
+                .header("idempotency-key", "b1")
+                .json(&json!({"product_id": pid, "quantity": 1}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    announce_stock(&app, &pid, 0).await;
+    let order = order.await.unwrap();
+    assert_eq!(order.status(), StatusCode::ACCEPTED);
+    let order: Value = order.json().await.unwrap();
+    app.start_worker().await;
+    let decided = app
+        .decided(&app.customer("bob"), order["id"].as_str().unwrap())
+        .await;
+    // The stock event was a lie told for the test: stock was there.
+    assert_eq!(decided["status"], "confirmed");
+    assert!(app.balanced(&pid).await);
+    app.shutdown().await;
+}
+
+/// The rule for a 5xx: the order may exist, and a retry with the same key
+/// returns it. Here JetStream stores the message but its acknowledgement is
+/// lost: the client gets a 503, the order is decided, and the retry answers
+/// with that same order (200, replayed), never a second one.
+#[tokio::test]
+async fn an_order_whose_acknowledgement_was_lost_is_returned_to_its_retry() {
+    let app = TestApp::spawn_with(&[("CHECKLINE_FAULTS", "accept_ack_lost")]).await;
+    let product = app.create_product(3, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let carol = app.customer("carol");
+    let first = app.order(&carol, "c1", &pid, 1).await;
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(first.headers().contains_key("retry-after"));
+    let mut app = app;
+    app.start_worker().await;
+    let retry = app.order(&carol, "c1", &pid, 1).await;
+    assert_eq!(retry.status(), StatusCode::OK, "the order exists");
+    let retry: Value = retry.json().await.unwrap();
+    let decided = app.decided(&carol, retry["id"].as_str().unwrap()).await;
+    assert_eq!(decided["status"], "confirmed");
+    assert_eq!(app.count_orders(&pid).await, 1);
+    assert_eq!(
+        stock_becomes(&app, &pid, 2, Duration::from_secs(5)).await,
+        2
+    );
+    assert!(app.balanced(&pid).await);
+    app.shutdown().await;
+}
+
+/// A failure after the batch's insert (here the look-up of the keys that
+/// conflicted) still answers every order the batch wrote: they are queued
+/// and get their 202; only the requests it could not look up get a 503.
+#[tokio::test]
+async fn a_failure_after_the_insert_still_answers_the_inserted_orders() {
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_ACCEPT_PIPELINES", "1"),
+        (
+            "CHECKLINE_FAULTS",
+            "accept_batch_start:700,accept_second_lookup",
+        ),
+    ])
+    .await;
+    app.start_worker().await;
+    let product = app.create_product(10, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let dave = app.customer("dave");
+    let send = |key: &'static str| {
+        let url = app.url("/v1/orders");
+        let http = app.http.clone();
+        let token = dave.clone();
+        let pid = pid.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(token)
+                .header("idempotency-key", key)
+                .json(&json!({"product_id": pid, "quantity": 1}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // The first batch (key d0) holds the only pipeline; the next two
+    // requests form the second batch: a new key and a retry of d0.
+    let d0 = send("d0");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d1 = send("d1");
+    let d0_again = send("d0");
+    let d0 = d0.await.unwrap();
+    assert_eq!(d0.status(), StatusCode::ACCEPTED);
+    let d0: Value = d0.json().await.unwrap();
+    let d1 = d1.await.unwrap();
+    assert_eq!(d1.status(), StatusCode::ACCEPTED, "an inserted order");
+    let d1: Value = d1.json().await.unwrap();
+    let d0_again = d0_again.await.unwrap();
+    assert!(
+        matches!(
+            d0_again.status(),
+            StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE
+        ),
+        "{}",
+        d0_again.status()
+    );
+    // Whatever it was told, the retry finds d0.
+    let d0_retry: Value = app.order(&dave, "d0", &pid, 1).await.json().await.unwrap();
+    assert_eq!(d0_retry["id"], d0["id"]);
+    for id in [&d0["id"], &d1["id"]] {
+        let decided = app.decided(&dave, id.as_str().unwrap()).await;
+        assert_eq!(decided["status"], "confirmed");
+    }
+    assert_eq!(app.count_orders(&pid).await, 2);
+    app.shutdown().await;
+}
+
+/// A restock that was answered (202, queued) is applied, even though the
+/// publish of the request that wrote it failed: nothing is deleted behind
+/// an answer.
+#[tokio::test]
+async fn a_restock_answered_202_is_applied_although_its_first_publish_failed() {
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_RESTOCK_WAIT_MS", "300"),
+        (
+            "CHECKLINE_FAULTS",
+            "restock_before_enqueue:1500,restock_publish",
+        ),
+    ])
+    .await;
+    app.start_worker().await;
+    let product = app.create_product(10, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let first = {
+        let url = app.url(&format!("/v1/products/{pid}/restock"));
+        let http = app.http.clone();
+        let admin = app.admin.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(admin)
+                .header("idempotency-key", "r1")
+                .json(&json!({ "quantity": 5 }))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = restock(&app, &pid, "r1", 5).await;
+    assert_eq!(second.status(), StatusCode::ACCEPTED, "still queued");
+    let first = first.await.unwrap();
+    assert!(
+        matches!(
+            first.status(),
+            StatusCode::OK | StatusCode::ACCEPTED | StatusCode::SERVICE_UNAVAILABLE
+        ),
+        "{}",
+        first.status()
+    );
+    assert_eq!(
+        stock_becomes(&app, &pid, 15, Duration::from_secs(20)).await,
+        15,
+        "the restock answered 202 is applied, once"
+    );
+    let again = restock(&app, &pid, "r1", 5).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["stock"], 15);
+    assert!(app.balanced(&pid).await);
+    app.shutdown().await;
+}
+
+/// "A restock is never hidden": while a restock waits in the queue, stock
+/// events about other decisions (stock 1, then 0) do not bring back
+/// `409 sold_out`; only the restock's own result does.
+#[tokio::test]
+async fn a_queued_restock_keeps_the_product_open_until_its_own_result() {
+    let mut app = TestApp::spawn_with(&[("CHECKLINE_RESTOCK_WAIT_MS", "0")]).await;
+    let product = app.create_product(0, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let erin = app.customer("erin");
+    let refused = app.order(&erin, "e0", &pid, 1).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT, "sold out");
+    // No worker: the restock stays queued.
+    let queued = restock(&app, &pid, "r1", 10).await;
+    assert_eq!(queued.status(), StatusCode::ACCEPTED);
+    // Decisions of earlier orders report stock 1, then 0.
+    announce_stock(&app, &pid, 1).await;
+    announce_stock(&app, &pid, 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let order = app.order(&erin, "e1", &pid, 1).await;
+    assert_eq!(
+        order.status(),
+        StatusCode::ACCEPTED,
+        "the queued restock may serve this order"
+    );
+    let order: Value = order.json().await.unwrap();
+    app.start_worker().await;
+    assert_eq!(
+        app.decided(&erin, order["id"].as_str().unwrap()).await["status"],
+        "confirmed"
+    );
+    // Once the restock is applied and the stock used up, sold out again.
+    assert_eq!(
+        stock_becomes(&app, &pid, 9, Duration::from_secs(5)).await,
+        9
+    );
+    app.shutdown().await;
+}
+
+/// A retry of a stranded order (pending long past the publish, never
+/// queued) is answered at once and the order requeued in the background:
+/// a slow NATS does not hold the accept pipelines.
+#[tokio::test]
+async fn a_stranded_retry_is_requeued_off_the_accept_path() {
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_ACCEPT_PIPELINES", "1"),
+        ("CHECKLINE_REQUEUE_AFTER_MS", "1000"),
+        ("CHECKLINE_PUBLISH_TIMEOUT_MS", "500"),
+        ("CHECKLINE_FAULTS", "requeue_publish:4000"),
+    ])
+    .await;
+    let product = app.create_product(5, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let order_id = Uuid::now_v7();
+    let hash = checkline_api::routes::orders::request_hash(&["order", &pid, "1"]);
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition, created_at) \
+         SELECT $1, 'frank', 'f1', $2, id, 1, partition, now() - interval '10 seconds' FROM products WHERE id = $3::uuid",
+    )
+    .bind(order_id)
+    .bind(&hash)
+    .bind(&pid)
+    .execute(&app.env.pool)
+    .await
+    .unwrap();
+    let frank = app.customer("frank");
+    let started = Instant::now();
+    let retry = app.order(&frank, "f1", &pid, 1).await;
+    assert_eq!(retry.status(), StatusCode::OK);
+    let other = app.order(&app.customer("gina"), "g1", &pid, 1).await;
+    assert_eq!(other.status(), StatusCode::ACCEPTED);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(2500),
+        "the accept path waited {waited:?} on a requeue"
+    );
+    app.start_worker().await;
+    assert_eq!(
+        app.decided(&frank, &order_id.to_string()).await["status"],
+        "confirmed"
+    );
+    app.shutdown().await;
+}
+
+/// A group of orders and a lone republish of one of its orders are
+/// different messages to JetStream's deduplication: the group is stored
+/// even when the republish came first, and a group stored twice is
+/// reported, never taken as queued.
+#[tokio::test]
+async fn a_group_is_never_dropped_as_a_duplicate_of_a_lone_republish() {
+    let app = TestApp::spawn_without_worker().await;
+    let product = app.create_product(5, None).await;
+    let pid: Uuid = product["id"].as_str().unwrap().parse().unwrap();
+    let client = async_nats::connect(app.env.config.nats_url.as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subjects = Subjects::new(&app.env.config.prefix);
+    queue::ensure_stream(&js, &subjects, StreamLimits::from_config(&app.env.config))
+        .await
+        .unwrap();
+    let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
+    let lone = QueueMessage::Order {
+        order_id: x,
+        product_id: pid,
+        customer_id: "hal".into(),
+        quantity: 1,
+        accepted_at: chrono::Utc::now(),
+    };
+    let group = QueueMessage::Orders {
+        product_id: pid,
+        orders: [x, y]
+            .into_iter()
+            .map(|order_id| QueuedOrder {
+                order_id,
+                customer_id: "hal".into(),
+                quantity: 1,
+            })
+            .collect(),
+    };
+    let subject = subjects.product_queue(0, pid);
+    let timeout = Duration::from_secs(5);
+    let first = queue::publish(&js, subject.clone(), &lone, None, timeout)
+        .await
+        .unwrap();
+    let second = queue::publish(&js, subject.clone(), &group, None, timeout)
+        .await
+        .unwrap();
+    assert!(!second.duplicate, "the group was dropped as a duplicate");
+    assert!(second.sequence > first.sequence);
+    let again = queue::publish(&js, subject, &group, None, timeout)
+        .await
+        .unwrap();
+    assert!(again.duplicate, "a second copy of the group is reported");
+    app.shutdown().await;
+}
+
