@@ -431,3 +431,144 @@ async fn a_group_is_never_dropped_as_a_duplicate_of_a_lone_republish() {
     app.shutdown().await;
 }
 
+/// Orders keep arriving faster than the partition goes idle: the sweep
+/// still finds an order that was written but never queued, and it is
+/// decided while the load goes on (not once the backlog drains).
+#[tokio::test]
+async fn a_stranded_order_is_swept_while_the_partition_never_goes_idle() {
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_REQUEUE_AFTER_MS", "1000"),
+        ("CHECKLINE_PUBLISH_TIMEOUT_MS", "500"),
+    ])
+    .await;
+    app.start_worker().await;
+    let product = app.create_product(100_000, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    // A steady trickle, one order every 40 ms: the worker's idle timeout
+    // (200 ms in the tests) never fires for this partition.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, http, token, pid, stop) = (
+            app.url("/v1/orders"),
+            app.http.clone(),
+            app.customer("load"),
+            pid.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 1000 {
+                n += 1;
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("idempotency-key", format!("load-{n}"))
+                    .json(&json!({"product_id": pid, "quantity": 1}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::ACCEPTED);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let order_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition, created_at) \
+         SELECT $1, 'ivy', 'stranded', '\\x00', id, 1, partition, now() - interval '10 seconds' FROM products WHERE id = $2::uuid",
+    )
+    .bind(order_id)
+    .bind(&pid)
+    .execute(&app.env.pool)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_one(&app.env.pool)
+            .await
+            .unwrap();
+        if status != "pending" || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let still_loading = !load.is_finished();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        status, "confirmed",
+        "the stranded order waited for the backlog to drain"
+    );
+    assert!(still_loading, "the load ran throughout");
+    app.shutdown().await;
+}
+
+/// The queue stream is deleted mid-sale (NATS lost its store, or an
+/// operator removed it) and created again: every order answered 202 before,
+/// during or after is decided, once, and the stock adds up.
+#[tokio::test]
+async fn every_accepted_order_is_decided_across_a_recreated_stream() {
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_REQUEUE_AFTER_MS", "1000"),
+        ("CHECKLINE_PUBLISH_TIMEOUT_MS", "500"),
+    ])
+    .await;
+    app.start_worker().await;
+    let product = app.create_product(1000, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let jay = app.customer("jay");
+    let mut ids = Vec::new();
+    // Decided before the loss: the partition's cursor moves on.
+    for i in 0..5 {
+        let response = app.order(&jay, &format!("before-{i}"), &pid, 1).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let order: Value = response.json().await.unwrap();
+        app.decided(&jay, order["id"].as_str().unwrap()).await;
+        ids.push(order["id"].as_str().unwrap().to_owned());
+    }
+    // Queued, not decided, when the stream goes.
+    app.stop_worker().await;
+    for i in 0..5 {
+        let response = app.order(&jay, &format!("queued-{i}"), &pid, 1).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let order: Value = response.json().await.unwrap();
+        ids.push(order["id"].as_str().unwrap().to_owned());
+    }
+    let client = async_nats::connect(app.env.config.nats_url.as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subjects = Subjects::new(&app.env.config.prefix);
+    js.delete_stream(subjects.stream_name()).await.unwrap();
+    // Orders after the loss: a storefront retries 503s with the same key.
+    for i in 0..3 {
+        let key = format!("after-{i}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let order: Value = loop {
+            let response = app.order(&jay, &key, &pid, 1).await;
+            match response.status() {
+                StatusCode::ACCEPTED | StatusCode::OK => break response.json().await.unwrap(),
+                StatusCode::SERVICE_UNAVAILABLE if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("order {key}: {other}"),
+            }
+        };
+        ids.push(order["id"].as_str().unwrap().to_owned());
+    }
+    app.start_worker().await;
+    for id in &ids {
+        let decided = app.decided(&jay, id).await;
+        assert_eq!(decided["status"], "confirmed", "{id}");
+    }
+    assert_eq!(
+        stock_becomes(&app, &pid, 1000 - 13, Duration::from_secs(5)).await,
+        1000 - 13
+    );
+    assert_eq!(app.count_orders(&pid).await, 13);
+    assert!(app.balanced(&pid).await);
+    app.shutdown().await;
+}

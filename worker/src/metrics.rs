@@ -29,6 +29,8 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
     pub dead_letters: AtomicU64,
+    pub requeued: AtomicU64,
+    pub rebases: AtomicU64,
     pub leases_acquired: AtomicU64,
     pub leases_lost: AtomicU64,
     pub leases_released: AtomicU64,
@@ -104,6 +106,18 @@ impl Metrics {
             );
         }
         let simple = [
+            (
+                "checkline_worker_requeued_total",
+                "counter",
+                "Stranded orders and restocks published again by the sweep.",
+                get(&self.requeued),
+            ),
+            (
+                "checkline_worker_cursor_rebases_total",
+                "counter",
+                "Partitions re-read from the start because the queue stream was created anew.",
+                get(&self.rebases),
+            ),
             (
                 "checkline_worker_duplicate_messages_total",
                 "counter",

@@ -17,7 +17,7 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, stream::Stream as JsStream};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use checkline_shared::messages::QueueMessage;
-use checkline_shared::queue;
+use checkline_shared::queue::{self, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use futures::StreamExt;
 use sqlx::PgPool;
@@ -25,8 +25,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::WorkerConfig;
-use crate::store::{self, QueuedKind, QueuedRef, StoreError};
+use crate::store::{self, QueuedKind, QueuedRef, StoreError, StrandedBefore, StreamIdentity};
 use crate::{deadletter, notify};
+use chrono::{DateTime, Utc};
 
 /// Everything a partition loop needs; shared by all partitions of a worker.
 #[derive(Clone)]
@@ -100,7 +101,54 @@ async fn consume(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), LoopError> {
     let config = &deps.config;
-    let mut cursor = store::load_cursor(&deps.pool, partition).await?;
+    // Declared again on every (re)start: if the stream was lost, this
+    // creates it, and the cursor is re-based onto it below.
+    let declare = queue::ensure_stream(
+        &deps.js,
+        &deps.subjects,
+        StreamLimits::from_config(&config.common),
+    );
+    let stream = tokio::select! {
+        _ = shutdown.changed() => return Err(LoopError::Shutdown),
+        stream = declare => stream.map_err(|e| LoopError::Queue(e.to_string()))?,
+    };
+    let identity = StreamIdentity {
+        created: queue::utc(stream.cached_info().created),
+        last_sequence: stream.cached_info().state.last_sequence,
+    };
+    let mut cursor;
+    // Pending rows written before this instant cannot be in the queue ahead
+    // of the cursor (see `sweep`); `None` until a message is applied.
+    let mut applied_through: Option<DateTime<Utc>> = None;
+    let mut last_sweep = Instant::now();
+    match store::align_cursor(&deps.pool, partition, token, identity).await? {
+        store::Aligned::Kept(kept) => cursor = kept,
+        store::Aligned::Rebased { was } => {
+            // Everything queued in the lost stream is gone with it: whatever
+            // is still pending and was written before this stream existed is
+            // queued again right away, oldest first, behind what the new
+            // stream already holds.
+            tracing::warn!(
+                old_cursor = was,
+                stream_created = %identity.created,
+                "the queue stream is not the one the cursor counted in; re-reading the partition and queueing its pending orders again"
+            );
+            cursor = 0;
+            deps.metrics
+                .rebases
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            sweep(
+                deps,
+                partition,
+                StrandedBefore {
+                    age: None,
+                    written_before: Some(identity.created - margin(config)),
+                },
+            )
+            .await;
+            last_sweep = Instant::now();
+        }
+    }
     let deliver_policy = if cursor == 0 {
         DeliverPolicy::All
     } else {
@@ -110,8 +158,7 @@ async fn consume(
     };
     // Opening the consumer waits on NATS; a shutdown must not wait for it.
     let open = async {
-        let consumer = deps
-            .stream
+        let consumer = stream
             .create_consumer(OrderedConfig {
                 filter_subject: deps.subjects.partition_filter(partition),
                 deliver_policy,
@@ -135,18 +182,33 @@ async fn consume(
 
     let mut last_purge = Instant::now();
     let mut purged_below = 0;
-    let mut last_sweep = Instant::now();
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => return Err(LoopError::Shutdown),
             next = tokio::time::timeout(config.idle_after, batches.next()) => next,
         };
+        // The sweep runs busy or idle: a partition whose backlog never
+        // drains still gets its stranded orders queued, within
+        // CHECKLINE_REQUEUE_AFTER_MS and half of it again.
+        let idle = next.is_err();
+        if last_sweep.elapsed() >= config.common.requeue_after / 2 {
+            last_sweep = Instant::now();
+            let written_before = if idle {
+                None
+            } else {
+                applied_through.map(|t| t - margin(config))
+            };
+            // Busy and nothing applied yet in this run: no bound is known.
+            if idle || written_before.is_some() {
+                let before = StrandedBefore {
+                    age: Some(config.common.requeue_after),
+                    written_before,
+                };
+                sweep(deps, partition, before).await;
+            }
+        }
         let chunk = match next {
             Err(_idle) => {
-                if last_sweep.elapsed() >= config.common.requeue_after / 2 {
-                    last_sweep = Instant::now();
-                    requeue_stranded(deps, partition).await?;
-                }
                 if cursor + 1 > purged_below {
                     purge(deps, partition, cursor).await;
                     purged_below = cursor + 1;
@@ -160,15 +222,17 @@ async fn consume(
 
         let mut batch = Vec::with_capacity(chunk.len());
         let mut dead = Vec::new();
+        let mut last_stored_at = None;
         for item in chunk {
             let message = item.map_err(|e| LoopError::Queue(e.to_string()))?;
-            let sequence = message
+            let info = message
                 .info()
-                .map_err(|e| LoopError::Queue(e.to_string()))?
-                .stream_sequence;
+                .map_err(|e| LoopError::Queue(e.to_string()))?;
+            let (sequence, stored_at) = (info.stream_sequence, queue::utc(info.published));
             if sequence <= cursor {
                 continue;
             }
+            last_stored_at = Some(stored_at);
             let single = |kind| QueuedRef {
                 sequence,
                 index: 0,
@@ -226,6 +290,7 @@ async fn consume(
         let started = Instant::now();
         let applied = apply_with_retry(deps, partition, token, cursor, &batch, shutdown).await?;
         cursor = last;
+        applied_through = last_stored_at.or(applied_through);
         deps.metrics.observe_batch(batch.len());
         deps.metrics.duplicates.fetch_add(
             applied.duplicates as u64,
@@ -297,33 +362,58 @@ async fn purge(deps: &Deps, partition: u32, cursor: u64) {
     }
 }
 
-/// Publishes again what was written as pending but, by its age, never made it
-/// into the queue (its publish failed or the API died before it). A copy of
-/// something that is in the queue after all is harmless: JetStream drops it
-/// within the duplicate window, and the worker skips decided rows.
-async fn requeue_stranded(deps: &Deps, partition: u32) -> Result<(), LoopError> {
-    let stranded = store::stranded(
-        &deps.pool,
-        partition,
-        deps.config.common.requeue_after,
-        deps.config.requeue_batch_max,
-    )
-    .await?;
+/// How much earlier than a stored message a row must have been written to
+/// prove that its own publish is over: the publish timeout, plus a second
+/// for the clocks of PostgreSQL and NATS to disagree.
+fn margin(config: &WorkerConfig) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(config.common.publish_timeout + Duration::from_secs(1))
+        .unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// Publishes again what was written as pending but never made it into the
+/// queue (its publish failed, the API died before it, or the stream that
+/// held it was lost). A copy of something that is in the queue after all is
+/// harmless: the worker decides only pending rows. Bounded: the publishes go
+/// out together and the whole sweep waits at most twice the publish
+/// timeout; what fails is found by the next sweep.
+async fn sweep(deps: &Deps, partition: u32, before: StrandedBefore) {
+    let config = &deps.config.common;
+    let stranded =
+        match store::stranded(&deps.pool, partition, before, deps.config.requeue_batch_max).await {
+            Ok(stranded) => stranded,
+            Err(err) => {
+                tracing::warn!(error = %err, "stranded-order sweep failed; will retry");
+                return;
+            }
+        };
     if stranded.is_empty() {
-        return Ok(());
+        return;
     }
     tracing::warn!(count = stranded.len(), "requeueing stranded items");
-    for message in stranded {
-        let subject = deps.subjects.product_queue(partition, message.product_id());
-        queue::publish(
-            &deps.js,
-            subject,
-            &message,
-            None,
-            deps.config.common.publish_timeout,
-        )
-        .await
-        .map_err(|e| LoopError::Queue(e.to_string()))?;
+    let publishes: Vec<_> = stranded
+        .into_iter()
+        .map(|message| async move {
+            let subject = deps.subjects.product_queue(partition, message.product_id());
+            queue::publish(&deps.js, subject, &message, None, config.publish_timeout).await
+        })
+        .collect();
+    let all = futures::stream::iter(publishes)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>();
+    match tokio::time::timeout(config.publish_timeout * 2, all).await {
+        Ok(results) => {
+            let failed = results.iter().filter(|r| r.is_err()).count();
+            deps.metrics.requeued.fetch_add(
+                (results.len() - failed) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if failed > 0 {
+                tracing::warn!(
+                    failed,
+                    "some stranded items not requeued; the next sweep retries"
+                );
+            }
+        }
+        Err(_) => tracing::warn!("stranded-order sweep timed out; the next sweep retries"),
     }
-    Ok(())
 }

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use checkline_shared::db::{order_columns, OrderRow};
 use checkline_shared::domain::{Order, RestockResult, StockEvent};
 use checkline_shared::messages::QueueMessage;
+use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -77,6 +78,69 @@ pub async fn load_cursor(pool: &PgPool, partition: u32) -> Result<u64, sqlx::Err
             .fetch_one(pool)
             .await?;
     Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+/// The queue stream a partition is consumed from, as the worker found it.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamIdentity {
+    /// When the stream was created (to the microsecond, as stored).
+    pub created: DateTime<Utc>,
+    /// Its last sequence so far.
+    pub last_sequence: u64,
+}
+
+/// Where the partition's cursor stands in `stream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aligned {
+    /// The cursor counts in this stream.
+    Kept(u64),
+    /// The cursor counted in another stream (this one was created since,
+    /// or it is behind the cursor): it is back at 0.
+    Rebased { was: u64 },
+}
+
+/// Makes sure the partition's cursor counts in `stream`: a cursor from a
+/// stream that was lost and created again would skip every new message
+/// below it. Re-reading from 0 is always safe (decided orders are skipped),
+/// so any doubt re-bases. Fenced like a batch: only the owner moves it.
+pub async fn align_cursor(
+    pool: &PgPool,
+    partition: u32,
+    token: i64,
+    stream: StreamIdentity,
+) -> Result<Aligned, StoreError> {
+    let created = stream.created.trunc_subsecs(6);
+    let (cursor, recorded): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT last_sequence, stream_created FROM partition_cursors WHERE partition = $1",
+    )
+    .bind(partition_i32(partition))
+    .fetch_one(pool)
+    .await?;
+    let cursor = u64::try_from(cursor).unwrap_or(0);
+    let keep = recorded.is_none_or(|r| r == created) && cursor <= stream.last_sequence;
+    if keep && recorded.is_some() {
+        return Ok(Aligned::Kept(cursor));
+    }
+    // First sight of this stream (recorded then), or a different one.
+    let new_cursor = if keep { cursor } else { 0 };
+    let updated = sqlx::query(
+        "UPDATE partition_cursors SET last_sequence = $3, stream_created = $4, updated_at = now() \
+         WHERE partition = $1 AND fencing_token = $2",
+    )
+    .bind(partition_i32(partition))
+    .bind(token)
+    .bind(seq_i64(new_cursor))
+    .bind(created)
+    .execute(pool)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::Fenced { token });
+    }
+    Ok(if keep {
+        Aligned::Kept(cursor)
+    } else {
+        Aligned::Rebased { was: cursor }
+    })
 }
 
 fn partition_i32(partition: u32) -> i32 {
@@ -526,37 +590,53 @@ async fn write_restocks(
     Ok(results)
 }
 
-/// Pending orders and restocks of a partition older than `older_than`,
-/// oldest first, as the queue messages that would carry them. They have
-/// waited longer than they would have if they had been queued: their publish
-/// failed, or the API died between writing and publishing them.
+/// Which pending rows the sweep takes as stranded.
+#[derive(Debug, Clone, Copy)]
+pub struct StrandedBefore {
+    /// Written at least this long ago (by the database's clock): longer than
+    /// any publish may take. `None` when the bound below alone is proof.
+    pub age: Option<std::time::Duration>,
+    /// Written before this instant: had their publish succeeded, their
+    /// message would be stored before a message the partition has already
+    /// applied. `None` when the partition is caught up (idle).
+    pub written_before: Option<DateTime<Utc>>,
+}
+
+/// Pending orders and restocks of a partition that cannot be waiting in the
+/// queue (see [`StrandedBefore`]), oldest first, as the queue messages that
+/// would carry them: their publish failed, the API died between writing and
+/// publishing them, or the stream that held them was lost.
 pub async fn stranded(
     pool: &PgPool,
     partition: u32,
-    older_than: std::time::Duration,
+    before: StrandedBefore,
     limit: i64,
 ) -> Result<Vec<QueueMessage>, sqlx::Error> {
-    let age = older_than.as_secs_f64();
+    let age = before.age.map_or(0.0, |a| a.as_secs_f64());
     let orders: Vec<(Uuid, Uuid, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT id, product_id, customer_id, quantity, created_at FROM orders \
          WHERE partition = $1 AND status = 'pending' \
            AND created_at < now() - make_interval(secs => $2) \
+           AND ($4::timestamptz IS NULL OR created_at < $4) \
          ORDER BY created_at LIMIT $3",
     )
     .bind(partition_i32(partition))
     .bind(age)
     .bind(limit)
+    .bind(before.written_before)
     .fetch_all(pool)
     .await?;
     let restocks: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
         "SELECT id, product_id, quantity FROM restocks \
          WHERE partition = $1 AND status = 'pending' \
            AND created_at < now() - make_interval(secs => $2) \
+           AND ($4::timestamptz IS NULL OR created_at < $4) \
          ORDER BY created_at LIMIT $3",
     )
     .bind(partition_i32(partition))
     .bind(age)
     .bind(limit)
+    .bind(before.written_before)
     .fetch_all(pool)
     .await?;
     let orders = orders.into_iter().map(
