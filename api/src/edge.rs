@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::app::AppState;
 use crate::config::ApiConfig;
 use crate::error::ApiError;
-use crate::ratelimit::client_addr;
+use crate::ratelimit::{client_addr, client_net};
 
 /// Bytes of a request's head as it came on the wire, near enough: the
 /// request line and every header line.
@@ -126,7 +126,8 @@ pub async fn bound(State(state): State<Arc<AppState>>, request: Request, next: N
     }
 }
 
-/// Open event streams, in total and per client address.
+/// Open event streams, in total and per client address (an IPv6 /64 is
+/// one address, as for the rate limit: [`client_net`]).
 pub struct StreamSlots {
     total: Arc<Semaphore>,
     per_addr: Mutex<HashMap<IpAddr, usize>>,
@@ -152,6 +153,7 @@ impl StreamSlots {
     /// A slot, or `None` when the total or the address's share is used up.
     pub fn open(self: &Arc<Self>, addr: Option<IpAddr>) -> Option<StreamSlot> {
         let permit = self.total.clone().try_acquire_owned().ok()?;
+        let addr = addr.map(client_net);
         if let Some(addr) = addr {
             let mut per_addr = self
                 .per_addr
@@ -219,6 +221,24 @@ mod tests {
         drop(a1);
         let _b2 = slots.open(Some(b)).unwrap();
         assert_eq!(slots.open_count(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_64_shares_one_address_share() {
+        let slots = StreamSlots::new(10, 2);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let _a = slots.open(ip("2001:db8:1:2::1")).unwrap();
+        let _b = slots.open(ip("2001:db8:1:2:ffff:ffff:ffff:fffe")).unwrap();
+        assert!(
+            slots.open(ip("2001:db8:1:2::77")).is_none(),
+            "one /64 holds one address's share"
+        );
+        let _other = slots.open(ip("2001:db8:1:3::1")).unwrap();
+        // IPv4 stays per address.
+        let _c = slots.open(ip("10.0.0.1")).unwrap();
+        let _d = slots.open(ip("10.0.0.1")).unwrap();
+        let _e = slots.open(ip("10.0.0.2")).unwrap();
+        assert_eq!(slots.open_count(), 6);
     }
 
     #[test]

@@ -481,17 +481,26 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The bucket key of an address: IPv4 as is, IPv6 by its /64 (one host
-/// usually holds a whole /64, so per-address would be trivial to dodge).
+/// The client a per-address limit counts: an IPv4 address as is, an IPv6
+/// address by its /64 (one host usually holds a whole /64, so per-address
+/// would be trivial to dodge). Every per-address limit keys by this, so
+/// they always agree on who one client is.
+pub fn client_net(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// The bucket key of an address: see [`client_net`].
 pub fn client_key(addr: Option<IpAddr>) -> String {
-    match addr {
+    match addr.map(client_net) {
         None => "local".to_owned(),
         Some(IpAddr::V4(v4)) => v4.to_string(),
-        Some(IpAddr::V6(v6)) => {
-            let s = v6.segments();
-            let prefix = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-            format!("{prefix}/64")
-        }
+        Some(IpAddr::V6(net)) => format!("{net}/64"),
     }
 }
 
@@ -600,6 +609,11 @@ mod tests {
             "2001:db8:1:2::/64"
         );
         assert_eq!(client_key(None), "local");
+        // The stream cap keys by the same network as the buckets.
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::2".parse().unwrap();
+        assert_eq!(client_net(a), client_net(b));
+        assert_eq!(client_key(Some(a)), client_key(Some(client_net(b))));
     }
 
     proptest! {

@@ -567,3 +567,45 @@ async fn shutdown_stops_accepting_and_lets_open_requests_finish() {
     assert_eq!(body["status"], "pending");
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn event_streams_from_one_ipv6_64_share_the_per_address_cap() {
+    let app = TestApp::spawn_with(&[
+        ("CHECKLINE_SSE_MAX_STREAMS_PER_ADDR", "2"),
+        ("CHECKLINE_RATE_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    let product = app.create_product(5, None).await;
+    let url = app.url(&format!(
+        "/v1/products/{}/events",
+        product["id"].as_str().unwrap()
+    ));
+    let open = |client: &'static str| {
+        reqwest::Client::new()
+            .get(&url)
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    let first = open("2001:db8:1:2::1").await.unwrap();
+    let second = open("2001:db8:1:2::2").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    // A third address of the same /64 is the same client.
+    expect_problem(
+        open("2001:db8:1:2:ffff::3").await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+    )
+    .await;
+    // Another /64 has its own share.
+    let other = open("2001:db8:1:3::1").await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        open("2001:db8:1:2::4").await.unwrap().status(),
+        StatusCode::OK
+    );
+    drop((second, other));
+    app.shutdown().await;
+}
