@@ -183,6 +183,18 @@ impl Caller {
         }
     }
 
+    /// Reading orders by id takes either role; a token with neither is
+    /// refused before any order is looked up.
+    pub fn require_order_reader(&self) -> Result<(), ApiError> {
+        if self.customer || self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this call needs the customer or admin role",
+            ))
+        }
+    }
+
     /// Whether the caller may read an order placed by `customer_id`.
     pub fn may_read_order_of(&self, customer_id: &str) -> bool {
         self.admin || (self.customer && self.subject.as_str() == customer_id)

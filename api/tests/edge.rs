@@ -448,17 +448,22 @@ async fn roles_are_enforced_on_every_route_and_orders_stay_private() {
     let order: Value = app.order(&alice, "k", &pid, 1).await.json().await.unwrap();
     let oid = order["id"].as_str().unwrap().to_owned();
     let nobody = checkline_api::auth::mint(SECRET.as_bytes(), "nobody", &[], 60).unwrap();
+    let viewer = checkline_api::auth::mint(SECRET.as_bytes(), "viewer", &["viewer"], 60).unwrap();
 
-    // (method, path, allowed roles): every authenticated route of the document.
-    let routes = [
-        ("POST", "/v1/products".to_owned(), "admin"),
-        ("PATCH", format!("/v1/products/{pid}"), "admin"),
-        ("POST", format!("/v1/products/{pid}/restock"), "admin"),
-        ("GET", "/v1/admin/stats".to_owned(), "admin"),
-        ("POST", "/v1/orders".to_owned(), "customer"),
-        ("GET", "/v1/orders".to_owned(), "customer"),
+    // (method, path, roles allowed): every authenticated route of the contract.
+    let customer_or_admin: &[&str] = &["customer", "admin"];
+    let routes: [(&str, String, &[&str]); 9] = [
+        ("POST", "/v1/products".to_owned(), &["admin"]),
+        ("PATCH", format!("/v1/products/{pid}"), &["admin"]),
+        ("POST", format!("/v1/products/{pid}/restock"), &["admin"]),
+        ("GET", "/v1/admin/stats".to_owned(), &["admin"]),
+        ("POST", "/v1/orders".to_owned(), &["customer"]),
+        ("GET", "/v1/orders".to_owned(), &["customer"]),
+        ("GET", format!("/v1/orders/{oid}"), customer_or_admin),
+        ("GET", format!("/v1/orders/{oid}?wait=1"), customer_or_admin),
+        ("GET", format!("/v1/orders/{oid}/events"), customer_or_admin),
     ];
-    for (method, path, role) in &routes {
+    for (method, path, allowed) in &routes {
         let request = |token: Option<&str>| {
             let mut r = app
                 .http
@@ -477,19 +482,21 @@ async fn roles_are_enforced_on_every_route_and_orders_stay_private() {
             "unauthorized",
         )
         .await;
-        expect_problem(
-            request(Some(&nobody)).await.unwrap(),
-            StatusCode::FORBIDDEN,
-            "forbidden",
-        )
-        .await;
-        let wrong = if *role == "admin" { &alice } else { &app.admin };
-        expect_problem(
-            request(Some(wrong)).await.unwrap(),
-            StatusCode::FORBIDDEN,
-            "forbidden",
-        )
-        .await;
+        // A valid token without a role the route takes is 403, whatever
+        // the route would answer otherwise.
+        let wrong_roles = [("customer", &alice), ("admin", &app.admin)]
+            .into_iter()
+            .filter(|(role, _)| !allowed.contains(role))
+            .map(|(_, token)| token);
+        for token in [&nobody, &viewer].into_iter().chain(wrong_roles) {
+            let response = request(Some(token)).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "{method} {path} with roles other than {allowed:?}"
+            );
+            expect_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+        }
     }
     // Another customer's order does not exist for bob, in any form.
     for path in [
