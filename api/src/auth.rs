@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::ratelimit::RequestFingerprint;
 
 /// The claims checkline reads and writes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -220,7 +221,12 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let caller = state.verifier.verify(token)?;
         state
             .limiter
-            .check_subject(&caller.subject, &parts.method, &parts.headers)
+            .check_subject(
+                &caller.subject,
+                &parts.method,
+                &parts.headers,
+                parts.extensions.get::<RequestFingerprint>(),
+            )
             .await?;
         Ok(caller)
     }

@@ -11,17 +11,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Query, RawPathParams, Request, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::RequestExt;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::AppState;
 use crate::config::ApiConfig;
 use crate::error::ApiError;
-use crate::ratelimit::{client_addr, client_net};
+use crate::ratelimit::{client_addr, client_net, RequestFingerprint};
 
 /// Bytes of a request's head as it came on the wire, near enough: the
 /// request line and every header line.
@@ -71,9 +72,56 @@ pub fn time_budget(config: &ApiConfig, route: &str, uri: &Uri) -> Duration {
     }
 }
 
+/// Writes whose Idempotency-Key makes a retry pass the orders budget
+/// uncharged, when it is the same request (`ratelimit::RequestFingerprint`).
+const IDEMPOTENT_WRITES: [&str; 2] = ["/v1/orders", "/v1/products/{id}/restock"];
+
+/// Reads the body of an idempotent write (at most `max` bytes, as the
+/// handler would) and records its fingerprint for the per-subject rate
+/// limit, which is charged before the handler reads the body.
+async fn fingerprint(request: Request, route: &str, id: Option<&str>, max: usize) -> Request {
+    let (mut parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut chunks = Vec::new();
+    let mut size = 0;
+    let mut failed = None;
+    let complete = loop {
+        if size > max {
+            break false;
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                size += chunk.len();
+                chunks.push(chunk);
+            }
+            Some(Err(err)) => {
+                failed = Some(err);
+                break false;
+            }
+            None => break true,
+        }
+    };
+    if !complete {
+        // Too large or unreadable: the handler gets the same body (what was
+        // read, then the rest or the error) and refuses it as it would have.
+        let read = chunks.into_iter().map(Ok).chain(failed.map(Err));
+        let body = Body::from_stream(futures::stream::iter(read).chain(stream));
+        return Request::from_parts(parts, body);
+    }
+    let body = chunks.concat();
+    if let Some(fingerprint) = RequestFingerprint::of(route, id, &body) {
+        parts.extensions.insert(fingerprint);
+    }
+    Request::from_parts(parts, Body::from(body))
+}
+
 /// Per matched route: the time limit, and for event streams a slot that is
 /// held for as long as the stream is open.
-pub async fn bound(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn bound(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -99,7 +147,23 @@ pub async fn bound(State(state): State<Arc<AppState>>, request: Request, next: N
         None
     };
     let budget = time_budget(&state.config, &route, request.uri());
-    let response = match tokio::time::timeout(budget, next.run(request)).await {
+    let params = request.extract_parts::<RawPathParams>().await;
+    let id = params
+        .as_ref()
+        .ok()
+        .and_then(|p| p.iter().find(|(name, _)| *name == "id"))
+        .map(|(_, value)| value.to_owned());
+    let write = request.method() == Method::POST
+        && IDEMPOTENT_WRITES.contains(&route.as_str())
+        && request.headers().contains_key("idempotency-key");
+    let body_max = state.config.body_max_bytes;
+    let run = async {
+        if write {
+            request = fingerprint(request, &route, id.as_deref(), body_max).await;
+        }
+        next.run(request).await
+    };
+    let response = match tokio::time::timeout(budget, run).await {
         Ok(response) => response,
         Err(_) => {
             state.metrics.request_timeouts.inc();

@@ -616,3 +616,42 @@ async fn event_streams_from_one_ipv6_64_share_the_per_address_cap() {
     drop((second, other));
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn reusing_a_key_with_other_bodies_is_charged_but_true_retries_are_not() {
+    let app = TestApp::spawn_with(&[
+        ("CHECKLINE_RATE_ORDERS_PER_SEC", "1"),
+        ("CHECKLINE_RATE_ORDERS_BURST", "2"),
+    ])
+    .await;
+    let product = app.create_product(100, None).await;
+    let pid = product["id"].as_str().unwrap();
+    let alice = app.customer("alice");
+    let first = app.order(&alice, "k1", pid, 1).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    // One key, other requests: other quantities, other products.
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let response = if i % 2 == 0 {
+            app.order(&alice, "k1", pid, 2 + i).await
+        } else {
+            app.order(&alice, "k1", &uuid::Uuid::new_v4().to_string(), 1)
+                .await
+        };
+        statuses.push(response.status());
+    }
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(limited >= 16, "{statuses:?}");
+    // The request that was let through, repeated, is never charged.
+    for _ in 0..10 {
+        let replay = app.order(&alice, "k1", pid, 1).await;
+        assert_eq!(replay.status(), StatusCode::OK);
+        let order: Value = replay.json().await.unwrap();
+        assert_eq!(order["id"], first["id"]);
+    }
+    app.shutdown().await;
+}
