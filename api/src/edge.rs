@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Query, RawPathParams, Request, State};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::RequestExt;
@@ -72,6 +72,45 @@ pub fn time_budget(config: &ApiConfig, route: &str, uri: &Uri) -> Duration {
     }
 }
 
+/// Answers a rejection by one of axum's own extractors (plain text: a path
+/// parameter that is not UTF-8 once decoded, a query string or body the
+/// extractor cannot read) with the contract's problem document instead.
+/// The checkline errors are problem documents already and pass unchanged,
+/// as does every success. `path_decodes`: whether the route's path
+/// parameters decoded, so that a refused one answers `invalid_id`.
+pub fn as_problem(response: Response, path_decodes: bool, body_max: usize) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !status.is_client_error() || is_problem {
+        return response;
+    }
+    let error = match status {
+        // Every path parameter of the API is an id.
+        StatusCode::BAD_REQUEST if !path_decodes => ApiError::InvalidId,
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            ApiError::InvalidRequest("the request could not be read".into())
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(body_max),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        StatusCode::NOT_FOUND => ApiError::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        _ => {
+            tracing::warn!(%status, "a rejection without a problem code");
+            return response;
+        }
+    };
+    error.into_response()
+}
+
+/// Whether every path parameter of the matched route decodes (`%FF` does
+/// not), read the way axum's `Path` reads them.
+pub async fn path_decodes(request: &mut Request) -> bool {
+    request.extract_parts::<RawPathParams>().await.is_ok()
+}
+
 /// Writes whose Idempotency-Key makes a retry pass the orders budget
 /// uncharged, when it is the same request (`ratelimit::RequestFingerprint`).
 const IDEMPOTENT_WRITES: [&str; 2] = ["/v1/orders", "/v1/products/{id}/restock"];
@@ -116,7 +155,8 @@ async fn fingerprint(request: Request, route: &str, id: Option<&str>, max: usize
 }
 
 /// Per matched route: the time limit, and for event streams a slot that is
-/// held for as long as the stream is open.
+/// held for as long as the stream is open; the fingerprint of an idempotent
+/// write for the rate limit; extractor rejections as problem documents.
 pub async fn bound(
     State(state): State<Arc<AppState>>,
     mut request: Request,
@@ -148,6 +188,7 @@ pub async fn bound(
     };
     let budget = time_budget(&state.config, &route, request.uri());
     let params = request.extract_parts::<RawPathParams>().await;
+    let path_decodes = params.is_ok();
     let id = params
         .as_ref()
         .ok()
@@ -175,6 +216,7 @@ pub async fn bound(
             return ApiError::Timeout(budget.as_millis()).into_response();
         }
     };
+    let response = as_problem(response, path_decodes, body_max);
     match slot {
         // The slot lives as long as the stream's body: dropped when the
         // stream ends or the client goes away.

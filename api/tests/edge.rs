@@ -655,3 +655,368 @@ async fn reusing_a_key_with_other_bodies_is_charged_but_true_retries_are_not() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_rejection_is_a_problem_document_with_a_code() {
+    let app = TestApp::spawn_without_worker().await;
+    let product = app.create_product(5, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let alice = app.customer("alice");
+    let admin = app.admin.clone();
+    let unknown = uuid::Uuid::new_v4();
+    let order = format!(r#"{{"product_id":"{pid}","quantity":1}}"#);
+    let big = format!(
+        r#"{{"product_id":"{}","quantity":1}}"#,
+        "x".repeat(17 * 1024)
+    );
+    let ct: (&str, &[u8]) = ("content-type", b"application/json");
+    let k: (&str, &[u8]) = ("idempotency-key", b"rejections-1");
+    let (alice, admin) = (alice.as_str(), admin.as_str());
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a str>,
+        Vec<(&'a str, &'a [u8])>,
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let case = |method, path, token, headers, body, status, code| -> Case {
+        (method, path, token, headers, body, status, code)
+    };
+    let cases = vec![
+        // Paths that are not UTF-8 once decoded, on every route with an id.
+        case(
+            "GET",
+            "/v1/orders/%FF".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/orders/%C3%28".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/orders/%FF/events".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/products/%FF".into(),
+            None,
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/products/%FF/events".into(),
+            None,
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "PATCH",
+            "/v1/products/%FF".into(),
+            Some(admin),
+            vec![ct],
+            "{}",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "POST",
+            "/v1/products/%FF/restock".into(),
+            Some(admin),
+            vec![ct, k],
+            r#"{"quantity":1}"#,
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/orders/not-a-uuid".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        // Without a token, the token is what is wrong first.
+        case(
+            "GET",
+            "/v1/orders/%FF".into(),
+            None,
+            vec![],
+            "",
+            401,
+            "unauthorized",
+        ),
+        // Query strings.
+        case(
+            "GET",
+            "/v1/orders?limit=abc".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            "/v1/orders?cursor=%FF".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            "/v1/products?limit=abc".into(),
+            None,
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            "/v1/products?limit=%FF%FE".into(),
+            None,
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            format!("/v1/orders/{unknown}?wait=x"),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            format!("/v1/orders/{unknown}?wait=%FF"),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            format!("/v1/orders/{unknown}?other=1"),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        // Headers.
+        case(
+            "GET",
+            "/v1/orders".into(),
+            None,
+            vec![("authorization", b"Basic YTpi")],
+            "",
+            401,
+            "unauthorized",
+        ),
+        case(
+            "GET",
+            "/v1/orders".into(),
+            None,
+            vec![("authorization", b"Bearer \xff\xfe")],
+            "",
+            401,
+            "unauthorized",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct],
+            &order,
+            400,
+            "missing_idempotency_key",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, ("idempotency-key", b"a b")],
+            &order,
+            400,
+            "invalid_idempotency_key",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, ("idempotency-key", b"\xff")],
+            &order,
+            400,
+            "invalid_idempotency_key",
+        ),
+        // Bodies.
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![k],
+            &order,
+            415,
+            "unsupported_media_type",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![k, ("content-type", b"text/plain")],
+            &order,
+            415,
+            "unsupported_media_type",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![k, ("content-type", b"\xff")],
+            &order,
+            415,
+            "unsupported_media_type",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            "{",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            "\u{feff}{}",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            r#"{"product_id":1,"quantity":"x"}"#,
+            400,
+            "invalid_request",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            "[]",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            &big,
+            413,
+            "payload_too_large",
+        ),
+        case(
+            "POST",
+            "/v1/products".into(),
+            Some(admin),
+            vec![ct],
+            r#"{"sku":7}"#,
+            400,
+            "invalid_request",
+        ),
+        case(
+            "PATCH",
+            format!("/v1/products/{pid}"),
+            Some(admin),
+            vec![ct],
+            r#"{"price_cents":"x"}"#,
+            400,
+            "invalid_request",
+        ),
+        // Routing.
+        case(
+            "DELETE",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![],
+            "",
+            405,
+            "method_not_allowed",
+        ),
+        case(
+            "GET",
+            "/v1/nowhere".into(),
+            None,
+            vec![],
+            "",
+            404,
+            "not_found",
+        ),
+    ];
+    for (method, path, token, headers, body, status, code) in cases {
+        let mut request = app
+            .http
+            .request(method.parse().unwrap(), app.url(&path))
+            .body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(
+                name,
+                reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let what = format!("{method} {path} ({code})");
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        assert_eq!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{what}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{what}");
+        assert_eq!(body["status"], status, "{what}");
+    }
+    app.shutdown().await;
+}
