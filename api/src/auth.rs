@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::ratelimit::RequestFingerprint;
 
 /// The claims checkline reads and writes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -183,6 +184,18 @@ impl Caller {
         }
     }
 
+    /// Reading orders by id takes either role; a token with neither is
+    /// refused before any order is looked up.
+    pub fn require_order_reader(&self) -> Result<(), ApiError> {
+        if self.customer || self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this call needs the customer or admin role",
+            ))
+        }
+    }
+
     /// Whether the caller may read an order placed by `customer_id`.
     pub fn may_read_order_of(&self, customer_id: &str) -> bool {
         self.admin || (self.customer && self.subject.as_str() == customer_id)
@@ -208,7 +221,12 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let caller = state.verifier.verify(token)?;
         state
             .limiter
-            .check_subject(&caller.subject, &parts.method, &parts.headers)
+            .check_subject(
+                &caller.subject,
+                &parts.method,
+                &parts.headers,
+                parts.extensions.get::<RequestFingerprint>(),
+            )
             .await?;
         Ok(caller)
     }

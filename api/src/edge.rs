@@ -11,17 +11,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::extract::{ConnectInfo, MatchedPath, Query, RawPathParams, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::RequestExt;
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::AppState;
 use crate::config::ApiConfig;
 use crate::error::ApiError;
-use crate::ratelimit::client_addr;
+use crate::ratelimit::{client_addr, client_net, RequestFingerprint};
 
 /// Bytes of a request's head as it came on the wire, near enough: the
 /// request line and every header line.
@@ -71,9 +72,96 @@ pub fn time_budget(config: &ApiConfig, route: &str, uri: &Uri) -> Duration {
     }
 }
 
+/// Answers a rejection by one of axum's own extractors (plain text: a path
+/// parameter that is not UTF-8 once decoded, a query string or body the
+/// extractor cannot read) with the contract's problem document instead.
+/// The checkline errors are problem documents already and pass unchanged,
+/// as does every success. `path_decodes`: whether the route's path
+/// parameters decoded, so that a refused one answers `invalid_id`.
+pub fn as_problem(response: Response, path_decodes: bool, body_max: usize) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !status.is_client_error() || is_problem {
+        return response;
+    }
+    let error = match status {
+        // Every path parameter of the API is an id.
+        StatusCode::BAD_REQUEST if !path_decodes => ApiError::InvalidId,
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            ApiError::InvalidRequest("the request could not be read".into())
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(body_max),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        StatusCode::NOT_FOUND => ApiError::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        _ => {
+            tracing::warn!(%status, "a rejection without a problem code");
+            return response;
+        }
+    };
+    error.into_response()
+}
+
+/// Whether every path parameter of the matched route decodes (`%FF` does
+/// not), read the way axum's `Path` reads them.
+pub async fn path_decodes(request: &mut Request) -> bool {
+    request.extract_parts::<RawPathParams>().await.is_ok()
+}
+
+/// Writes whose Idempotency-Key makes a retry pass the orders budget
+/// uncharged, when it is the same request (`ratelimit::RequestFingerprint`).
+const IDEMPOTENT_WRITES: [&str; 2] = ["/v1/orders", "/v1/products/{id}/restock"];
+
+/// Reads the body of an idempotent write (at most `max` bytes, as the
+/// handler would) and records its fingerprint for the per-subject rate
+/// limit, which is charged before the handler reads the body.
+async fn fingerprint(request: Request, route: &str, id: Option<&str>, max: usize) -> Request {
+    let (mut parts, body) = request.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut chunks = Vec::new();
+    let mut size = 0;
+    let mut failed = None;
+    let complete = loop {
+        if size > max {
+            break false;
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                size += chunk.len();
+                chunks.push(chunk);
+            }
+            Some(Err(err)) => {
+                failed = Some(err);
+                break false;
+            }
+            None => break true,
+        }
+    };
+    if !complete {
+        // Too large or unreadable: the handler gets the same body (what was
+        // read, then the rest or the error) and refuses it as it would have.
+        let read = chunks.into_iter().map(Ok).chain(failed.map(Err));
+        let body = Body::from_stream(futures::stream::iter(read).chain(stream));
+        return Request::from_parts(parts, body);
+    }
+    let body = chunks.concat();
+    if let Some(fingerprint) = RequestFingerprint::of(route, id, &body) {
+        parts.extensions.insert(fingerprint);
+    }
+    Request::from_parts(parts, Body::from(body))
+}
+
 /// Per matched route: the time limit, and for event streams a slot that is
-/// held for as long as the stream is open.
-pub async fn bound(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// held for as long as the stream is open; the fingerprint of an idempotent
+/// write for the rate limit; extractor rejections as problem documents.
+pub async fn bound(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -99,7 +187,24 @@ pub async fn bound(State(state): State<Arc<AppState>>, request: Request, next: N
         None
     };
     let budget = time_budget(&state.config, &route, request.uri());
-    let response = match tokio::time::timeout(budget, next.run(request)).await {
+    let params = request.extract_parts::<RawPathParams>().await;
+    let path_decodes = params.is_ok();
+    let id = params
+        .as_ref()
+        .ok()
+        .and_then(|p| p.iter().find(|(name, _)| *name == "id"))
+        .map(|(_, value)| value.to_owned());
+    let write = request.method() == Method::POST
+        && IDEMPOTENT_WRITES.contains(&route.as_str())
+        && request.headers().contains_key("idempotency-key");
+    let body_max = state.config.body_max_bytes;
+    let run = async {
+        if write {
+            request = fingerprint(request, &route, id.as_deref(), body_max).await;
+        }
+        next.run(request).await
+    };
+    let response = match tokio::time::timeout(budget, run).await {
         Ok(response) => response,
         Err(_) => {
             state.metrics.request_timeouts.inc();
@@ -111,6 +216,7 @@ pub async fn bound(State(state): State<Arc<AppState>>, request: Request, next: N
             return ApiError::Timeout(budget.as_millis()).into_response();
         }
     };
+    let response = as_problem(response, path_decodes, body_max);
     match slot {
         // The slot lives as long as the stream's body: dropped when the
         // stream ends or the client goes away.
@@ -126,7 +232,8 @@ pub async fn bound(State(state): State<Arc<AppState>>, request: Request, next: N
     }
 }
 
-/// Open event streams, in total and per client address.
+/// Open event streams, in total and per client address (an IPv6 /64 is
+/// one address, as for the rate limit: [`client_net`]).
 pub struct StreamSlots {
     total: Arc<Semaphore>,
     per_addr: Mutex<HashMap<IpAddr, usize>>,
@@ -152,6 +259,7 @@ impl StreamSlots {
     /// A slot, or `None` when the total or the address's share is used up.
     pub fn open(self: &Arc<Self>, addr: Option<IpAddr>) -> Option<StreamSlot> {
         let permit = self.total.clone().try_acquire_owned().ok()?;
+        let addr = addr.map(client_net);
         if let Some(addr) = addr {
             let mut per_addr = self
                 .per_addr
@@ -219,6 +327,24 @@ mod tests {
         drop(a1);
         let _b2 = slots.open(Some(b)).unwrap();
         assert_eq!(slots.open_count(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_64_shares_one_address_share() {
+        let slots = StreamSlots::new(10, 2);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let _a = slots.open(ip("2001:db8:1:2::1")).unwrap();
+        let _b = slots.open(ip("2001:db8:1:2:ffff:ffff:ffff:fffe")).unwrap();
+        assert!(
+            slots.open(ip("2001:db8:1:2::77")).is_none(),
+            "one /64 holds one address's share"
+        );
+        let _other = slots.open(ip("2001:db8:1:3::1")).unwrap();
+        // IPv4 stays per address.
+        let _c = slots.open(ip("10.0.0.1")).unwrap();
+        let _d = slots.open(ip("10.0.0.1")).unwrap();
+        let _e = slots.open(ip("10.0.0.2")).unwrap();
+        assert_eq!(slots.open_count(), 6);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Idempotency-Key header, path ids and query parameters.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -89,6 +90,31 @@ pub fn page(query: &HashMap<String, String>) -> Result<(i64, Option<Uuid>), ApiE
     Ok((limit, cursor))
 }
 
+/// `wait` of a long poll, the only query parameter of `GET /v1/orders/{id}`:
+/// seconds from 0 to `max_secs`; absent, 0.
+pub fn wait(query: &HashMap<String, String>, max_secs: u64) -> Result<Duration, ApiError> {
+    let mut wait = Duration::ZERO;
+    for (name, value) in query {
+        if name != "wait" {
+            return Err(ApiError::InvalidRequest(format!(
+                "unknown query parameter {name:?}"
+            )));
+        }
+        let max = max_secs as f64;
+        let secs = value
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && (0.0..=max).contains(s))
+            .ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "wait must be a number of seconds from 0 to {max}"
+                ))
+            })?;
+        wait = Duration::from_secs_f64(secs);
+    }
+    Ok(wait)
+}
+
 /// The request id set (or echoed) by the request-id layer.
 pub fn request_id(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-request-id").and_then(|v| v.to_str().ok())
@@ -131,5 +157,19 @@ mod tests {
         assert!(page(&q).is_err());
         let q = HashMap::from([("limit".to_string(), "200".to_string())]);
         assert_eq!(page(&q).unwrap(), (200, None));
+        let q = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(
+            wait(&q("wait", "1.5"), 30).unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(wait(&HashMap::new(), 30).unwrap(), Duration::ZERO);
+        for (k, v) in [
+            ("wait", "x"),
+            ("wait", "31"),
+            ("wait", "NaN"),
+            ("other", "1"),
+        ] {
+            assert_eq!(wait(&q(k, v), 30).unwrap_err().code(), "invalid_request");
+        }
     }
 }

@@ -7,20 +7,32 @@
 //! The input is read as a rough HTTP request: the first line is the path
 //! and query, then `name: value` header lines up to an empty line, then
 //! the body. Invalid parts are skipped, as a server would refuse them.
+//!
+//! The request also goes, as GET, POST and PATCH, through a router with the
+//! API's routes and the extractors their handlers use (`Path`, `Query`,
+//! headers, bodies) behind the same rejection handling (`edge::as_problem`):
+//! whatever it refuses must be a problem document with a `code`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use axum::body::Bytes;
-use axum::extract::Query;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::routing::{get, post};
+use axum::Router;
 use checkline_shared::config::Env;
+use serde::de::DeserializeOwned;
+use tower::ServiceExt;
 
 use crate::auth::{bearer_token, Verifier};
 use crate::config::ApiConfig;
-use crate::edge::{head_size, time_budget};
-use crate::extract::{idempotency_key, json_body, page, path_id};
+use crate::edge::{as_problem, head_size, path_decodes, time_budget};
+use crate::error::ApiError;
+use crate::extract::{idempotency_key, json_body, page, path_id, wait};
 use crate::ratelimit::{client_addr, client_key};
 use crate::routes::orders::CreateOrder;
 use crate::routes::products::{CreateProduct, PatchProduct, RestockBody};
@@ -32,6 +44,100 @@ const FUZZ_SECRET: &[u8] = b"fuzzing-secret-fuzzing-secret-fuzzing";
 struct Fixture {
     config: ApiConfig,
     verifier: Verifier,
+    router: Router,
+    runtime: tokio::runtime::Runtime,
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    body_max: usize,
+    wait_max_secs: u64,
+}
+
+/// The API's routes with the extractors and parsers of their handlers, and
+/// the same rejection handling; each answers 204 once its input parsed.
+fn router(config: &ApiConfig) -> Router {
+    let limits = Limits {
+        body_max: config.body_max_bytes,
+        wait_max_secs: config.wait_max_secs,
+    };
+    async fn list(Query(query): Query<HashMap<String, String>>) -> Result<StatusCode, ApiError> {
+        page(&query)?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    async fn by_id(Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+        path_id(&id)?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    async fn order(
+        State(limits): State<Limits>,
+        Path(id): Path<String>,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> Result<StatusCode, ApiError> {
+        path_id(&id)?;
+        wait(&query, limits.wait_max_secs)?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    async fn create<T: DeserializeOwned>(
+        State(limits): State<Limits>,
+        headers: HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<StatusCode, ApiError> {
+        json_body::<T>(&headers, body, limits.body_max)?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    async fn keyed<T: DeserializeOwned>(
+        State(limits): State<Limits>,
+        headers: HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<StatusCode, ApiError> {
+        idempotency_key(&headers)?;
+        json_body::<T>(&headers, body, limits.body_max)?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    async fn change<T: DeserializeOwned>(
+        State(limits): State<Limits>,
+        Path(id): Path<String>,
+        headers: HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<StatusCode, ApiError> {
+        path_id(&id)?;
+        json_body::<T>(&headers, body, limits.body_max)?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    async fn restock(
+        State(limits): State<Limits>,
+        Path(id): Path<String>,
+        headers: HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<StatusCode, ApiError> {
+        path_id(&id)?;
+        idempotency_key(&headers)?;
+        json_body::<RestockBody>(&headers, body, limits.body_max)?;
+        Ok(StatusCode::NO_CONTENT)
+    }
+    let body_max = limits.body_max;
+    Router::new()
+        .route("/v1/products", get(list).post(create::<CreateProduct>))
+        .route(
+            "/v1/products/{id}",
+            get(by_id).patch(change::<PatchProduct>),
+        )
+        .route("/v1/products/{id}/events", get(by_id))
+        .route("/v1/products/{id}/restock", post(restock))
+        .route("/v1/orders", get(list).post(keyed::<CreateOrder>))
+        .route("/v1/orders/{id}", get(order))
+        .route("/v1/orders/{id}/events", get(by_id))
+        .route_layer(axum::middleware::from_fn(
+            move |mut request: Request, next: Next| async move {
+                let decodes = path_decodes(&mut request).await;
+                as_problem(next.run(request).await, decodes, body_max)
+            },
+        ))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(limits)
 }
 
 fn fixture() -> &'static Fixture {
@@ -43,7 +149,17 @@ fn fixture() -> &'static Fixture {
         let config = ApiConfig::from_env(&env).expect("fuzzing settings are valid");
         let verifier =
             Verifier::with_options(FUZZ_SECRET, &[], 5, Some("checkline"), Some("storefront"));
-        Fixture { config, verifier }
+        let router = router(&config);
+        #[allow(clippy::expect_used)] // no I/O: only fails when out of resources
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime for the router");
+        Fixture {
+            config,
+            verifier,
+            router,
+            runtime,
+        }
     })
 }
 
@@ -78,6 +194,50 @@ pub fn split(data: &[u8]) -> (Vec<u8>, HeaderMap, Vec<u8>) {
     (target, headers, body)
 }
 
+/// What the routes answered to a request.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// The `code` of a problem document; `None` if the answer is not one.
+    pub problem_code: Option<String>,
+}
+
+/// Sends `data` (read as [`split`] reads it) as a `method` request through
+/// the routes' extractors. `None` when the target is not an origin-form path.
+pub fn respond(method: Method, data: &[u8]) -> Option<Answer> {
+    let fixture = fixture();
+    let (target, headers, body) = split(data);
+    let uri = Uri::try_from(target.as_slice()).ok()?;
+    if !uri.path().starts_with('/') || uri.authority().is_some() {
+        return None;
+    }
+    let mut request = Request::new(Body::from(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    let router = fixture.router.clone();
+    fixture.runtime.block_on(async move {
+        let response = router.oneshot(request).await.ok()?;
+        let status = response.status();
+        let is_problem = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/problem+json");
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .ok()?;
+        let problem_code = is_problem
+            .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
+            .flatten()
+            .and_then(|problem| problem["code"].as_str().map(str::to_owned))
+            .filter(|code| !code.is_empty());
+        Some(Answer {
+            status,
+            problem_code,
+        })
+    })
+}
+
 /// Runs every edge parser over `data`. Panics only if an invariant breaks.
 pub fn parse_request(data: &[u8]) {
     let fixture = fixture();
@@ -101,6 +261,16 @@ pub fn parse_request(data: &[u8]) {
             assert!(budget >= fixture.config.edge.request_timeout);
         }
         let _ = head_size(&Method::POST, &uri, &headers);
+    }
+
+    // Through the routes' extractors: a success or a problem with a code.
+    for method in [Method::GET, Method::POST, Method::PATCH] {
+        if let Some(answer) = respond(method.clone(), data) {
+            assert!(
+                answer.status.is_success() || answer.problem_code.is_some(),
+                "{method} answered {answer:?} without a problem code"
+            );
+        }
     }
 
     // Headers: idempotency key, bearer token, forwarded addresses.

@@ -19,9 +19,20 @@ use uuid::Uuid;
 
 use crate::catalog::Catalog;
 
+/// The channel of one key and how many [`Watch`]es hold it. Counted here,
+/// under the map's lock, rather than read from the channel: a receiver
+/// outlives its `Watch::drop`, so two watchers leaving together could each
+/// see the other still there and leave the entry behind.
+struct Entry<V> {
+    tx: watch::Sender<Option<V>>,
+    watchers: usize,
+}
+
+type Map<K, V> = Arc<Mutex<HashMap<K, Entry<V>>>>;
+
 /// Latest value per key, for whoever currently watches that key.
 pub struct Watchers<K, V> {
-    map: Arc<Mutex<HashMap<K, watch::Sender<Option<V>>>>>,
+    map: Map<K, V>,
 }
 
 impl<K, V> Default for Watchers<K, V> {
@@ -35,10 +46,12 @@ impl<K, V> Default for Watchers<K, V> {
 impl<K: Eq + Hash + Clone, V> Watchers<K, V> {
     pub fn subscribe(&self, key: K) -> Watch<K, V> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let rx = map
-            .entry(key.clone())
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
+        let entry = map.entry(key.clone()).or_insert_with(|| Entry {
+            tx: watch::channel(None).0,
+            watchers: 0,
+        });
+        entry.watchers += 1;
+        let rx = entry.tx.subscribe();
         Watch {
             rx,
             key,
@@ -49,8 +62,8 @@ impl<K: Eq + Hash + Clone, V> Watchers<K, V> {
     /// Delivers `value` if anyone watches `key`; otherwise drops it.
     pub fn publish(&self, key: &K, value: V) {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = map.get(key) {
-            tx.send_replace(Some(value));
+        if let Some(entry) = map.get(key) {
+            entry.tx.send_replace(Some(value));
         }
     }
 
@@ -63,18 +76,17 @@ impl<K: Eq + Hash + Clone, V> Watchers<K, V> {
 pub struct Watch<K: Eq + Hash, V> {
     pub rx: watch::Receiver<Option<V>>,
     key: K,
-    map: Arc<Mutex<HashMap<K, watch::Sender<Option<V>>>>>,
+    map: Map<K, V>,
 }
 
 impl<K: Eq + Hash, V> Drop for Watch<K, V> {
     fn drop(&mut self) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        // This receiver is still alive here, hence 1.
-        if map
-            .get(&self.key)
-            .is_some_and(|tx| tx.receiver_count() <= 1)
-        {
-            map.remove(&self.key);
+        if let Some(entry) = map.get_mut(&self.key) {
+            entry.watchers = entry.watchers.saturating_sub(1);
+            if entry.watchers == 0 {
+                map.remove(&self.key);
+            }
         }
     }
 }
@@ -158,5 +170,30 @@ mod tests {
         assert_eq!(w.watched(), 1);
         drop(b);
         assert_eq!(w.watched(), 0);
+    }
+
+    #[test]
+    fn the_last_watcher_out_always_unregisters_its_key() {
+        const THREADS: usize = 4;
+        const ROUNDS: u32 = 20_000;
+        let w: Arc<Watchers<u32, u32>> = Arc::new(Watchers::default());
+        let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (w, barrier) = (w.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    // A fresh key per round: a leaked entry stays leaked.
+                    for round in 0..ROUNDS {
+                        let watch = w.subscribe(round);
+                        barrier.wait();
+                        drop(watch);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(w.watched(), 0, "entries left behind by concurrent drops");
     }
 }

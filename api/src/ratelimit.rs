@@ -10,10 +10,12 @@
 //! then per instance instead of shared.
 //!
 //! Budgets (see `docs/security.md`):
-//! - `orders`: per subject, `POST /v1/orders` and every other write. A
-//!   retry of an Idempotency-Key that was let through in the last minute is
+//! - `orders`: per subject, `POST /v1/orders` and every other write. A true
+//!   retry of a request that was let through in the last minute (same
+//!   subject, same Idempotency-Key, same request: [`RequestFingerprint`]) is
 //!   not charged again: it can never make a second order, and a storm of
-//!   client retries must not lock the buyer out of the answer;
+//!   client retries must not lock the buyer out of the answer. The same key
+//!   with another body is charged like any new request;
 //! - `reads`: per subject, authenticated reads. A separate and more generous
 //!   budget, so a buyer retrying an accepted order can always look it up;
 //! - `addr`: per client address, every request (authenticated or not).
@@ -393,13 +395,15 @@ impl RateLimiter {
     }
 
     /// The per-subject budget of an authenticated request: writes are
-    /// charged to `orders` (retries of a let-through Idempotency-Key pass),
-    /// reads to the more generous `reads`.
+    /// charged to `orders` (true retries of a let-through request pass: same
+    /// Idempotency-Key and same `fingerprint`), reads to the more generous
+    /// `reads`.
     pub async fn check_subject(
         &self,
         subject: &CustomerId,
         method: &Method,
         headers: &HeaderMap,
+        fingerprint: Option<&RequestFingerprint>,
     ) -> Result<(), ApiError> {
         if !self.enabled {
             return Ok(());
@@ -407,9 +411,12 @@ impl RateLimiter {
         if method == Method::GET || method == Method::HEAD {
             return self.check(Budget::Reads, subject.as_str(), None).await;
         }
+        // Without a fingerprint (a body that is not a valid request) there
+        // is nothing a retry could be the same as: charged.
         let retry = crate::extract::idempotency_key(headers)
             .ok()
-            .map(|key| retry_marker(subject, key.as_str()));
+            .zip(fingerprint)
+            .map(|(key, fingerprint)| retry_marker(subject, key.as_str(), &fingerprint.0));
         self.check(Budget::Orders, subject.as_str(), retry.as_deref())
             .await
     }
@@ -428,14 +435,62 @@ impl RateLimiter {
     }
 }
 
-/// The marker of a (subject, Idempotency-Key) pair: hashed, so a key of any
-/// length makes a short Redis key and the key itself is not stored.
-fn retry_marker(subject: &CustomerId, key: &str) -> String {
+/// What an idempotent write asks for: the request hash its order or
+/// restock stores (`routes::orders::request_hash`), worked out at the edge
+/// (`edge::bound`) before the caller is known, so that only a true retry
+/// passes the orders budget uncharged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFingerprint(pub Vec<u8>);
+
+impl RequestFingerprint {
+    /// The fingerprint of a write on `route` with path id `id` and `body`,
+    /// or `None` when the body is not a valid request of that route.
+    pub fn of(route: &str, id: Option<&str>, body: &[u8]) -> Option<Self> {
+        use crate::routes::orders::request_hash;
+        use checkline_shared::domain::parse_id;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct OrderBody {
+            product_id: String,
+            quantity: i64,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RestockBody {
+            quantity: i64,
+        }
+        let hash = match route {
+            "/v1/orders" => {
+                let body: OrderBody = serde_json::from_slice(body).ok()?;
+                let product_id = parse_id(&body.product_id)?;
+                request_hash(&["order", &product_id.to_string(), &body.quantity.to_string()])
+            }
+            "/v1/products/{id}/restock" => {
+                let body: RestockBody = serde_json::from_slice(body).ok()?;
+                let product_id = parse_id(id?)?;
+                request_hash(&[
+                    "restock",
+                    &product_id.to_string(),
+                    &body.quantity.to_string(),
+                ])
+            }
+            _ => return None,
+        };
+        Some(Self(hash))
+    }
+}
+
+/// The marker of a (subject, Idempotency-Key, request) triple: hashed, so a
+/// key of any length makes a short Redis key and the key itself is not
+/// stored.
+fn retry_marker(subject: &CustomerId, key: &str, fingerprint: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     hasher.update(subject.as_str().as_bytes());
     hasher.update([0u8]);
     hasher.update(key.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(fingerprint);
     hex::encode(hasher.finalize())
 }
 
@@ -481,17 +536,26 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The bucket key of an address: IPv4 as is, IPv6 by its /64 (one host
-/// usually holds a whole /64, so per-address would be trivial to dodge).
+/// The client a per-address limit counts: an IPv4 address as is, an IPv6
+/// address by its /64 (one host usually holds a whole /64, so per-address
+/// would be trivial to dodge). Every per-address limit keys by this, so
+/// they always agree on who one client is.
+pub fn client_net(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// The bucket key of an address: see [`client_net`].
 pub fn client_key(addr: Option<IpAddr>) -> String {
-    match addr {
+    match addr.map(client_net) {
         None => "local".to_owned(),
         Some(IpAddr::V4(v4)) => v4.to_string(),
-        Some(IpAddr::V6(v6)) => {
-            let s = v6.segments();
-            let prefix = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-            format!("{prefix}/64")
-        }
+        Some(IpAddr::V6(net)) => format!("{net}/64"),
     }
 }
 
@@ -548,8 +612,43 @@ mod tests {
         // A refused key is not marked: its retry is charged again.
         assert!(!allow(local.check_marked(gcra, "alice", Some("k3"))));
         let alice = CustomerId::parse("alice").unwrap();
-        assert_ne!(retry_marker(&alice, "k1"), retry_marker(&alice, "k2"));
-        assert_eq!(retry_marker(&alice, "k1").len(), 64);
+        assert_ne!(
+            retry_marker(&alice, "k1", b"a"),
+            retry_marker(&alice, "k2", b"a")
+        );
+        assert_ne!(
+            retry_marker(&alice, "k1", b"a"),
+            retry_marker(&alice, "k1", b"b")
+        );
+        assert_eq!(retry_marker(&alice, "k1", b"a").len(), 64);
+    }
+
+    #[test]
+    fn fingerprints_are_the_stored_request_hashes() {
+        use crate::routes::orders::request_hash;
+        let pid = "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d";
+        let order = |body: &str| RequestFingerprint::of("/v1/orders", None, body.as_bytes());
+        let expected = request_hash(&["order", pid, "2"]);
+        let body = format!(r#"{{"product_id":"{pid}","quantity":2}}"#);
+        assert_eq!(order(&body), Some(RequestFingerprint(expected.clone())));
+        // Spelled differently, the same request.
+        let upper = format!(
+            r#"{{ "quantity": 2, "product_id": "{}" }}"#,
+            pid.to_uppercase()
+        );
+        assert_eq!(order(&upper).map(|f| f.0), Some(expected));
+        let other = format!(r#"{{"product_id":"{pid}","quantity":3}}"#);
+        assert_ne!(order(&other), order(&body));
+        for bad in ["", "{", "[]", r#"{"product_id":"x","quantity":1}"#] {
+            assert_eq!(order(bad), None, "{bad}");
+        }
+        let restock =
+            RequestFingerprint::of("/v1/products/{id}/restock", Some(pid), br#"{"quantity":5}"#);
+        assert_eq!(
+            restock,
+            Some(RequestFingerprint(request_hash(&["restock", pid, "5"])))
+        );
+        assert_eq!(RequestFingerprint::of("/v1/products", None, b"{}"), None);
     }
 
     #[test]
@@ -600,6 +699,11 @@ mod tests {
             "2001:db8:1:2::/64"
         );
         assert_eq!(client_key(None), "local");
+        // The stream cap keys by the same network as the buckets.
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::2".parse().unwrap();
+        assert_eq!(client_net(a), client_net(b));
+        assert_eq!(client_key(Some(a)), client_key(Some(client_net(b))));
     }
 
     proptest! {

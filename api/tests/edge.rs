@@ -448,17 +448,22 @@ async fn roles_are_enforced_on_every_route_and_orders_stay_private() {
     let order: Value = app.order(&alice, "k", &pid, 1).await.json().await.unwrap();
     let oid = order["id"].as_str().unwrap().to_owned();
     let nobody = checkline_api::auth::mint(SECRET.as_bytes(), "nobody", &[], 60).unwrap();
+    let viewer = checkline_api::auth::mint(SECRET.as_bytes(), "viewer", &["viewer"], 60).unwrap();
 
-    // (method, path, allowed roles): every authenticated route of the document.
-    let routes = [
-        ("POST", "/v1/products".to_owned(), "admin"),
-        ("PATCH", format!("/v1/products/{pid}"), "admin"),
-        ("POST", format!("/v1/products/{pid}/restock"), "admin"),
-        ("GET", "/v1/admin/stats".to_owned(), "admin"),
-        ("POST", "/v1/orders".to_owned(), "customer"),
-        ("GET", "/v1/orders".to_owned(), "customer"),
+    // (method, path, roles allowed): every authenticated route of the contract.
+    let customer_or_admin: &[&str] = &["customer", "admin"];
+    let routes: [(&str, String, &[&str]); 9] = [
+        ("POST", "/v1/products".to_owned(), &["admin"]),
+        ("PATCH", format!("/v1/products/{pid}"), &["admin"]),
+        ("POST", format!("/v1/products/{pid}/restock"), &["admin"]),
+        ("GET", "/v1/admin/stats".to_owned(), &["admin"]),
+        ("POST", "/v1/orders".to_owned(), &["customer"]),
+        ("GET", "/v1/orders".to_owned(), &["customer"]),
+        ("GET", format!("/v1/orders/{oid}"), customer_or_admin),
+        ("GET", format!("/v1/orders/{oid}?wait=1"), customer_or_admin),
+        ("GET", format!("/v1/orders/{oid}/events"), customer_or_admin),
     ];
-    for (method, path, role) in &routes {
+    for (method, path, allowed) in &routes {
         let request = |token: Option<&str>| {
             let mut r = app
                 .http
@@ -477,19 +482,21 @@ async fn roles_are_enforced_on_every_route_and_orders_stay_private() {
             "unauthorized",
         )
         .await;
-        expect_problem(
-            request(Some(&nobody)).await.unwrap(),
-            StatusCode::FORBIDDEN,
-            "forbidden",
-        )
-        .await;
-        let wrong = if *role == "admin" { &alice } else { &app.admin };
-        expect_problem(
-            request(Some(wrong)).await.unwrap(),
-            StatusCode::FORBIDDEN,
-            "forbidden",
-        )
-        .await;
+        // A valid token without a role the route takes is 403, whatever
+        // the route would answer otherwise.
+        let wrong_roles = [("customer", &alice), ("admin", &app.admin)]
+            .into_iter()
+            .filter(|(role, _)| !allowed.contains(role))
+            .map(|(_, token)| token);
+        for token in [&nobody, &viewer].into_iter().chain(wrong_roles) {
+            let response = request(Some(token)).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "{method} {path} with roles other than {allowed:?}"
+            );
+            expect_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+        }
     }
     // Another customer's order does not exist for bob, in any form.
     for path in [
@@ -566,4 +573,450 @@ async fn shutdown_stops_accepting_and_lets_open_requests_finish() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "pending");
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn event_streams_from_one_ipv6_64_share_the_per_address_cap() {
+    let app = TestApp::spawn_with(&[
+        ("CHECKLINE_SSE_MAX_STREAMS_PER_ADDR", "2"),
+        ("CHECKLINE_RATE_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    let product = app.create_product(5, None).await;
+    let url = app.url(&format!(
+        "/v1/products/{}/events",
+        product["id"].as_str().unwrap()
+    ));
+    let open = |client: &'static str| {
+        reqwest::Client::new()
+            .get(&url)
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    let first = open("2001:db8:1:2::1").await.unwrap();
+    let second = open("2001:db8:1:2::2").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    // A third address of the same /64 is the same client.
+    expect_problem(
+        open("2001:db8:1:2:ffff::3").await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+    )
+    .await;
+    // Another /64 has its own share.
+    let other = open("2001:db8:1:3::1").await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        open("2001:db8:1:2::4").await.unwrap().status(),
+        StatusCode::OK
+    );
+    drop((second, other));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn reusing_a_key_with_other_bodies_is_charged_but_true_retries_are_not() {
+    let app = TestApp::spawn_with(&[
+        ("CHECKLINE_RATE_ORDERS_PER_SEC", "1"),
+        ("CHECKLINE_RATE_ORDERS_BURST", "2"),
+    ])
+    .await;
+    let product = app.create_product(100, None).await;
+    let pid = product["id"].as_str().unwrap();
+    let alice = app.customer("alice");
+    let first = app.order(&alice, "k1", pid, 1).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    // One key, other requests: other quantities, other products.
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let response = if i % 2 == 0 {
+            app.order(&alice, "k1", pid, 2 + i).await
+        } else {
+            app.order(&alice, "k1", &uuid::Uuid::new_v4().to_string(), 1)
+                .await
+        };
+        statuses.push(response.status());
+    }
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(limited >= 16, "{statuses:?}");
+    // The request that was let through, repeated, is never charged.
+    for _ in 0..10 {
+        let replay = app.order(&alice, "k1", pid, 1).await;
+        assert_eq!(replay.status(), StatusCode::OK);
+        let order: Value = replay.json().await.unwrap();
+        assert_eq!(order["id"], first["id"]);
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_rejection_is_a_problem_document_with_a_code() {
+    let app = TestApp::spawn_without_worker().await;
+    let product = app.create_product(5, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let alice = app.customer("alice");
+    let admin = app.admin.clone();
+    let unknown = uuid::Uuid::new_v4();
+    let order = format!(r#"{{"product_id":"{pid}","quantity":1}}"#);
+    let big = format!(
+        r#"{{"product_id":"{}","quantity":1}}"#,
+        "x".repeat(17 * 1024)
+    );
+    let ct: (&str, &[u8]) = ("content-type", b"application/json");
+    let k: (&str, &[u8]) = ("idempotency-key", b"rejections-1");
+    let (alice, admin) = (alice.as_str(), admin.as_str());
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a str>,
+        Vec<(&'a str, &'a [u8])>,
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let case = |method, path, token, headers, body, status, code| -> Case {
+        (method, path, token, headers, body, status, code)
+    };
+    let cases = vec![
+        // Paths that are not UTF-8 once decoded, on every route with an id.
+        case(
+            "GET",
+            "/v1/orders/%FF".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/orders/%C3%28".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/orders/%FF/events".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/products/%FF".into(),
+            None,
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/products/%FF/events".into(),
+            None,
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "PATCH",
+            "/v1/products/%FF".into(),
+            Some(admin),
+            vec![ct],
+            "{}",
+            400,
+            "invalid_id",
+        ),
+        case(
+            "POST",
+            "/v1/products/%FF/restock".into(),
+            Some(admin),
+            vec![ct, k],
+            r#"{"quantity":1}"#,
+            400,
+            "invalid_id",
+        ),
+        case(
+            "GET",
+            "/v1/orders/not-a-uuid".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_id",
+        ),
+        // Without a token, the token is what is wrong first.
+        case(
+            "GET",
+            "/v1/orders/%FF".into(),
+            None,
+            vec![],
+            "",
+            401,
+            "unauthorized",
+        ),
+        // Query strings.
+        case(
+            "GET",
+            "/v1/orders?limit=abc".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            "/v1/orders?cursor=%FF".into(),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            "/v1/products?limit=abc".into(),
+            None,
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            "/v1/products?limit=%FF%FE".into(),
+            None,
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            format!("/v1/orders/{unknown}?wait=x"),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            format!("/v1/orders/{unknown}?wait=%FF"),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "GET",
+            format!("/v1/orders/{unknown}?other=1"),
+            Some(alice),
+            vec![],
+            "",
+            400,
+            "invalid_request",
+        ),
+        // Headers.
+        case(
+            "GET",
+            "/v1/orders".into(),
+            None,
+            vec![("authorization", b"Basic YTpi")],
+            "",
+            401,
+            "unauthorized",
+        ),
+        case(
+            "GET",
+            "/v1/orders".into(),
+            None,
+            vec![("authorization", b"Bearer \xff\xfe")],
+            "",
+            401,
+            "unauthorized",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct],
+            &order,
+            400,
+            "missing_idempotency_key",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, ("idempotency-key", b"a b")],
+            &order,
+            400,
+            "invalid_idempotency_key",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, ("idempotency-key", b"\xff")],
+            &order,
+            400,
+            "invalid_idempotency_key",
+        ),
+        // Bodies.
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![k],
+            &order,
+            415,
+            "unsupported_media_type",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![k, ("content-type", b"text/plain")],
+            &order,
+            415,
+            "unsupported_media_type",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![k, ("content-type", b"\xff")],
+            &order,
+            415,
+            "unsupported_media_type",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            "{",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            "\u{feff}{}",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            r#"{"product_id":1,"quantity":"x"}"#,
+            400,
+            "invalid_request",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            "[]",
+            400,
+            "invalid_request",
+        ),
+        case(
+            "POST",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![ct, k],
+            &big,
+            413,
+            "payload_too_large",
+        ),
+        case(
+            "POST",
+            "/v1/products".into(),
+            Some(admin),
+            vec![ct],
+            r#"{"sku":7}"#,
+            400,
+            "invalid_request",
+        ),
+        case(
+            "PATCH",
+            format!("/v1/products/{pid}"),
+            Some(admin),
+            vec![ct],
+            r#"{"price_cents":"x"}"#,
+            400,
+            "invalid_request",
+        ),
+        // Routing.
+        case(
+            "DELETE",
+            "/v1/orders".into(),
+            Some(alice),
+            vec![],
+            "",
+            405,
+            "method_not_allowed",
+        ),
+        case(
+            "GET",
+            "/v1/nowhere".into(),
+            None,
+            vec![],
+            "",
+            404,
+            "not_found",
+        ),
+    ];
+    for (method, path, token, headers, body, status, code) in cases {
+        let mut request = app
+            .http
+            .request(method.parse().unwrap(), app.url(&path))
+            .body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(
+                name,
+                reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let what = format!("{method} {path} ({code})");
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        assert_eq!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{what}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{what}");
+        assert_eq!(body["status"], status, "{what}");
+    }
+    app.shutdown().await;
 }

@@ -8,8 +8,9 @@
 //! `FUZZ_SEED` picks another sequence.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use axum::http::Method;
 use base64::Engine;
-use checkline_api::fuzzing::parse_request;
+use checkline_api::fuzzing::{parse_request, respond};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -46,6 +47,13 @@ const DICTIONARY: &[&str] = &[
     "&cursor=",
     "%00",
     "%FF",
+    "%C3%28",
+    "/v1/orders/%FF",
+    "/v1/products/%FF/restock",
+    "?limit=abc",
+    "?wait=x",
+    "content-type: text/plain",
+    "idempotency-key: a b",
     "eyJhbGciOiJub25lIn0.",
     "eyJhbGciOiJIUzI1NiJ9.",
     "::ffff:1.2.3.4",
@@ -129,6 +137,162 @@ fn mutated_corpus_never_breaks_the_parsers() {
         let mut input = seeds[rng.gen_range(0..seeds.len())].clone();
         mutate(&mut rng, &mut input, &seeds);
         parse_request(&input);
+    }
+}
+
+/// Each kind of input an extractor refuses, on every route that takes it,
+/// is a problem document with the contract's code.
+#[test]
+fn each_refused_input_is_a_problem_with_its_code() {
+    let id = "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d";
+    let json = "content-type: application/json";
+    let order = format!(r#"{{"product_id":"{id}","quantity":1}}"#);
+    let big = format!(
+        r#"{{"product_id":"{}","quantity":1}}"#,
+        "x".repeat(17 * 1024)
+    );
+    let cases = [
+        // Path ids that are not UTF-8 once decoded, or not ids.
+        (
+            Method::GET,
+            "/v1/orders/%FF\n\n".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        (
+            Method::GET,
+            "/v1/orders/%C3%28\n\n".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        (
+            Method::GET,
+            "/v1/orders/%FF/events\n\n".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        (
+            Method::GET,
+            "/v1/products/%FF\n\n".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        (
+            Method::GET,
+            "/v1/products/%FF/events\n\n".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/products/%FF\n{json}\n\n{{}}"),
+            400,
+            "invalid_id",
+        ),
+        (
+            Method::POST,
+            format!("/v1/products/%FF/restock\nidempotency-key: k\n{json}\n\n{{\"quantity\":1}}"),
+            400,
+            "invalid_id",
+        ),
+        (
+            Method::GET,
+            "/v1/orders/not-an-id\n\n".to_owned(),
+            400,
+            "invalid_id",
+        ),
+        // Query strings.
+        (
+            Method::GET,
+            "/v1/orders?limit=abc\n\n".to_owned(),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/products?cursor=%FF\n\n".to_owned(),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            format!("/v1/orders/{id}?wait=x\n\n"),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            format!("/v1/orders/{id}?wait=%FF\n\n"),
+            400,
+            "invalid_request",
+        ),
+        // Headers.
+        (
+            Method::POST,
+            format!("/v1/orders\n{json}\n\n{order}"),
+            400,
+            "missing_idempotency_key",
+        ),
+        (
+            Method::POST,
+            format!("/v1/orders\nidempotency-key: a b\n{json}\n\n{order}"),
+            400,
+            "invalid_idempotency_key",
+        ),
+        (
+            Method::POST,
+            format!("/v1/orders\nidempotency-key: k\n\n{order}"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            format!("/v1/orders\nidempotency-key: k\ncontent-type: text/plain\n\n{order}"),
+            415,
+            "unsupported_media_type",
+        ),
+        // Bodies.
+        (
+            Method::POST,
+            format!("/v1/orders\nidempotency-key: k\n{json}\n\n{{"),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!(
+                "/v1/orders\nidempotency-key: k\n{json}\n\n{{\"product_id\":1,\"quantity\":\"x\"}}"
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/v1/orders\nidempotency-key: k\n{json}\n\n{big}"),
+            413,
+            "payload_too_large",
+        ),
+        (
+            Method::POST,
+            format!("/v1/products\n{json}\n\n[]"),
+            400,
+            "invalid_request",
+        ),
+        // Routing.
+        (
+            Method::DELETE,
+            "/v1/orders\n\n".to_owned(),
+            405,
+            "method_not_allowed",
+        ),
+        (Method::GET, "/v1/nowhere\n\n".to_owned(), 404, "not_found"),
+    ];
+    for (method, input, status, code) in cases {
+        let what = format!("{method} {}", input.lines().next().unwrap());
+        let answer = respond(method, input.as_bytes()).expect(&what);
+        assert_eq!(answer.status.as_u16(), status, "{what}");
+        assert_eq!(answer.problem_code.as_deref(), Some(code), "{what}");
+        parse_request(input.as_bytes());
     }
 }
 

@@ -258,6 +258,7 @@ pub async fn get(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Order>, ApiError> {
+    caller.require_order_reader()?;
     let id = path_id(&id)?;
     let mut wait = Duration::ZERO;
     for (name, value) in &query {
@@ -368,6 +369,7 @@ pub async fn events(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    caller.require_order_reader()?;
     let id = path_id(&id)?;
     let order = load_visible(&state, &caller, id).await?;
     let keepalive = state.config.sse_keepalive;
