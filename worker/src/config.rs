@@ -34,6 +34,9 @@ pub struct WorkerConfig {
     /// listing the workers): NATS or PostgreSQL hanging must not stop the
     /// coordinator from renewing its other leases.
     pub lease_op_timeout: Duration,
+    /// How long a partition handed over to another worker may take to stop
+    /// before its task is aborted.
+    pub handover_timeout: Duration,
     /// PostgreSQL `statement_timeout` of the worker's sessions.
     pub db_statement_timeout: Duration,
     /// PostgreSQL `lock_timeout` of the worker's sessions: a take-over never
@@ -109,6 +112,12 @@ impl WorkerConfig {
                 10,
                 600_000,
             )?,
+            handover_timeout: env.millis(
+                "CHECKLINE_HANDOVER_TIMEOUT_MS",
+                ttl_ms / 2,
+                10,
+                600_000,
+            )?,
             db_statement_timeout: env.millis(
                 "CHECKLINE_DB_STATEMENT_TIMEOUT_MS",
                 5_000,
@@ -144,6 +153,12 @@ impl WorkerConfig {
                 "CHECKLINE_LEASE_OP_TIMEOUT_MS",
                 "CHECKLINE_REBALANCE_INTERVAL_MS plus twice this must be less than \
                  CHECKLINE_LEASE_TTL_MS, so that a slow renewal still lands in time",
+            ));
+        }
+        if config.handover_timeout >= config.lease_ttl {
+            return Err(ConfigError::new(
+                "CHECKLINE_HANDOVER_TIMEOUT_MS",
+                "must be less than CHECKLINE_LEASE_TTL_MS",
             ));
         }
         if config.db_lock_timeout >= config.lease_ttl {
@@ -188,6 +203,7 @@ mod tests {
         assert_eq!(c.db_lock_timeout, Duration::from_secs(2));
         assert_eq!(c.db_idle_in_transaction_timeout, Duration::from_secs(2));
         assert_eq!(c.lease_op_timeout, Duration::from_millis(1_500));
+        assert_eq!(c.handover_timeout, Duration::from_secs(3));
         // They follow a shorter TTL.
         let c = config(&[
             ("CHECKLINE_LEASE_TTL_MS", "2000"),
@@ -203,6 +219,7 @@ mod tests {
         for var in [
             "CHECKLINE_DB_LOCK_TIMEOUT_MS",
             "CHECKLINE_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            "CHECKLINE_HANDOVER_TIMEOUT_MS",
             "CHECKLINE_LEASE_OP_TIMEOUT_MS",
         ] {
             let err = config(&[(var, "6000")]).unwrap_err();

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::sync::watch;
@@ -26,19 +27,40 @@ struct Owned {
 }
 
 impl Owned {
-    /// Lets the partition loop finish its batch and waits for it.
-    async fn stop(self) -> Lease {
+    /// Lets the partition loop finish its batch and waits for it, for at
+    /// most `deadline`; then aborts it.
+    ///
+    /// Aborting is safe at any await of the loop: its only durable effect is
+    /// the batch transaction, which moves the cursor and writes the decisions
+    /// together and checks the fencing token, so an aborted batch either
+    /// committed whole or left nothing behind, and the next owner resumes
+    /// from the committed cursor. What comes after a commit (result events,
+    /// purges, requeues) is best effort and repeated or skipped harmlessly.
+    async fn stop(self, deadline: Duration) -> Lease {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            tracing::warn!(
+                partition = self.lease.partition,
+                ?deadline,
+                "partition loop did not stop in time; aborting it"
+            );
+            task.abort();
+        }
         self.lease
     }
 }
 
 /// Stops the partition loop and releases its lease, beside the coordinator.
-fn release_in_background(deps: &Deps, leases: &Leases, entry: Owned) -> JoinHandle<()> {
+fn release_in_background(
+    deps: &Deps,
+    leases: &Leases,
+    entry: Owned,
+    deadline: Duration,
+) -> JoinHandle<()> {
     let (deps, leases) = (deps.clone(), leases.clone());
     tokio::spawn(async move {
-        let lease = entry.stop().await;
+        let lease = entry.stop(deadline).await;
         leases.release(&deps.pool, lease).await;
         deps.metrics.leases_released.fetch_add(1, Relaxed);
     })
@@ -100,7 +122,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
         for p in ended {
             if let Some(entry) = owned.remove(&p) {
                 tracing::info!(partition = p, "partition loop ended; releasing");
-                let task = release_in_background(&deps, &leases, entry);
+                let task = release_in_background(&deps, &leases, entry, config.handover_timeout);
                 releasing.insert(p, task);
             }
         }
@@ -151,7 +173,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
         for p in surplus {
             if let Some(entry) = owned.remove(&p) {
                 tracing::info!(partition = p, "handing the partition over");
-                let task = release_in_background(&deps, &leases, entry);
+                let task = release_in_background(&deps, &leases, entry, config.handover_timeout);
                 releasing.insert(p, task);
             }
         }
@@ -180,7 +202,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
     }
     let hand_over = async {
         let stopping = owned.into_values().map(|entry| async {
-            let lease = entry.stop().await;
+            let lease = entry.stop(config.handover_timeout).await;
             leases.release(&deps.pool, lease).await;
         });
         // Whatever an acquisition under way still takes is given back too.

@@ -47,8 +47,9 @@ pub async fn ensure_stream(
 }
 
 /// Copies a message to the dead-letter stream and waits for the
-/// acknowledgement. Deduplicated on the original stream sequence, so a
-/// replayed batch does not dead-letter the same message twice.
+/// acknowledgement, for at most `limit`. Deduplicated on the original stream
+/// sequence, so a replayed batch does not dead-letter the same message twice.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -57,6 +58,7 @@ pub async fn send(
     original_sequence: u64,
     payload: bytes::Bytes,
     reason: &str,
+    limit: std::time::Duration,
 ) -> Result<(), DeadLetterError> {
     let mut headers = HeaderMap::new();
     headers.insert(REASON, reason);
@@ -66,11 +68,16 @@ pub async fn send(
         async_nats::header::NATS_MESSAGE_ID,
         format!("{}:{original_sequence}", subjects.stream_name()).as_str(),
     );
-    js.publish_with_headers(subjects.dead_letter_subject(partition), headers, payload)
+    let stored = async {
+        js.publish_with_headers(subjects.dead_letter_subject(partition), headers, payload)
+            .await
+            .map_err(err)?
+            .await
+            .map_err(err)
+    };
+    tokio::time::timeout(limit, stored)
         .await
-        .map_err(err)?
-        .await
-        .map_err(err)?;
+        .map_err(|_| DeadLetterError::Stream(format!("no acknowledgement within {limit:?}")))??;
     Ok(())
 }
 

@@ -242,3 +242,80 @@ async fn a_worker_paused_mid_batch_does_not_freeze_failover() {
     }
     Arc::into_inner(app).unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn a_partition_stuck_in_an_await_is_handed_over_within_the_deadline() {
+    let app = Arc::new(TestApp::spawn_without_worker().await);
+    let products = products(&app, 4, 10).await;
+    // Long leases: only the hand-over deadline can move the stuck partition
+    // quickly; waiting for its lease to expire would take 20 s.
+    let settings = [
+        ("CHECKLINE_LEASE_TTL_MS", "20000"),
+        ("CHECKLINE_HANDOVER_TIMEOUT_MS", "1000"),
+    ];
+    let mut hang_settings = settings.to_vec();
+    hang_settings.push(("CHECKLINE_HANG_AT", "publish"));
+    let mut a = spawn_worker(&app, "hang-a", &hang_settings);
+    wait_owners(&app, Duration::from_secs(20), |o| {
+        o.values().all(|w| w.as_deref() == Some("hang-a"))
+    })
+    .await;
+
+    // An order on partition 1 (which hang-b will get): its batch commits,
+    // then the partition task hangs publishing the result.
+    let mut on_p1 = None;
+    for pid in &products {
+        if app.product(pid).await["partition"] == 1 {
+            on_p1 = Some(pid.clone());
+        }
+    }
+    let p1 = on_p1.expect("a product on partition 1");
+    let alice = app.customer("alice");
+    let response = app.order(&alice, "k-1", &p1, 1).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let first = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.decided(&alice, &first).await["status"], "confirmed");
+    let before = tokens(&app).await;
+
+    // hang-b joins: hang-a hands partitions 1 and 3 over, the stuck one
+    // within the deadline, and keeps renewing 0 and 2 meanwhile.
+    let mut b = spawn_worker(&app, "hang-b", &settings);
+    let took = wait_owners(&app, Duration::from_secs(15), |o| {
+        split_evenly(o, "hang-a", "hang-b")
+    })
+    .await;
+    assert!(
+        took < Duration::from_secs(6),
+        "hand-over took {took:?}, as if waiting for the stuck task or the 20 s lease"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = tokens(&app).await;
+    assert!(
+        split_evenly(&owners(&app).await, "hang-a", "hang-b"),
+        "hang-a kept its partitions"
+    );
+    assert_eq!(
+        (after[0], after[2]),
+        (before[0], before[2]),
+        "hang-a never lost partitions 0 and 2"
+    );
+
+    // The new owner decides partition 1's next orders.
+    let bob = app.customer("bob");
+    let response = app.order(&bob, "k-2", &p1, 1).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let second = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.decided(&bob, &second).await["status"], "confirmed");
+    assert!(app.balanced(&p1).await);
+    for child in [&mut a, &mut b] {
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+    }
+    Arc::into_inner(app).unwrap().shutdown().await;
+}
