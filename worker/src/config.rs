@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     /// How long a partition handed over to another worker may take to stop
     /// before its task is aborted.
     pub handover_timeout: Duration,
+    /// Bytes the dead-letter stream may hold. When it is full a new dead
+    /// letter is refused, and its partition waits at that message.
+    pub dead_letter_max_bytes: i64,
     /// PostgreSQL `statement_timeout` of the worker's sessions.
     pub db_statement_timeout: Duration,
     /// PostgreSQL `lock_timeout` of the worker's sessions: a take-over never
@@ -118,6 +121,7 @@ impl WorkerConfig {
                 10,
                 600_000,
             )?,
+            dead_letter_max_bytes: dead_letter_max_bytes(env)?,
             db_statement_timeout: env.millis(
                 "CHECKLINE_DB_STATEMENT_TIMEOUT_MS",
                 5_000,
@@ -188,6 +192,17 @@ impl WorkerConfig {
     }
 }
 
+/// `CHECKLINE_DEAD_LETTER_MAX_BYTES`, also read by the `dead-letters`
+/// commands (which create the stream when it is missing).
+pub fn dead_letter_max_bytes(env: &Env) -> Result<i64, ConfigError> {
+    env.number(
+        "CHECKLINE_DEAD_LETTER_MAX_BYTES",
+        256 * 1024 * 1024,
+        1024,
+        i64::MAX,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +240,7 @@ mod tests {
             let err = config(&[(var, "6000")]).unwrap_err();
             assert_eq!(err.var, var);
         }
+        let err = config(&[("CHECKLINE_DEAD_LETTER_MAX_BYTES", "10")]).unwrap_err();
+        assert_eq!(err.var, "CHECKLINE_DEAD_LETTER_MAX_BYTES");
     }
 }

@@ -79,7 +79,7 @@ pub async fn run(
     let client = queue::connect(common, &format!("checkline-worker {}", config.worker_id)).await?;
     let js = async_nats::jetstream::new(client.clone());
     let stream = queue::ensure_stream(&js, &subjects, StreamLimits::from_config(common)).await?;
-    deadletter::ensure_stream(&js, &subjects).await?;
+    deadletter::ensure_stream(&js, &subjects, config.dead_letter_max_bytes).await?;
     let partitions = common.partitions;
     let metrics = Arc::new(metrics::Metrics::default());
     if let Some(addr) = config.metrics_addr {

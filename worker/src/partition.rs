@@ -218,7 +218,14 @@ async fn consume(
                 config.common.publish_timeout,
             )
             .await
-            .map_err(|e| LoopError::Queue(e.to_string()))?;
+            .map_err(|e| {
+                // Never move past a dead letter that was not stored.
+                deps.metrics
+                    .dead_letter_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(sequence, error = %e, "dead letter not stored; the partition waits at it (make room: replay or purge dead letters, or raise CHECKLINE_DEAD_LETTER_MAX_BYTES)");
+                LoopError::Queue(e.to_string())
+            })?;
             deps.metrics
                 .dead_letters
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
