@@ -38,13 +38,59 @@ pub struct PoolSettings {
     pub startup_timeout: Duration,
 }
 
+/// Server-side bounds set on every connection of a pool (PostgreSQL session
+/// settings); `None` leaves the server's default (usually unbounded).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionTimeouts {
+    /// `statement_timeout`: the longest any one statement may run.
+    pub statement: Option<Duration>,
+    /// `lock_timeout`: the longest a statement may wait for a lock.
+    pub lock: Option<Duration>,
+    /// `idle_in_transaction_session_timeout`: a session left idle inside a
+    /// transaction this long (its client paused or gone) is ended, and its
+    /// locks with it.
+    pub idle_in_transaction: Option<Duration>,
+}
+
+impl SessionTimeouts {
+    fn options(&self) -> Vec<(&'static str, String)> {
+        [
+            ("statement_timeout", self.statement),
+            ("lock_timeout", self.lock),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, d)| d.map(|d| (name, format!("{}ms", d.as_millis().max(1)))))
+        .collect()
+    }
+}
+
 /// Creates the database if it is missing, connects a pool and applies the
 /// migrations. Retries with backoff while the server is not up yet.
 pub async fn connect_and_migrate(
     url: &str,
     settings: PoolSettings,
 ) -> Result<PgPool, DbSetupError> {
-    let options = PgConnectOptions::from_str(url).map_err(|e| DbSetupError::Url(e.to_string()))?;
+    connect_and_migrate_with(url, settings, SessionTimeouts::default()).await
+}
+
+/// [`connect_and_migrate`], with `session` timeouts on every pooled
+/// connection (the migrations themselves run unbounded).
+pub async fn connect_and_migrate_with(
+    url: &str,
+    settings: PoolSettings,
+    session: SessionTimeouts,
+) -> Result<PgPool, DbSetupError> {
+    let base = PgConnectOptions::from_str(url).map_err(|e| DbSetupError::Url(e.to_string()))?;
+    let timeouts = session.options();
+    let options = if timeouts.is_empty() {
+        base.clone()
+    } else {
+        base.clone().options(timeouts)
+    };
     let retry = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(2))
@@ -64,7 +110,21 @@ pub async fn connect_and_migrate(
     .await
     .map_err(DbSetupError::Connect)?;
     // The migrator takes an advisory lock: api and worker may start together.
-    MIGRATOR.run(&pool).await?;
+    if session.options().is_empty() {
+        MIGRATOR.run(&pool).await?;
+    } else {
+        // Waiting for another process's migrations, or a long one, must not
+        // trip the sessions' timeouts: migrate through a connection of its own.
+        let unbounded = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(base)
+            .await
+            .map_err(DbSetupError::Connect)?;
+        let migrated = MIGRATOR.run(&unbounded).await;
+        unbounded.close().await;
+        migrated?;
+    }
     Ok(pool)
 }
 

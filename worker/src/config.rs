@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use checkline_shared::config::{CommonConfig, ConfigError, Env};
+use checkline_shared::db::SessionTimeouts;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -29,6 +30,26 @@ pub struct WorkerConfig {
     /// On SIGTERM, how long to wait for the batch in hand and the lease
     /// releases before exiting anyway.
     pub shutdown_timeout: Duration,
+    /// Deadline of one lease operation (heartbeat, acquire, renew, release,
+    /// listing the workers): NATS or PostgreSQL hanging must not stop the
+    /// coordinator from renewing its other leases.
+    pub lease_op_timeout: Duration,
+    /// How long a partition handed over to another worker may take to stop
+    /// before its task is aborted.
+    pub handover_timeout: Duration,
+    /// Bytes the dead-letter stream may hold. When it is full a new dead
+    /// letter is refused, and its partition waits at that message.
+    pub dead_letter_max_bytes: i64,
+    /// PostgreSQL `statement_timeout` of the worker's sessions.
+    pub db_statement_timeout: Duration,
+    /// PostgreSQL `lock_timeout` of the worker's sessions: a take-over never
+    /// waits on a lock for longer than this.
+    pub db_lock_timeout: Duration,
+    /// PostgreSQL `idle_in_transaction_session_timeout` of the worker's
+    /// sessions: the transaction of a paused worker is ended (and its locks
+    /// freed) this long after its last statement, before its leases expire.
+    pub db_idle_in_transaction_timeout: Duration,
+
     /// Where `/metrics` is served; `None` (the variable empty) turns it off.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -65,6 +86,8 @@ impl WorkerConfig {
                 "1-64 characters of A-Z, a-z, 0-9, _ and -",
             ));
         }
+        let lease_ttl = env.millis("CHECKLINE_LEASE_TTL_MS", 6_000, 1_000, 600_000)?;
+        let ttl_ms = u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX);
         let config = Self {
             worker_id,
             batch_max: env.number("CHECKLINE_BATCH_MAX", 1000, 1, 10_000)?,
@@ -78,12 +101,38 @@ impl WorkerConfig {
             retry_max_delay: env.millis("CHECKLINE_RETRY_MAX_DELAY_MS", 5_000, 10, 60_000)?,
             idle_after: env.millis("CHECKLINE_IDLE_AFTER_MS", 1_000, 10, 60_000)?,
             requeue_batch_max: env.number("CHECKLINE_REQUEUE_BATCH_MAX", 1_000, 1, 100_000)?,
-            lease_ttl: env.millis("CHECKLINE_LEASE_TTL_MS", 6_000, 1_000, 600_000)?,
+            lease_ttl,
             rebalance_interval: env.millis("CHECKLINE_REBALANCE_INTERVAL_MS", 1_000, 50, 60_000)?,
             shutdown_timeout: env.millis(
                 "CHECKLINE_WORKER_SHUTDOWN_TIMEOUT_MS",
                 10_000,
                 0,
+                600_000,
+            )?,
+            lease_op_timeout: env.millis(
+                "CHECKLINE_LEASE_OP_TIMEOUT_MS",
+                ttl_ms / 4,
+                10,
+                600_000,
+            )?,
+            handover_timeout: env.millis(
+                "CHECKLINE_HANDOVER_TIMEOUT_MS",
+                ttl_ms / 2,
+                10,
+                600_000,
+            )?,
+            dead_letter_max_bytes: dead_letter_max_bytes(env)?,
+            db_statement_timeout: env.millis(
+                "CHECKLINE_DB_STATEMENT_TIMEOUT_MS",
+                5_000,
+                100,
+                3_600_000,
+            )?,
+            db_lock_timeout: env.millis("CHECKLINE_DB_LOCK_TIMEOUT_MS", ttl_ms / 3, 10, 600_000)?,
+            db_idle_in_transaction_timeout: env.millis(
+                "CHECKLINE_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                ttl_ms / 3,
+                100,
                 600_000,
             )?,
             metrics_addr: match env.raw("CHECKLINE_WORKER_METRICS_ADDR") {
@@ -103,6 +152,95 @@ impl WorkerConfig {
                 "must be less than half of CHECKLINE_LEASE_TTL_MS, so that leases are renewed in time",
             ));
         }
+        if config.rebalance_interval + config.lease_op_timeout * 2 >= config.lease_ttl {
+            return Err(ConfigError::new(
+                "CHECKLINE_LEASE_OP_TIMEOUT_MS",
+                "CHECKLINE_REBALANCE_INTERVAL_MS plus twice this must be less than \
+                 CHECKLINE_LEASE_TTL_MS, so that a slow renewal still lands in time",
+            ));
+        }
+        if config.handover_timeout >= config.lease_ttl {
+            return Err(ConfigError::new(
+                "CHECKLINE_HANDOVER_TIMEOUT_MS",
+                "must be less than CHECKLINE_LEASE_TTL_MS",
+            ));
+        }
+        if config.db_lock_timeout >= config.lease_ttl {
+            return Err(ConfigError::new(
+                "CHECKLINE_DB_LOCK_TIMEOUT_MS",
+                "must be less than CHECKLINE_LEASE_TTL_MS, so that a take-over is never held up \
+                 longer than a lease",
+            ));
+        }
+        if config.db_idle_in_transaction_timeout >= config.lease_ttl {
+            return Err(ConfigError::new(
+                "CHECKLINE_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                "must be less than CHECKLINE_LEASE_TTL_MS, so that a paused worker's locks are \
+                 gone before its leases expire",
+            ));
+        }
         Ok(config)
+    }
+
+    /// The bounds set on every PostgreSQL session of the worker.
+    pub fn session_timeouts(&self) -> SessionTimeouts {
+        SessionTimeouts {
+            statement: Some(self.db_statement_timeout),
+            lock: Some(self.db_lock_timeout),
+            idle_in_transaction: Some(self.db_idle_in_transaction_timeout),
+        }
+    }
+}
+
+/// `CHECKLINE_DEAD_LETTER_MAX_BYTES`, also read by the `dead-letters`
+/// commands (which create the stream when it is missing).
+pub fn dead_letter_max_bytes(env: &Env) -> Result<i64, ConfigError> {
+    env.number(
+        "CHECKLINE_DEAD_LETTER_MAX_BYTES",
+        256 * 1024 * 1024,
+        1024,
+        i64::MAX,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&'static str, &'static str)]) -> Result<WorkerConfig, ConfigError> {
+        WorkerConfig::from_env(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn timeouts_default_below_the_lease_ttl() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.lease_ttl, Duration::from_secs(6));
+        assert_eq!(c.db_lock_timeout, Duration::from_secs(2));
+        assert_eq!(c.db_idle_in_transaction_timeout, Duration::from_secs(2));
+        assert_eq!(c.lease_op_timeout, Duration::from_millis(1_500));
+        assert_eq!(c.handover_timeout, Duration::from_secs(3));
+        // They follow a shorter TTL.
+        let c = config(&[
+            ("CHECKLINE_LEASE_TTL_MS", "2000"),
+            ("CHECKLINE_REBALANCE_INTERVAL_MS", "200"),
+        ])
+        .unwrap();
+        assert_eq!(c.db_idle_in_transaction_timeout, Duration::from_millis(666));
+        assert_eq!(c.lease_op_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn timeouts_at_or_above_the_lease_ttl_are_refused() {
+        for var in [
+            "CHECKLINE_DB_LOCK_TIMEOUT_MS",
+            "CHECKLINE_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            "CHECKLINE_HANDOVER_TIMEOUT_MS",
+            "CHECKLINE_LEASE_OP_TIMEOUT_MS",
+        ] {
+            let err = config(&[(var, "6000")]).unwrap_err();
+            assert_eq!(err.var, var);
+        }
+        let err = config(&[("CHECKLINE_DEAD_LETTER_MAX_BYTES", "10")]).unwrap_err();
+        assert_eq!(err.var, "CHECKLINE_DEAD_LETTER_MAX_BYTES");
     }
 }

@@ -1,14 +1,23 @@
 //! Which partitions this worker runs: heartbeat, renew leases, follow the
 //! assignment as workers come and go, and hand partitions over cleanly.
+//!
+//! The loop itself only does bounded work: the heartbeat, the renewals and
+//! the listing of live workers run together, each under the lease operation
+//! deadline. Acquisitions (whose fencing update may queue behind a paused
+//! former owner's transaction) and hand-overs (which wait for a partition
+//! task to stop) run beside it, so no single partition can keep the worker
+//! from renewing the leases of the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
+use futures::future::join_all;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::lease::{assignment, Lease, Leases};
+use crate::lease::{assignment, Lease, LeaseError, Leases};
 use crate::partition::{self, Deps};
 
 struct Owned {
@@ -18,12 +27,43 @@ struct Owned {
 }
 
 impl Owned {
-    /// Lets the partition loop finish its batch and waits for it.
-    async fn stop(self) -> Lease {
+    /// Lets the partition loop finish its batch and waits for it, for at
+    /// most `deadline`; then aborts it.
+    ///
+    /// Aborting is safe at any await of the loop: its only durable effect is
+    /// the batch transaction, which moves the cursor and writes the decisions
+    /// together and checks the fencing token, so an aborted batch either
+    /// committed whole or left nothing behind, and the next owner resumes
+    /// from the committed cursor. What comes after a commit (result events,
+    /// purges, requeues) is best effort and repeated or skipped harmlessly.
+    async fn stop(self, deadline: Duration) -> Lease {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            tracing::warn!(
+                partition = self.lease.partition,
+                ?deadline,
+                "partition loop did not stop in time; aborting it"
+            );
+            task.abort();
+        }
         self.lease
     }
+}
+
+/// Stops the partition loop and releases its lease, beside the coordinator.
+fn release_in_background(
+    deps: &Deps,
+    leases: &Leases,
+    entry: Owned,
+    deadline: Duration,
+) -> JoinHandle<()> {
+    let (deps, leases) = (deps.clone(), leases.clone());
+    tokio::spawn(async move {
+        let lease = entry.stop(deadline).await;
+        leases.release(&deps.pool, lease).await;
+        deps.metrics.leases_released.fetch_add(1, Relaxed);
+    })
 }
 
 /// Runs until `shutdown` resolves, then stops every partition loop (each
@@ -32,6 +72,9 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
     let config = deps.config.clone();
     let partitions = config.common.partitions;
     let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
+    let mut acquiring: BTreeMap<u32, JoinHandle<Result<Option<Lease>, LeaseError>>> =
+        BTreeMap::new();
+    let mut releasing: BTreeMap<u32, JoinHandle<()>> = BTreeMap::new();
     let mut ticker = tokio::time::interval(config.rebalance_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -40,37 +83,77 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
             () = &mut shutdown => break,
             _ = ticker.tick() => {}
         }
-        if let Err(err) = leases.heartbeat().await {
-            tracing::warn!(error = %err, "heartbeat failed");
-        }
+        releasing.retain(|_, task| !task.is_finished());
 
-        // Keep what is still ours; forget loops that ended (fenced) and
-        // leases that could not be renewed (expired or taken).
-        let held: Vec<u32> = owned.keys().copied().collect();
-        for p in held {
-            let Some(mut entry) = owned.remove(&p) else {
+        // Acquisitions that completed since the last round.
+        let done: Vec<u32> = acquiring
+            .iter()
+            .filter(|(_, task)| task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in done {
+            let Some(task) = acquiring.remove(&p) else {
                 continue;
             };
-            if entry.task.is_finished() {
-                tracing::info!(partition = p, "partition loop ended; releasing");
-                leases.release(&deps.pool, entry.lease).await;
-                deps.metrics.leases_released.fetch_add(1, Relaxed);
-                continue;
-            }
-            match leases.renew(&mut entry.lease).await {
-                Ok(()) => {
-                    owned.insert(p, entry);
+            match task.await {
+                Ok(Ok(Some(lease))) => {
+                    tracing::info!(partition = p, token = lease.token, "partition acquired");
+                    deps.metrics.leases_acquired.fetch_add(1, Relaxed);
+                    let (stop, stopped) = watch::channel(false);
+                    let task = tokio::spawn(partition::run(deps.clone(), p, lease.token, stopped));
+                    owned.insert(p, Owned { lease, stop, task });
                 }
-                Err(err) => {
-                    tracing::warn!(partition = p, error = %err, "lease lost; stopping the partition");
-                    deps.metrics.leases_lost.fetch_add(1, Relaxed);
-                    let _ = entry.stop.send(true);
-                    entry.task.abort();
+                Ok(Ok(None)) => {
+                    tracing::debug!(partition = p, "partition still held by another worker")
                 }
+                Ok(Err(err)) => {
+                    tracing::warn!(partition = p, error = %err, "cannot acquire partition")
+                }
+                Err(err) => tracing::warn!(partition = p, error = %err, "acquisition failed"),
             }
         }
 
-        let live = match leases.live_workers().await {
+        // Forget loops that ended (fenced).
+        let ended: Vec<u32> = owned
+            .iter()
+            .filter(|(_, entry)| entry.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in ended {
+            if let Some(entry) = owned.remove(&p) {
+                tracing::info!(partition = p, "partition loop ended; releasing");
+                let task = release_in_background(&deps, &leases, entry, config.handover_timeout);
+                releasing.insert(p, task);
+            }
+        }
+
+        // Heartbeat, renewals and the roll call at once, each bounded.
+        let renewals = join_all(
+            owned
+                .iter_mut()
+                .map(|(p, entry)| async { (*p, leases.renew(&mut entry.lease).await) }),
+        );
+        let (heartbeat, renewals, live) =
+            tokio::join!(leases.heartbeat(), renewals, leases.live_workers());
+        if let Err(err) = heartbeat {
+            tracing::warn!(error = %err, "heartbeat failed");
+        }
+        for (p, renewed) in renewals {
+            let Err(err) = renewed else {
+                continue;
+            };
+            tracing::warn!(partition = p, error = %err, "lease lost; stopping the partition");
+            deps.metrics.leases_lost.fetch_add(1, Relaxed);
+            if let Some(entry) = owned.remove(&p) {
+                let _ = entry.stop.send(true);
+                entry.task.abort();
+            }
+        }
+        deps.metrics
+            .partitions_owned
+            .store(owned.len() as u64, Relaxed);
+
+        let live = match live {
             Ok(live) => live,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot list workers; keeping the current partitions");
@@ -87,38 +170,24 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
             .filter(|p| !wanted.contains(p))
             .copied()
             .collect();
-        let mut stopping = Vec::new();
         for p in surplus {
             if let Some(entry) = owned.remove(&p) {
-                let _ = entry.stop.send(true);
-                stopping.push(entry);
+                tracing::info!(partition = p, "handing the partition over");
+                let task = release_in_background(&deps, &leases, entry, config.handover_timeout);
+                releasing.insert(p, task);
             }
-        }
-        for entry in stopping {
-            let lease = entry.stop().await;
-            tracing::info!(partition = lease.partition, "partition handed over");
-            leases.release(&deps.pool, lease).await;
-            deps.metrics.leases_released.fetch_add(1, Relaxed);
         }
 
-        // Take what is ours and free.
+        // Take what is ours and free (not while its release is under way).
         for p in wanted {
-            if owned.contains_key(&p) {
+            if owned.contains_key(&p) || acquiring.contains_key(&p) || releasing.contains_key(&p) {
                 continue;
             }
-            match leases.acquire(&deps.pool, p).await {
-                Ok(Some(lease)) => {
-                    tracing::info!(partition = p, token = lease.token, "partition acquired");
-                    deps.metrics.leases_acquired.fetch_add(1, Relaxed);
-                    let (stop, stopped) = watch::channel(false);
-                    let task = tokio::spawn(partition::run(deps.clone(), p, lease.token, stopped));
-                    owned.insert(p, Owned { lease, stop, task });
-                }
-                Ok(None) => {
-                    tracing::debug!(partition = p, "partition still held by another worker")
-                }
-                Err(err) => tracing::warn!(partition = p, error = %err, "cannot acquire partition"),
-            }
+            let (leases, pool) = (leases.clone(), deps.pool.clone());
+            acquiring.insert(
+                p,
+                tokio::spawn(async move { leases.acquire(&pool, p).await }),
+            );
         }
         deps.metrics
             .partitions_owned
@@ -132,10 +201,21 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
         let _ = entry.stop.send(true);
     }
     let hand_over = async {
-        for (_, entry) in owned {
-            let lease = entry.stop().await;
+        let stopping = owned.into_values().map(|entry| async {
+            let lease = entry.stop(config.handover_timeout).await;
             leases.release(&deps.pool, lease).await;
-        }
+        });
+        // Whatever an acquisition under way still takes is given back too.
+        let acquired = acquiring.into_values().map(|task| async {
+            if let Ok(Ok(Some(lease))) = task.await {
+                leases.release(&deps.pool, lease).await;
+            }
+        });
+        tokio::join!(
+            join_all(stopping),
+            join_all(acquired),
+            join_all(releasing.into_values())
+        );
         leases.leave().await;
     };
     if tokio::time::timeout(config.shutdown_timeout, hand_over)

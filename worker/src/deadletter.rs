@@ -1,9 +1,11 @@
 //! Dead letters: queue messages that can never be processed (they do not
 //! decode) are copied, with the reason, to the `<PREFIX>_DEADLETTER` stream
-//! before the partition's cursor moves past them, so they never block their
-//! partition and are never lost. Transient failures are retried instead and
-//! never end up here. Ops list, inspect and replay them with
-//! `checkline-worker dead-letters`.
+//! before the partition's cursor moves past them, so they do not block their
+//! partition and are never lost. The stream refuses new dead letters when
+//! full (`discard=new`, `CHECKLINE_DEAD_LETTER_MAX_BYTES`) rather than drop
+//! old ones; the partition then waits at the message, retrying, until ops
+//! make room. Transient failures are retried instead and never end up here.
+//! Ops list, inspect and replay them with `checkline-worker dead-letters`.
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, stream};
@@ -25,10 +27,11 @@ fn err(e: impl std::fmt::Display) -> DeadLetterError {
     DeadLetterError::Stream(e.to_string())
 }
 
-/// Creates the dead-letter stream if missing.
+/// Creates the dead-letter stream if missing, holding at most `max_bytes`.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     subjects: &Subjects,
+    max_bytes: i64,
 ) -> Result<stream::Stream, DeadLetterError> {
     let config = stream::Config {
         name: subjects.dead_letter_stream(),
@@ -36,19 +39,27 @@ pub async fn ensure_stream(
         subjects: vec![subjects.dead_letters_all()],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::Old,
-        max_bytes: 256 * 1024 * 1024,
+        // Full means refuse, never drop: a refused dead letter keeps its
+        // partition waiting at it; a dropped one would be lost.
+        discard: stream::DiscardPolicy::New,
+        max_bytes,
         ..Default::default()
     };
     match js.create_stream(config.clone()).await {
         Ok(stream) => Ok(stream),
-        Err(_) => js.get_stream(&config.name).await.map_err(err),
+        Err(_) => {
+            // It exists: it keeps its messages and takes the current limits
+            // (streams made before dropped their oldest letters when full).
+            js.update_stream(config.clone()).await.map_err(err)?;
+            js.get_stream(&config.name).await.map_err(err)
+        }
     }
 }
 
 /// Copies a message to the dead-letter stream and waits for the
-/// acknowledgement. Deduplicated on the original stream sequence, so a
-/// replayed batch does not dead-letter the same message twice.
+/// acknowledgement, for at most `limit`. Deduplicated on the original stream
+/// sequence, so a replayed batch does not dead-letter the same message twice.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -57,6 +68,7 @@ pub async fn send(
     original_sequence: u64,
     payload: bytes::Bytes,
     reason: &str,
+    limit: std::time::Duration,
 ) -> Result<(), DeadLetterError> {
     let mut headers = HeaderMap::new();
     headers.insert(REASON, reason);
@@ -66,11 +78,16 @@ pub async fn send(
         async_nats::header::NATS_MESSAGE_ID,
         format!("{}:{original_sequence}", subjects.stream_name()).as_str(),
     );
-    js.publish_with_headers(subjects.dead_letter_subject(partition), headers, payload)
+    let stored = async {
+        js.publish_with_headers(subjects.dead_letter_subject(partition), headers, payload)
+            .await
+            .map_err(err)?
+            .await
+            .map_err(err)
+    };
+    tokio::time::timeout(limit, stored)
         .await
-        .map_err(err)?
-        .await
-        .map_err(err)?;
+        .map_err(|_| DeadLetterError::Stream(format!("no acknowledgement within {limit:?}")))??;
     Ok(())
 }
 

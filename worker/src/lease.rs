@@ -30,12 +30,29 @@ pub enum LeaseError {
     Store(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+}
+
+/// Runs one lease operation within `limit`: a NATS or PostgreSQL that stops
+/// answering must not hold up the coordinator.
+async fn bounded<T>(
+    limit: Duration,
+    what: &'static str,
+    op: impl std::future::Future<Output = Result<T, LeaseError>>,
+) -> Result<T, LeaseError> {
+    tokio::time::timeout(limit, op)
+        .await
+        .unwrap_or(Err(LeaseError::Timeout(what)))
 }
 
 /// This worker's view of the lease bucket.
+#[derive(Clone)]
 pub struct Leases {
     store: kv::Store,
     worker_id: String,
+    /// Deadline of each operation.
+    op_timeout: Duration,
 }
 
 /// A held partition lease.
@@ -48,12 +65,14 @@ pub struct Lease {
 }
 
 impl Leases {
-    /// Opens (or creates) the bucket `<PREFIX>_LEASES` with the given TTL.
+    /// Opens (or creates) the bucket `<PREFIX>_LEASES` with the given TTL;
+    /// every later operation is bounded by `op_timeout`.
     pub async fn open(
         js: &jetstream::Context,
         subjects: &Subjects,
         worker_id: &str,
         ttl: Duration,
+        op_timeout: Duration,
     ) -> Result<Self, LeaseError> {
         let bucket = subjects.lease_bucket();
         let config = kv::Config {
@@ -76,31 +95,37 @@ impl Leases {
         Ok(Self {
             store,
             worker_id: worker_id.to_owned(),
+            op_timeout,
         })
     }
 
     /// Announces that this worker is alive (for the TTL).
     pub async fn heartbeat(&self) -> Result<(), LeaseError> {
-        self.store
-            .put(
-                format!("w.{}", self.worker_id),
-                Bytes::from(self.worker_id.clone()),
-            )
-            .await
-            .map_err(|e| LeaseError::Store(e.to_string()))?;
-        Ok(())
+        bounded(self.op_timeout, "heartbeat", async {
+            self.store
+                .put(
+                    format!("w.{}", self.worker_id),
+                    Bytes::from(self.worker_id.clone()),
+                )
+                .await
+                .map_err(|e| LeaseError::Store(e.to_string()))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Live workers, sorted.
     pub async fn live_workers(&self) -> Result<Vec<String>, LeaseError> {
-        let keys: Vec<String> = self
-            .store
-            .keys()
-            .await
-            .map_err(|e| LeaseError::Store(e.to_string()))?
-            .try_collect()
-            .await
-            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        let keys: Vec<String> = bounded(self.op_timeout, "listing the workers", async {
+            self.store
+                .keys()
+                .await
+                .map_err(|e| LeaseError::Store(e.to_string()))?
+                .try_collect()
+                .await
+                .map_err(|e| LeaseError::Store(e.to_string()))
+        })
+        .await?;
         let mut workers: Vec<String> = keys
             .into_iter()
             .filter_map(|k| k.strip_prefix("w.").map(str::to_owned))
@@ -110,42 +135,49 @@ impl Leases {
     }
 
     /// Takes the partition if nobody holds it, and fences out any former
-    /// owner. `None` when another worker holds it.
+    /// owner. `None` when another worker holds it. Bounded: the fencing
+    /// update may queue behind a paused former owner's transaction, which
+    /// the session's lock timeout (and, past it, this deadline) cuts short.
     pub async fn acquire(
         &self,
         pool: &PgPool,
         partition: u32,
     ) -> Result<Option<Lease>, LeaseError> {
-        let revision = match self
-            .store
-            .create(
-                format!("p.{partition}"),
-                Bytes::from(self.worker_id.clone()),
-            )
+        let create = self.store.create(
+            format!("p.{partition}"),
+            Bytes::from(self.worker_id.clone()),
+        );
+        let created = tokio::time::timeout(self.op_timeout, create)
             .await
-        {
+            .map_err(|_| LeaseError::Timeout("creating the lease"))?;
+        let revision = match created {
             Ok(revision) => revision,
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
             Err(err) => return Err(LeaseError::Store(err.to_string())),
         };
-        let token: Result<i64, sqlx::Error> = sqlx::query_scalar(
+        let token = sqlx::query_scalar::<_, i64>(
             "UPDATE partition_cursors SET fencing_token = fencing_token + 1, owner = $2, updated_at = now() \
              WHERE partition = $1 RETURNING fencing_token",
         )
         .bind(i32::try_from(partition).unwrap_or(i32::MAX))
         .bind(&self.worker_id)
-        .fetch_one(pool)
-        .await;
-        let token = match token {
-            Ok(token) => token,
-            Err(err) => {
+        .fetch_one(pool);
+        let token = match tokio::time::timeout(self.op_timeout, token).await {
+            Ok(Ok(token)) => token,
+            failed => {
                 // Without a token the lease is useless: give it back rather
-                // than sit on it until it expires.
-                let _ = self
-                    .store
-                    .delete_expect_revision(format!("p.{partition}"), Some(revision))
-                    .await;
-                return Err(err.into());
+                // than sit on it until it expires. (Had the update committed
+                // after all, it only fenced out an owner whose lease was gone.)
+                let _ = tokio::time::timeout(
+                    self.op_timeout,
+                    self.store
+                        .delete_expect_revision(format!("p.{partition}"), Some(revision)),
+                )
+                .await;
+                return Err(match failed {
+                    Ok(Err(err)) => err.into(),
+                    _ => LeaseError::Timeout("fencing the partition"),
+                });
             }
         };
         Ok(Some(Lease {
@@ -157,40 +189,51 @@ impl Leases {
 
     /// Extends the lease; an error means it is lost (expired, or taken).
     pub async fn renew(&self, lease: &mut Lease) -> Result<(), LeaseError> {
-        lease.revision = self
-            .store
-            .update(
-                format!("p.{}", lease.partition),
-                Bytes::from(self.worker_id.clone()),
-                lease.revision,
-            )
-            .await
-            .map_err(|e| LeaseError::Store(e.to_string()))?;
+        let update = self.store.update(
+            format!("p.{}", lease.partition),
+            Bytes::from(self.worker_id.clone()),
+            lease.revision,
+        );
+        lease.revision = bounded(self.op_timeout, "renewing the lease", async {
+            update.await.map_err(|e| LeaseError::Store(e.to_string()))
+        })
+        .await?;
         Ok(())
     }
 
-    /// Gives the partition up at once (its loop has stopped).
+    /// Gives the partition up at once (its loop has stopped). Bounded; when
+    /// it cannot finish, the lease simply expires.
     pub async fn release(&self, pool: &PgPool, lease: Lease) {
-        if let Err(err) = self
+        let delete = self
             .store
-            .delete_expect_revision(format!("p.{}", lease.partition), Some(lease.revision))
-            .await
-        {
-            tracing::debug!(partition = lease.partition, error = %err, "lease already gone");
+            .delete_expect_revision(format!("p.{}", lease.partition), Some(lease.revision));
+        match tokio::time::timeout(self.op_timeout, delete).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::debug!(partition = lease.partition, error = %err, "lease already gone")
+            }
+            Err(_) => tracing::warn!(
+                partition = lease.partition,
+                "lease release timed out; it will expire"
+            ),
         }
-        let _ = sqlx::query(
+        let clear = sqlx::query(
             "UPDATE partition_cursors SET owner = NULL, updated_at = now() \
              WHERE partition = $1 AND fencing_token = $2",
         )
         .bind(i32::try_from(lease.partition).unwrap_or(i32::MAX))
         .bind(lease.token)
-        .execute(pool)
-        .await;
+        .execute(pool);
+        let _ = tokio::time::timeout(self.op_timeout, clear).await;
     }
 
     /// Removes this worker's heartbeat, so the others rebalance at once.
     pub async fn leave(&self) {
-        let _ = self.store.delete(format!("w.{}", self.worker_id)).await;
+        let _ = tokio::time::timeout(
+            self.op_timeout,
+            self.store.delete(format!("w.{}", self.worker_id)),
+        )
+        .await;
     }
 }
 

@@ -62,13 +62,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let common = &config.common;
-    let pool = db::connect_and_migrate(
+    // Every session of the worker is bounded, so that a paused or vanished
+    // peer holding a lock can stall nothing for longer than a lease.
+    let pool = db::connect_and_migrate_with(
         &common.database_url,
         PoolSettings {
             max_connections: config.db_pool_max,
             acquire_timeout: common.db_acquire_timeout,
             startup_timeout: common.startup_timeout,
         },
+        config.session_timeouts(),
     )
     .await?;
     db::ensure_partitions(&pool, common.partitions).await?;
@@ -76,7 +79,7 @@ pub async fn run(
     let client = queue::connect(common, &format!("checkline-worker {}", config.worker_id)).await?;
     let js = async_nats::jetstream::new(client.clone());
     let stream = queue::ensure_stream(&js, &subjects, StreamLimits::from_config(common)).await?;
-    deadletter::ensure_stream(&js, &subjects).await?;
+    deadletter::ensure_stream(&js, &subjects, config.dead_letter_max_bytes).await?;
     let partitions = common.partitions;
     let metrics = Arc::new(metrics::Metrics::default());
     if let Some(addr) = config.metrics_addr {
@@ -103,6 +106,7 @@ pub async fn run(
         &deps.subjects,
         &deps.config.worker_id,
         deps.config.lease_ttl,
+        deps.config.lease_op_timeout,
     )
     .await?;
     tracing::info!(partitions, worker = %deps.config.worker_id, "worker started");

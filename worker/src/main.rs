@@ -53,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
             let subjects = Subjects::new(&common.prefix);
             let client = queue::connect(&common, "checkline-worker dead-letters").await?;
             let js = async_nats::jetstream::new(client);
-            let mut stream = deadletter::ensure_stream(&js, &subjects).await?;
+            let max_bytes = checkline_worker::config::dead_letter_max_bytes(&env)?;
+            let mut stream = deadletter::ensure_stream(&js, &subjects, max_bytes).await?;
             match action {
                 DeadLetterAction::List { limit } => {
                     let letters = deadletter::list(&mut stream, limit).await?;

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub dead_letters: AtomicU64,
     pub requeued: AtomicU64,
     pub rebases: AtomicU64,
+    pub dead_letter_failures: AtomicU64,
     pub leases_acquired: AtomicU64,
     pub leases_lost: AtomicU64,
     pub leases_released: AtomicU64,
@@ -129,6 +130,13 @@ impl Metrics {
                 "counter",
                 "Messages moved to the dead-letter stream.",
                 get(&self.dead_letters),
+            ),
+            (
+                "checkline_worker_dead_letter_failures_total",
+                "counter",
+                "Dead letters that could not be stored (the dead-letter stream full or \
+                 unreachable); their partition waits at them.",
+                get(&self.dead_letter_failures),
             ),
             (
                 "checkline_worker_leases_acquired_total",

@@ -3,22 +3,38 @@
 //! effort: the decisions are already durable, and readers fall back to
 //! PostgreSQL if an event is lost.
 
+use std::time::Duration;
+
 use async_nats::Client;
 use checkline_shared::subjects::Subjects;
 
 use crate::store::Applied;
 
-pub async fn publish(client: &Client, subjects: &Subjects, partition: u32, applied: &Applied) {
-    if !applied.orders.is_empty() {
-        send(client, subjects.decisions_event(partition), &applied.orders).await;
-        let _ = client.flush().await;
-        crate::crash::at("mid_publish");
-    }
-    for (id, result) in &applied.restocks {
-        send(client, subjects.restock_event(*id), result).await;
-    }
-    for stock in &applied.stock {
-        send(client, subjects.stock_event(stock.product_id), stock).await;
+/// Bounded by `limit`: a NATS that stops answering must not hold the
+/// partition (and a hand-over waiting for it) for longer.
+pub async fn publish(
+    client: &Client,
+    subjects: &Subjects,
+    partition: u32,
+    applied: &Applied,
+    limit: Duration,
+) {
+    crate::crash::hang("publish").await;
+    let all = async {
+        if !applied.orders.is_empty() {
+            send(client, subjects.decisions_event(partition), &applied.orders).await;
+            let _ = client.flush().await;
+            crate::crash::at("mid_publish");
+        }
+        for (id, result) in &applied.restocks {
+            send(client, subjects.restock_event(*id), result).await;
+        }
+        for stock in &applied.stock {
+            send(client, subjects.stock_event(stock.product_id), stock).await;
+        }
+    };
+    if tokio::time::timeout(limit, all).await.is_err() {
+        tracing::debug!(?limit, "result events not all published in time");
     }
 }
 

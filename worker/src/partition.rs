@@ -279,9 +279,17 @@ async fn consume(
                 sequence,
                 payload,
                 &reason,
+                config.common.publish_timeout,
             )
             .await
-            .map_err(|e| LoopError::Queue(e.to_string()))?;
+            .map_err(|e| {
+                // Never move past a dead letter that was not stored.
+                deps.metrics
+                    .dead_letter_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(sequence, error = %e, "dead letter not stored; the partition waits at it (make room: replay or purge dead letters, or raise CHECKLINE_DEAD_LETTER_MAX_BYTES)");
+                LoopError::Queue(e.to_string())
+            })?;
             deps.metrics
                 .dead_letters
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -307,7 +315,8 @@ async fn consume(
             cursor,
             "batch committed"
         );
-        notify::publish(&deps.client, &deps.subjects, partition, &applied).await;
+        let limit = config.common.publish_timeout;
+        notify::publish(&deps.client, &deps.subjects, partition, &applied, limit).await;
 
         if last_purge.elapsed() >= config.purge_interval {
             purge(deps, partition, cursor).await;
@@ -351,14 +360,19 @@ async fn purge(deps: &Deps, partition: u32, cursor: u64) {
     if cursor == 0 {
         return;
     }
-    let result = deps
-        .stream
-        .purge()
-        .filter(deps.subjects.partition_filter(partition))
-        .sequence(cursor + 1)
-        .await;
-    if let Err(err) = result {
-        tracing::warn!(error = %err, "purge failed; will retry");
+    let purge = async {
+        deps.stream
+            .purge()
+            .filter(deps.subjects.partition_filter(partition))
+            .sequence(cursor + 1)
+            .await
+    };
+    // Bounded like a publish: a NATS that stops answering must not hold the
+    // partition.
+    match tokio::time::timeout(deps.config.common.publish_timeout, purge).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "purge failed; will retry"),
+        Err(_) => tracing::warn!("purge timed out; will retry"),
     }
 }
 
