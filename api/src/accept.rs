@@ -233,6 +233,9 @@ async fn process(deps: &Deps, batch: Vec<(Request, Reply)>) {
 
 /// Answers every request still waiting in the batch with the batch's error.
 fn fail_all(slots: Vec<Slot>, err: ApiError) {
+    if !slots.iter().any(|s| matches!(s, Slot::Pending(..))) {
+        return;
+    }
     let unavailable = err.status().as_u16() == 503;
     let message = err.to_string();
     if !unavailable {
