@@ -111,6 +111,9 @@ if command -v psql >/dev/null 2>&1; then
     psql -q "${CHECKLINE_DATABASE_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS $E2E_DB WITH (FORCE)" || true
 fi
 
+step "runner: scripts/run.sh restarts a killed worker and a killed NATS, and Ctrl-C stops everything"
+bash "$ROOT/scripts/run-check.sh"
+
 step "fault suite: a flash sale through killed workers and restarted NATS, PostgreSQL and Redis"
 bash "$ROOT/scripts/fault-suite.sh"
 
