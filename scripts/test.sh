@@ -114,7 +114,7 @@ fi
 step "runner: scripts/run.sh restarts a killed worker and a killed NATS, and Ctrl-C stops everything"
 bash "$ROOT/scripts/run-check.sh"
 
-step "fault suite: a flash sale through killed workers and restarted NATS, PostgreSQL and Redis"
+step "fault suite: a flash sale through killed workers, restarted NATS, PostgreSQL and Redis, a paused worker and a lost stream"
 bash "$ROOT/scripts/fault-suite.sh"
 
 # The contract fuzzer: schemathesis (PyPI, pinned, installed into .run/venv
