@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 #
 # Checks that scripts/run.sh supervises what it starts, as an operator would
-# see it: run.sh with three workers on free ports, then
+# see it. First a worker setting that makes every worker fail at start-up:
+# run.sh must stop with status 1 and name the worker, not restart it for
+# ever. Then run.sh with three workers on free ports, and
 #   - SIGKILL a worker: the others must take its partitions over (run.sh
 #     restarts it only after the lease TTL, here), run.sh must start it again
 #     while the API keeps answering, and it must get partitions back;
@@ -210,29 +212,58 @@ nats_healthy() {
     curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$NATS_MON_PORT/healthz?js-enabled-only=true"
 }
 
+# start_run [VAR=VALUE...]: starts run.sh with three workers in the
+# background, on this check's ports, prefix and database.
+start_run() {
+    # SIGINT must reach run.sh as a Ctrl-C would: a background job of a
+    # script starts with it ignored, so it is reset to the default first.
+    env -u CHECKLINE_NATS_URL \
+        CHECKLINE_WORKERS=3 \
+        CHECKLINE_RUN_PROFILE=debug \
+        CHECKLINE_RUN_STATE_DIR="$STATE" \
+        CHECKLINE_RUN_RESTART_DELAY_MS=5000 \
+        CHECKLINE_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
+        CHECKLINE_NATS_PORT="$NATS_PORT" \
+        CHECKLINE_NATS_MONITOR_PORT="$NATS_MON_PORT" \
+        CHECKLINE_PREFIX="$TAG" \
+        CHECKLINE_DATABASE_URL="$DB_URL" \
+        CHECKLINE_JWT_SECRET="$SECRET" \
+        CHECKLINE_STREAM_MAX_BYTES=$((64 * 1024 * 1024)) \
+        CHECKLINE_LEASE_TTL_MS=3000 \
+        CHECKLINE_REBALANCE_INTERVAL_MS=500 \
+        CHECKLINE_LOG=info \
+        "$@" env --default-signal=INT bash "$ROOT/scripts/run.sh" >"$OUT" 2>&1 </dev/null &
+    RUN_PID=$!
+    remember "$RUN_PID"
+}
+
+# ------------------------------------------------- a worker that cannot start --
+
+# A bad setting is a start-up failure: run.sh must stop with the worker's
+# error, not restart it for ever.
+log "scripts/run.sh with a worker setting that stops every worker at start-up"
+start_run CHECKLINE_BATCH_MAX=not-a-number
+stopped() { ! svc_alive "$RUN_PID"; }
+wait_for_exit() {
+    local secs=$1 deadline=$((SECONDS + $1))
+    while svc_alive "$RUN_PID"; do
+        ((SECONDS < deadline)) || fail "run.sh still running ${secs}s after start with a worker that cannot start"
+        sleep 0.2
+    done
+}
+wait_for_exit 45
+rc=0
+wait "$RUN_PID" || rc=$?
+RUN_PID=
+((rc == 1)) || fail "run.sh exited with status $rc for a worker that cannot start (expected 1)"
+grep -q 'worker-[123] exited during start-up' "$OUT" || fail "run.sh did not say which worker failed at start-up"
+[[ -z $(tagged_pids) ]] || fail "processes left behind after the failed start: $(tagged_pids | tr '\n' ' ')"
+log "ok: run.sh stopped with status 1 for a worker that cannot start (after ${SECONDS}s)"
+
 # ------------------------------------------------------------------ start --
 
 log "scripts/run.sh with 3 workers on $API (NATS $NATS_PORT/$NATS_MON_PORT, prefix $TAG, state $STATE)"
-# SIGINT must reach run.sh as a Ctrl-C would: a background job of a script
-# starts with it ignored, so it is reset to the default first.
-env -u CHECKLINE_NATS_URL \
-    CHECKLINE_WORKERS=3 \
-    CHECKLINE_RUN_PROFILE=debug \
-    CHECKLINE_RUN_STATE_DIR="$STATE" \
-    CHECKLINE_RUN_RESTART_DELAY_MS=5000 \
-    CHECKLINE_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
-    CHECKLINE_NATS_PORT="$NATS_PORT" \
-    CHECKLINE_NATS_MONITOR_PORT="$NATS_MON_PORT" \
-    CHECKLINE_PREFIX="$TAG" \
-    CHECKLINE_DATABASE_URL="$DB_URL" \
-    CHECKLINE_JWT_SECRET="$SECRET" \
-    CHECKLINE_STREAM_MAX_BYTES=$((64 * 1024 * 1024)) \
-    CHECKLINE_LEASE_TTL_MS=3000 \
-    CHECKLINE_REBALANCE_INTERVAL_MS=500 \
-    CHECKLINE_LOG=info \
-    env --default-signal=INT bash "$ROOT/scripts/run.sh" >"$OUT" 2>&1 </dev/null &
-RUN_PID=$!
-remember "$RUN_PID"
+start_run
 
 wait_for 75 "run.sh is up: 3 workers, the API and NATS running, the banner printed" running
 wait_for 10 "the API is ready" api_ready
@@ -281,7 +312,6 @@ done
 
 log "SIGINT to run.sh (pid $RUN_PID)"
 kill -INT "$RUN_PID"
-stopped() { ! svc_alive "$RUN_PID"; }
 wait_for 45 "run.sh stopped" stopped
 rc=0
 wait "$RUN_PID" || rc=$?

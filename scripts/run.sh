@@ -395,13 +395,24 @@ for ((i = 1; i <= WORKERS; i++)); do
 done
 start_process api "$BIN/checkline-api"
 
-# Until the API is ready, a process that dies is a start-up failure (a bad
-# setting, a port in use): report it rather than restart it for ever.
-log "waiting for $CHECKLINE_API_URL/readyz"
+# True when every worker serves its metrics: it has connected, set up its
+# streams and is about to take partitions.
+workers_up() {
+    local name
+    for name in "${WORKER_NAMES[@]}"; do
+        [[ -n ${METRICS_ADDRS[$name]:-} ]] || continue
+        curl -fsS -o /dev/null --max-time 2 "http://${METRICS_ADDRS[$name]}/metrics" 2>/dev/null || return 1
+    done
+}
+
+# Until the API is ready and the workers are up, a process that dies is a
+# start-up failure (a bad setting, a port in use): report it rather than
+# restart it for ever.
+log "waiting for $CHECKLINE_API_URL/readyz and the workers"
 ready=0
 deadline=$((SECONDS + 60))
 while ((SECONDS < deadline)); do
-    if curl -fsS -o /dev/null --max-time 2 "$CHECKLINE_API_URL/readyz" 2>/dev/null; then
+    if curl -fsS -o /dev/null --max-time 2 "$CHECKLINE_API_URL/readyz" 2>/dev/null && workers_up; then
         ready=1
         break
     fi
@@ -415,7 +426,7 @@ while ((SECONDS < deadline)); do
     sleep 0.2
 done
 if ((!ready)); then
-    printf '[run] error: %s/readyz did not answer 200 within 60s\n' "$CHECKLINE_API_URL" >&2
+    printf '[run] error: %s/readyz did not answer 200, or a worker did not serve its metrics, within 60s\n' "$CHECKLINE_API_URL" >&2
     show_logs
     exit 1
 fi
