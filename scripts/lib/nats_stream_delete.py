@@ -83,7 +83,7 @@ def delete_stream(url, stream, timeout):
         raise Failure(f"expected INFO from the server, got: {first!r}")
     info = json.loads(first[5:])
     if info.get("auth_required"):
-        raise Failure("the server requires authentication, which this helper does not do")
+        raise Failure("the server requires authentication, which this script does not support")
 
     connect = {
         "verbose": False,
