@@ -7,16 +7,31 @@
 #   scripts/run.sh --demo     the same, then run the flash-sale load test
 #                             (10,000 buyers, 100 units) against it
 #
+# It supervises what it starts: a worker, the API or a nats-server it started
+# that dies is logged and started again after a backoff (doubling from
+# CHECKLINE_RUN_RESTART_DELAY_MS up to CHECKLINE_RUN_RESTART_MAX_DELAY_MS,
+# back to the start once the process has stayed up for
+# CHECKLINE_RUN_RESTART_RESET_MS), while the rest keep serving. Ctrl-C or
+# SIGTERM stops the API, then the workers, then NATS and the databases, each
+# given CHECKLINE_RUN_STOP_TIMEOUT_MS before it is killed.
+#
 # Environment (all optional):
 #   CHECKLINE_HTTP_ADDR     where the API listens (default 127.0.0.1:8080)
 #   CHECKLINE_WORKERS       number of worker processes (default 1)
 #   CHECKLINE_JWT_SECRET    HS256 key for tokens (default: a local dev secret)
+#   CHECKLINE_RUN_PROFILE   cargo profile of the binaries: release (default)
+#                           or debug
+#   CHECKLINE_RUN_STATE_DIR where logs, pid files and the NATS store go
+#                           (default .run)
+#   CHECKLINE_RUN_RESTART_DELAY_MS, CHECKLINE_RUN_RESTART_MAX_DELAY_MS,
+#   CHECKLINE_RUN_RESTART_RESET_MS, CHECKLINE_RUN_STOP_TIMEOUT_MS: see above
 #   CHECKLINE_DATABASE_URL, CHECKLINE_REDIS_URL, CHECKLINE_NATS_URL,
 #   CHECKLINE_NATS_PORT, CHECKLINE_NATS_MONITOR_PORT: see scripts/lib/services.sh
 #   Every other CHECKLINE_* variable is passed on to the binaries.
 #
 # Logs: .run/logs/api.log, .run/logs/worker-N.log (also shown here, with a
-# [name] prefix), .run/logs/nats.log, postgres.log, redis.log.
+# [name] prefix), .run/logs/nats.log, postgres.log, redis.log. Pid files of
+# the running processes: .run/pids/NAME.pid (rewritten on every restart).
 
 set -euo pipefail
 
@@ -68,6 +83,37 @@ export CHECKLINE_HTTP_ADDR=${CHECKLINE_HTTP_ADDR:-127.0.0.1:8080}
 WORKERS=${CHECKLINE_WORKERS:-1}
 [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "CHECKLINE_WORKERS=$WORKERS: expected a whole number >= 1"
 
+# setting_ms NAME DEFAULT MIN: the value of CHECKLINE_NAME in milliseconds.
+setting_ms() {
+    local name=$1 value=${!1:-$2} min=$3
+    [[ $value =~ ^[0-9]{1,9}$ ]] || die "$name=$value: expected a whole number of milliseconds"
+    ((10#$value >= min)) || die "$name=$value: must be at least $min"
+    printf '%s\n' $((10#$value))
+}
+RESTART_DELAY_MS=$(setting_ms CHECKLINE_RUN_RESTART_DELAY_MS 1000 100)
+RESTART_MAX_DELAY_MS=$(setting_ms CHECKLINE_RUN_RESTART_MAX_DELAY_MS 30000 "$RESTART_DELAY_MS")
+RESTART_RESET_MS=$(setting_ms CHECKLINE_RUN_RESTART_RESET_MS 60000 1000)
+STOP_TIMEOUT_MS=$(setting_ms CHECKLINE_RUN_STOP_TIMEOUT_MS 20000 1000)
+
+case ${CHECKLINE_RUN_PROFILE:-release} in
+release) PROFILE_ARGS=(--release) BIN=$ROOT/target/release ;;
+debug) PROFILE_ARGS=() BIN=$ROOT/target/debug ;;
+*) die "CHECKLINE_RUN_PROFILE=$CHECKLINE_RUN_PROFILE: expected release or debug" ;;
+esac
+
+# Logs, pid files and the NATS store; the venv and database clusters stay in
+# .run, shared by every run.
+STATE_DIR=${CHECKLINE_RUN_STATE_DIR:-$RUN_DIR}
+[[ $STATE_DIR == /* ]] || STATE_DIR=$ROOT/$STATE_DIR
+mkdir -p "$STATE_DIR" 2>/dev/null || die "CHECKLINE_RUN_STATE_DIR=$STATE_DIR: cannot create it"
+LOG_DIR=$STATE_DIR/logs
+PID_DIR=$STATE_DIR/pids
+SVC_NATS_STORE_DIR=$STATE_DIR/nats
+
+if [[ -n ${CHECKLINE_WORKER_METRICS_ADDR:-} ]] && ((WORKERS > 1)); then
+    die "CHECKLINE_WORKER_METRICS_ADDR=$CHECKLINE_WORKER_METRICS_ADDR cannot be shared by $WORKERS workers; unset it and run.sh gives each worker a port of its own"
+fi
+
 # The URL clients use: a wildcard listen address is reached on loopback.
 case $CHECKLINE_HTTP_ADDR in
 \[*\]:*)
@@ -97,19 +143,32 @@ ensure_services
 
 # One build of every binary (api, worker, token, loadtest): building them
 # together keeps one feature set, so nothing is compiled twice.
-log "building (cargo build --release --workspace --bins)"
-cargo build --release --workspace --bins
+log "building (cargo build${PROFILE_ARGS[*]:+ ${PROFILE_ARGS[*]}} --workspace --bins)"
+cargo build "${PROFILE_ARGS[@]}" --workspace --bins
 
-BIN=$ROOT/target/release
 for b in checkline-api checkline-worker checkline-token; do
     [[ -x $BIN/$b ]] || die "$BIN/$b was not built"
 done
 
 # -------------------------------------------------------------- processes --
 
-declare -A PIDS=() # name -> pid of the processes run.sh watches
-NAMES=()           # their start order
-FOLLOWERS=()       # pids (and process groups) of the log followers
+declare -A CMDS=()       # name -> command line (quoted for eval)
+declare -A PIDS=()       # name -> pid of its current process
+declare -A STARTED_MS=() # name -> when that process was started
+declare -A DELAY_MS=()   # name -> backoff before its next restart
+declare -A RESTART_MS=() # name -> when to start it again (set while it is down)
+declare -A RESTARTS=()   # name -> restarts so far
+NAMES=()                 # every supervised name, in start order
+WORKER_NAMES=()          # the workers among them
+FOLLOWERS=()             # pids (and process groups) of the log followers
+DEMO_PID=                # the --demo load test while it runs
+NOW_MS=0
+
+# Sets NOW_MS, in milliseconds, without a subshell.
+now_ms() {
+    local t=${EPOCHREALTIME//[.,]/}
+    NOW_MS=$((10#$t / 1000))
+}
 
 # shellcheck disable=SC2317 # called from cleanup
 _run_stop_followers() {
@@ -123,98 +182,251 @@ _run_stop_followers() {
     FOLLOWERS=()
 }
 
+# stop_group NAME...: SIGTERM to all of them at once, then up to
+# STOP_TIMEOUT_MS for all to exit, then SIGKILL for the rest.
 # shellcheck disable=SC2317 # called from cleanup
-_run_stop() {
-    local name=$1 pid=$2
-    if svc_alive "$pid"; then
-        log "stopping $name (pid $pid)"
-    fi
-    svc_stop_pid "$pid" "$name" 30
+stop_group() {
+    local name pid live=() deadline
+    for name in "$@"; do
+        pid=${PIDS[$name]:-}
+        [[ -n $pid ]] || continue
+        if svc_alive "$pid"; then
+            log "stopping $name (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            live+=("$name")
+        fi
+    done
+    now_ms
+    deadline=$((NOW_MS + STOP_TIMEOUT_MS))
+    while ((${#live[@]})); do
+        local still=()
+        for name in "${live[@]}"; do
+            svc_alive "${PIDS[$name]}" && still+=("$name")
+        done
+        live=("${still[@]}")
+        ((${#live[@]})) || break
+        now_ms
+        if ((NOW_MS >= deadline)); then
+            for name in "${live[@]}"; do
+                log "$name (pid ${PIDS[$name]}) did not stop in ${STOP_TIMEOUT_MS}ms, killing it"
+                kill -KILL "${PIDS[$name]}" 2>/dev/null || true
+            done
+            break
+        fi
+        sleep 0.1
+    done
+    for name in "$@"; do
+        pid=${PIDS[$name]:-}
+        [[ -n $pid ]] || continue
+        wait "$pid" 2>/dev/null || true
+        rm -f "$PID_DIR/$name.pid"
+    done
 }
 
-# Registered before any process, so it runs after all of them are stopped.
-svc_on_cleanup _run_stop_followers
+# The API first, so that it stops taking orders before the workers go; the
+# workers together, each finishing its batch and releasing its leases. A
+# restart still pending is dropped. NATS and the databases go later, by
+# their own clean-up.
+# shellcheck disable=SC2317 # called from cleanup
+_run_stop_children() {
+    RESTART_MS=()
+    if [[ -n $DEMO_PID ]]; then
+        svc_stop_pid "$DEMO_PID" checkline-loadtest 5
+        DEMO_PID=
+    fi
+    [[ -n ${PIDS[api]:-} ]] && stop_group api
+    ((${#WORKER_NAMES[@]})) && stop_group "${WORKER_NAMES[@]}"
+    return 0
+}
 
-# start_process NAME COMMAND...: runs COMMAND in its own session (so that a
-# Ctrl-C reaches only this script, which then stops everything in order),
-# logging to .run/logs/NAME.log, shown here with a [NAME] prefix.
+# Registered after NATS and the databases and before any process, so that on
+# exit the processes stop first, then their log followers, then the rest.
+svc_on_cleanup _run_stop_followers
+svc_on_cleanup _run_stop_children
+
+# spawn NAME: starts (again) the process named NAME, in its own session so
+# that a Ctrl-C reaches only this script, which then stops everything in
+# order; its output is appended to its log.
+spawn() {
+    local name=$1
+    if [[ $name == nats-server ]]; then
+        svc_respawn_nats || return 1
+        PIDS[$name]=$SVC_NATS_PID
+    else
+        eval "setsid ${CMDS[$name]} </dev/null >>\"\$LOG_DIR/\$name.log\" 2>&1 &"
+        PIDS[$name]=$!
+    fi
+    now_ms
+    STARTED_MS[$name]=$NOW_MS
+    printf '%s\n' "${PIDS[$name]}" >"$PID_DIR/$name.pid"
+}
+
+# start_process NAME COMMAND...: runs COMMAND supervised as NAME, logging to
+# .run/logs/NAME.log, shown here with a [NAME] prefix.
 start_process() {
-    local name=$1 logfile=$LOG_DIR/$1.log pid
+    local name=$1 logfile=$LOG_DIR/$1.log cmd
     shift
-    mkdir -p "$LOG_DIR"
     [[ -f $logfile ]] && mv -f "$logfile" "$logfile.prev"
     : >"$logfile"
     # shellcheck disable=SC2016 # expanded by the inner bash
     setsid bash -c 'tail -n +1 -F -- "$1" 2>/dev/null | sed -u "s/^/[$2] /"' _ "$logfile" "$name" </dev/null &
     FOLLOWERS+=("$!")
-    setsid "$@" </dev/null >>"$logfile" 2>&1 &
-    pid=$!
-    PIDS[$name]=$pid
+    printf -v cmd '%q ' "$@"
+    CMDS[$name]=$cmd
     NAMES+=("$name")
-    svc_on_cleanup "_run_stop $name $pid"
-    log "started $name (pid $pid, log $logfile)"
+    DELAY_MS[$name]=$RESTART_DELAY_MS
+    RESTARTS[$name]=0
+    spawn "$name"
+    log "started $name (pid ${PIDS[$name]}, log $logfile)"
 }
 
 show_logs() {
     local name
     for name in "${NAMES[@]}"; do
+        [[ $name == nats-server ]] && continue
         svc_show_log "$LOG_DIR/$name.log" 20
     done
-    if [[ -n $SVC_NATS_PID ]]; then
+    if [[ -n ${PIDS[nats-server]:-} ]]; then
         svc_show_log "$LOG_DIR/nats.log" 10
     fi
 }
 
-# The name of a watched process that is no longer running, if any.
+# "exit status N" or "killed by SIGNAME" for the exit status of a process.
+describe_exit() {
+    local rc=$1
+    if ((rc > 128 && rc < 128 + 65)); then
+        printf 'killed by SIG%s' "$(kill -l $((rc - 128)) 2>/dev/null || echo $((rc - 128)))"
+    else
+        printf 'exit status %s' "$rc"
+    fi
+}
+
+# The name of a supervised process that is no longer running, if any.
 dead_process() {
     local name
     for name in "${NAMES[@]}"; do
+        [[ -n ${RESTART_MS[$name]:-} ]] && continue
         if ! svc_alive "${PIDS[$name]}"; then
             printf '%s\n' "$name"
             return 0
         fi
     done
-    if [[ -n $SVC_NATS_PID ]] && ! svc_alive "$SVC_NATS_PID"; then
-        printf 'nats-server\n'
-    fi
     return 0
 }
 
-report_death() {
-    local name=$1 rc=0
-    if [[ $name == nats-server ]]; then
-        wait "$SVC_NATS_PID" 2>/dev/null || rc=$?
-    else
-        wait "${PIDS[$name]}" 2>/dev/null || rc=$?
-    fi
-    printf '[run] error: %s exited unexpectedly (exit status %s); stopping everything\n' "$name" "$rc" >&2
-    show_logs
+# exit_status NAME: reaps the dead process and sets EXIT_HOW to how it
+# ended (in this shell: only it can wait for its children).
+EXIT_HOW=
+exit_status() {
+    local rc=0
+    wait "${PIDS[$1]}" 2>/dev/null || rc=$?
+    EXIT_HOW=$(describe_exit "$rc")
 }
 
-# Workers first, then the API; cleanup runs in reverse, so the API stops
-# taking orders before the workers go, and NATS and the databases go last.
+# supervise: logs each process that died and schedules its restart; starts
+# again each one whose backoff has run out. The backoff doubles with every
+# restart up to RESTART_MAX_DELAY_MS, and starts over for a process that had
+# stayed up for RESTART_RESET_MS.
+supervise() {
+    local name delay
+    for name in "${NAMES[@]}"; do
+        [[ -n ${RESTART_MS[$name]:-} ]] && continue
+        svc_alive "${PIDS[$name]}" && continue
+        exit_status "$name"
+        now_ms
+        if ((NOW_MS - STARTED_MS[$name] >= RESTART_RESET_MS)); then
+            DELAY_MS[$name]=$RESTART_DELAY_MS
+        fi
+        delay=${DELAY_MS[$name]}
+        RESTART_MS[$name]=$((NOW_MS + delay))
+        DELAY_MS[$name]=$((delay * 2 > RESTART_MAX_DELAY_MS ? RESTART_MAX_DELAY_MS : delay * 2))
+        rm -f "$PID_DIR/$name.pid"
+        printf '[run] %s (pid %s) exited unexpectedly (%s); restarting it in %d.%03ds, the rest keep running\n' \
+            "$name" "${PIDS[$name]}" "$EXIT_HOW" $((delay / 1000)) $((delay % 1000)) >&2
+    done
+    for name in "${NAMES[@]}"; do
+        [[ -n ${RESTART_MS[$name]:-} ]] || continue
+        now_ms
+        ((NOW_MS >= RESTART_MS[$name])) || continue
+        unset "RESTART_MS[$name]"
+        RESTARTS[$name]=$((RESTARTS[$name] + 1))
+        if spawn "$name"; then
+            log "restarted $name (pid ${PIDS[$name]}, restart ${RESTARTS[$name]})"
+        else
+            log "cannot restart $name; trying again"
+        fi
+    done
+}
+
+mkdir -p "$LOG_DIR" "$PID_DIR"
+rm -f "$PID_DIR"/*.pid
+
+# A nats-server started by ensure_services is supervised as well; one that
+# was already running (or CHECKLINE_NATS_URL) is someone else's.
+if [[ -n $SVC_NATS_PID ]]; then
+    PIDS[nats-server]=$SVC_NATS_PID
+    now_ms
+    STARTED_MS[nats-server]=$NOW_MS
+    DELAY_MS[nats-server]=$RESTART_DELAY_MS
+    RESTARTS[nats-server]=0
+    NAMES+=(nats-server)
+    printf '%s\n' "$SVC_NATS_PID" >"$PID_DIR/nats-server.pid"
+fi
+
+# Each worker serves its metrics on a loopback port of its own, picked now
+# and kept across restarts.
+declare -A METRICS_ADDRS=()
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null
+}
 for ((i = 1; i <= WORKERS; i++)); do
-    start_process "worker-$i" env CHECKLINE_WORKER_ID="worker-$i" "$BIN/checkline-worker"
+    if [[ -n ${CHECKLINE_WORKER_METRICS_ADDR:-} ]]; then
+        METRICS_ADDRS[worker-$i]=$CHECKLINE_WORKER_METRICS_ADDR
+    elif port=$(free_port) && [[ -n $port ]]; then
+        METRICS_ADDRS[worker-$i]=127.0.0.1:$port
+    fi
+done
+
+# Workers first, then the API.
+for ((i = 1; i <= WORKERS; i++)); do
+    start_process "worker-$i" env CHECKLINE_WORKER_ID="worker-$i" \
+        CHECKLINE_WORKER_METRICS_ADDR="${METRICS_ADDRS[worker-$i]:-}" "$BIN/checkline-worker"
+    WORKER_NAMES+=("worker-$i")
 done
 start_process api "$BIN/checkline-api"
 
-log "waiting for $CHECKLINE_API_URL/readyz"
+# True when every worker serves its metrics: it has connected, set up its
+# streams and is about to take partitions.
+workers_up() {
+    local name
+    for name in "${WORKER_NAMES[@]}"; do
+        [[ -n ${METRICS_ADDRS[$name]:-} ]] || continue
+        curl -fsS -o /dev/null --max-time 2 "http://${METRICS_ADDRS[$name]}/metrics" 2>/dev/null || return 1
+    done
+}
+
+# Until the API is ready and the workers are up, a process that dies is a
+# start-up failure (a bad setting, a port in use): report it rather than
+# restart it for ever.
+log "waiting for $CHECKLINE_API_URL/readyz and the workers"
 ready=0
 deadline=$((SECONDS + 60))
 while ((SECONDS < deadline)); do
-    if curl -fsS -o /dev/null --max-time 2 "$CHECKLINE_API_URL/readyz" 2>/dev/null; then
+    if curl -fsS -o /dev/null --max-time 2 "$CHECKLINE_API_URL/readyz" 2>/dev/null && workers_up; then
         ready=1
         break
     fi
     dead=$(dead_process)
     if [[ -n $dead ]]; then
-        report_death "$dead"
+        exit_status "$dead"
+        printf '[run] error: %s exited during start-up (%s); stopping everything\n' "$dead" "$EXIT_HOW" >&2
+        show_logs
         exit 1
     fi
     sleep 0.2
 done
 if ((!ready)); then
-    printf '[run] error: %s/readyz did not answer 200 within 60s\n' "$CHECKLINE_API_URL" >&2
+    printf '[run] error: %s/readyz did not answer 200, or a worker did not serve its metrics, within 60s\n' "$CHECKLINE_API_URL" >&2
     show_logs
     exit 1
 fi
@@ -243,6 +455,23 @@ else
     # shellcheck disable=SC2016 # printed for the reader's shell to expand
     SECRET_SHOWN='"$CHECKLINE_JWT_SECRET"'
 fi
+
+# The worker to stop in the failover example: the last one, so that with
+# several workers the first ones visibly take its partitions.
+VICTIM=worker-$WORKERS
+if ((WORKERS > 1)); then
+    OTHERS="the other workers"
+else
+    OTHERS="nobody (start with CHECKLINE_WORKERS=3 to see other workers do it)"
+fi
+METRICS_LINES=
+for name in "${WORKER_NAMES[@]}"; do
+    [[ -n ${METRICS_ADDRS[$name]:-} ]] || continue
+    METRICS_LINES+="    $name: curl -sS http://${METRICS_ADDRS[$name]}/metrics | grep -E 'partitions_owned|leases_'
+"
+done
+[[ -n $METRICS_LINES ]] || METRICS_LINES="    (off: python3 was not found to pick their ports)
+"
 
 cat <<EOF
 
@@ -278,7 +507,7 @@ Demo tokens (valid 24 h), for the examples below:
   curl -sS "\$CHECKLINE_API_URL/v1/orders/<order id>?wait=5" \\
     -H "Authorization: Bearer \$ALICE_TOKEN"
 
-More tokens: CHECKLINE_JWT_SECRET=... target/release/checkline-token --sub bob --role customer
+More tokens: CHECKLINE_JWT_SECRET=... $BIN/checkline-token --sub bob --role customer
 
 Flash-sale demo (10,000 buyers racing for 100 units): scripts/run.sh --demo,
 or against this running system:
@@ -286,39 +515,64 @@ or against this running system:
   CHECKLINE_API_URL=$CHECKLINE_API_URL \\
   CHECKLINE_JWT_SECRET=$SECRET_SHOWN \\
   CHECKLINE_DATABASE_URL='$CHECKLINE_DATABASE_URL' \\
-    target/release/checkline-loadtest flash-sale --buyers 10000 --stock 100
+    $BIN/checkline-loadtest flash-sale --buyers 10000 --stock 100
 
-Logs: $LOG_DIR/   Press Ctrl-C to stop.
+Failover: pause, resume or kill a worker and watch its partitions move
+(the pid files are rewritten on every restart):
+
+  kill -STOP \$(cat $PID_DIR/$VICTIM.pid)
+      paused: once its leases expire (CHECKLINE_LEASE_TTL_MS, default 6 s)
+      $OTHERS take its partitions over
+  kill -CONT \$(cat $PID_DIR/$VICTIM.pid)
+      resumed: it finds its leases lost (a late commit is fenced) and rejoins
+  kill -KILL \$(cat $PID_DIR/$VICTIM.pid)
+      a crash: run.sh logs it and restarts it after
+      CHECKLINE_RUN_RESTART_DELAY_MS ($RESTART_DELAY_MS ms), under the same id; back within
+      the lease TTL, it takes its own partitions back as their leases expire
+      (set the delay above the TTL to see the others take them over first)
+
+Watch it:
+  - here: "[run] $VICTIM ... exited unexpectedly", "[run] restarted $VICTIM",
+    and the "partition acquired" / "partition handed over" / "lease lost"
+    lines of the [worker-N] logs
+  - the partition owners:
+    curl -sS "\$CHECKLINE_API_URL/v1/admin/stats" -H "Authorization: Bearer \$ADMIN_TOKEN"
+  - each worker's leases and partitions (its /metrics):
+${METRICS_LINES}
+Logs: $LOG_DIR/   Pids: $PID_DIR/   Press Ctrl-C to stop.
 
 EOF
 
 # ------------------------------------------------------------------- demo --
 
+# In the background, so that the system stays supervised while it runs; not
+# in a session of its own, so Ctrl-C ends it along with this script.
 if ((DEMO)) && ((!STOP)); then
-    if ((!STOP)); then
+    if [[ -x $BIN/checkline-loadtest ]]; then
         log "running: checkline-loadtest flash-sale --buyers 10000 --stock 100"
-        demo_rc=0
-        "$BIN/checkline-loadtest" flash-sale --buyers 10000 --stock 100 || demo_rc=$?
-        if ((demo_rc == 0)); then
-            log "flash-sale demo finished; the system keeps running (Ctrl-C to stop)"
-        else
-            log "WARNING: the flash-sale demo exited with status $demo_rc; the system keeps running (Ctrl-C to stop)"
-        fi
-    elif ((!STOP)); then
-        log "WARNING: building checkline-loadtest failed; the system keeps running (Ctrl-C to stop)"
+        "$BIN/checkline-loadtest" flash-sale --buyers 10000 --stock 100 </dev/null &
+        DEMO_PID=$!
+    else
+        log "WARNING: $BIN/checkline-loadtest was not built; the system keeps running (Ctrl-C to stop)"
     fi
 fi
 
 # ------------------------------------------------------------- foreground --
 
 while ((!STOP)); do
-    dead=$(dead_process)
-    if [[ -n $dead ]]; then
-        report_death "$dead"
-        exit 1
+    supervise
+    if [[ -n $DEMO_PID ]] && ! svc_alive "$DEMO_PID"; then
+        demo_rc=0
+        wait "$DEMO_PID" 2>/dev/null || demo_rc=$?
+        DEMO_PID=
+        if ((demo_rc == 0)); then
+            log "flash-sale demo finished; the system keeps running (Ctrl-C to stop)"
+        else
+            log "WARNING: the flash-sale demo exited with status $demo_rc; the system keeps running (Ctrl-C to stop)"
+        fi
     fi
     # wait, unlike sleep, returns at once when a signal arrives.
-    sleep 1 &
+    sleep 0.5 &
     sleeper=$!
     wait "$sleeper" 2>/dev/null || true
     kill "$sleeper" 2>/dev/null || true

@@ -111,7 +111,10 @@ if command -v psql >/dev/null 2>&1; then
     psql -q "${CHECKLINE_DATABASE_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS $E2E_DB WITH (FORCE)" || true
 fi
 
-step "fault suite: a flash sale through killed workers and restarted NATS, PostgreSQL and Redis"
+step "runner: scripts/run.sh restarts a killed worker and a killed NATS, and Ctrl-C stops everything"
+bash "$ROOT/scripts/run-check.sh"
+
+step "fault suite: a flash sale through killed workers, restarted NATS, PostgreSQL and Redis, a paused worker and a lost stream"
 bash "$ROOT/scripts/fault-suite.sh"
 
 # The contract fuzzer: schemathesis (PyPI, pinned, installed into .run/venv

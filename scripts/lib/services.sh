@@ -23,7 +23,8 @@
 #   CHECKLINE_REDIS_URL          default redis://127.0.0.1:6379/0
 # Environment exported: CHECKLINE_NATS_URL, CHECKLINE_DATABASE_URL,
 # CHECKLINE_REDIS_URL. SVC_NATS_PID holds the pid of a nats-server started
-# here (empty otherwise), for callers that watch it.
+# here (empty otherwise), for callers that watch it; svc_respawn_nats starts
+# it again after it died.
 #
 # Safe under `set -euo pipefail`. Run directly (`bash scripts/lib/services.sh
 # check`) it starts whatever is missing, prints the URLs and stops again.
@@ -52,6 +53,9 @@ SVC_NATS_EPHEMERAL=0
 _SVC_STARTED=()
 # Pid of the nats-server started by ensure_nats (empty when reused or external).
 SVC_NATS_PID=
+# "port monitor-port" of that server, and whether its clean-up is registered.
+_SVC_NATS_PORTS=
+_SVC_NATS_CLEANUP=0
 _SVC_APT_UPDATED=0
 
 svc_log() { printf '[services] %s\n' "$*" >&2; }
@@ -256,14 +260,48 @@ ensure_nats_binary() {
     "$NATS_BIN" --version >&2 || svc_die "$NATS_BIN does not run on this machine"
 }
 
+# Stops the nats-server started here, whichever one runs now: a restarted
+# server replaces SVC_NATS_PID, and its clean-up keeps the first one's place
+# in the order (after everything that uses NATS).
 _svc_stop_nats() {
-    svc_log "stopping nats-server (pid $1)"
-    svc_stop_pid "$1" nats-server 15
+    local pid=$SVC_NATS_PID
+    [[ -n $pid ]] || return 0
+    svc_log "stopping nats-server (pid $pid)"
+    svc_stop_pid "$pid" nats-server 15
     rm -f "$SVC_NATS_STORE_DIR/nats.pid"
     if [[ $SVC_NATS_EPHEMERAL == 1 ]]; then
         rm -rf "$SVC_NATS_STORE_DIR"
     fi
     SVC_NATS_PID=
+}
+
+# Start nats-server on client port $1, monitoring port $2, with the store in
+# SVC_NATS_STORE_DIR; sets SVC_NATS_PID and returns at once.
+_svc_spawn_nats() {
+    local port=$1 mon=$2
+    mkdir -p "$SVC_NATS_STORE_DIR" "$LOG_DIR"
+    # Own session: a Ctrl-C in the terminal reaches only the script, which
+    # then stops the API and workers before NATS.
+    # shellcheck disable=SC2094 # both only append to the log
+    setsid "$NATS_BIN" -c "$NATS_CONFIG" -p "$port" -m "$mon" \
+        -sd "$SVC_NATS_STORE_DIR" -l "$LOG_DIR/nats.log" -P "$SVC_NATS_STORE_DIR/nats.pid" \
+        </dev/null >>"$LOG_DIR/nats.log" 2>&1 &
+    SVC_NATS_PID=$!
+    _SVC_NATS_PORTS="$port $mon"
+    if ((!_SVC_NATS_CLEANUP)); then
+        svc_on_cleanup _svc_stop_nats
+        _SVC_NATS_CLEANUP=1
+    fi
+}
+
+# Start the nats-server that ensure_nats started (and that has since died)
+# again, on the same ports and store, without waiting for it: for callers
+# that supervise it (scripts/run.sh). Fails when ensure_nats started none.
+svc_respawn_nats() {
+    local port mon
+    [[ -n $_SVC_NATS_PORTS ]] || return 1
+    read -r port mon <<<"$_SVC_NATS_PORTS"
+    _svc_spawn_nats "$port" "$mon"
 }
 
 # Make NATS with JetStream reachable and export CHECKLINE_NATS_URL.
@@ -301,18 +339,9 @@ ensure_nats() {
         if [[ $SVC_NATS_EPHEMERAL == 1 ]]; then
             rm -rf "$SVC_NATS_STORE_DIR"
         fi
-        mkdir -p "$SVC_NATS_STORE_DIR" "$LOG_DIR"
         svc_log "NATS: starting nats-server $NATS_SERVER_VERSION on 127.0.0.1:$port (monitor $mon, log $LOG_DIR/nats.log)"
-        # Own session: a Ctrl-C in the terminal reaches only the script, which
-        # then stops the API and workers before NATS.
-        # shellcheck disable=SC2094 # both only append to the log
-        setsid "$NATS_BIN" -c "$NATS_CONFIG" -p "$port" -m "$mon" \
-            -sd "$SVC_NATS_STORE_DIR" -l "$LOG_DIR/nats.log" -P "$SVC_NATS_STORE_DIR/nats.pid" \
-            </dev/null >>"$LOG_DIR/nats.log" 2>&1 &
-        pid=$!
-        # shellcheck disable=SC2034 # read by callers (scripts/run.sh)
-        SVC_NATS_PID=$pid
-        svc_on_cleanup "_svc_stop_nats $pid"
+        _svc_spawn_nats "$port" "$mon"
+        pid=$SVC_NATS_PID
         local deadline=$((SECONDS + 20)) healthy=0
         while ((SECONDS < deadline)); do
             if curl -fsS --max-time 2 "http://127.0.0.1:$mon/healthz?js-enabled-only=true" >/dev/null 2>&1; then
