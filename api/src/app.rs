@@ -306,7 +306,16 @@ impl Application {
         let subjects = Subjects::new(&common.prefix);
         let client = queue::connect(common, "checkline-api").await?;
         let js = async_nats::jetstream::new(client.clone());
-        queue::ensure_stream(&js, &subjects, StreamLimits::from_config(common)).await?;
+        let first_sequence = db::next_queue_sequence(&pool)
+            .await
+            .map_err(DbSetupError::Connect)?;
+        queue::ensure_stream(
+            &js,
+            &subjects,
+            StreamLimits::from_config(common),
+            first_sequence,
+        )
+        .await?;
         let cache = Cache::new(
             &common.redis_url,
             subjects.clone(),
@@ -332,6 +341,7 @@ impl Application {
         );
         let requeuer = Requeuer::start(
             requeue::Deps {
+                pool: pool.clone(),
                 js: js.clone(),
                 subjects: subjects.clone(),
                 stream_limits: StreamLimits::from_config(common),

@@ -41,6 +41,7 @@ pub struct Requeuer {
 
 /// What the requeue task publishes with.
 pub struct Deps {
+    pub pool: sqlx::PgPool,
     pub js: async_nats::jetstream::Context,
     pub subjects: Subjects,
     pub stream_limits: StreamLimits,
@@ -136,7 +137,16 @@ async fn ensure_stream(deps: &Deps, checked: &Mutex<Option<Instant>>) {
         return;
     }
     *checked = Some(Instant::now());
-    if let Err(err) = queue::ensure_stream(&deps.js, &deps.subjects, deps.stream_limits).await {
+    let first_sequence = match checkline_shared::db::next_queue_sequence(&deps.pool).await {
+        Ok(first_sequence) => first_sequence,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the partition cursors to declare the queue stream");
+            return;
+        }
+    };
+    let declared =
+        queue::ensure_stream(&deps.js, &deps.subjects, deps.stream_limits, first_sequence);
+    if let Err(err) = declared.await {
         tracing::warn!(error = %err, "cannot declare the queue stream");
     }
 }

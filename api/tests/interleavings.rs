@@ -392,9 +392,14 @@ async fn a_group_is_never_dropped_as_a_duplicate_of_a_lone_republish() {
         .unwrap();
     let js = async_nats::jetstream::new(client);
     let subjects = Subjects::new(&app.env.config.prefix);
-    queue::ensure_stream(&js, &subjects, StreamLimits::from_config(&app.env.config))
-        .await
-        .unwrap();
+    queue::ensure_stream(
+        &js,
+        &subjects,
+        StreamLimits::from_config(&app.env.config),
+        1,
+    )
+    .await
+    .unwrap();
     let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
     let lone = QueueMessage::Order {
         order_id: x,
@@ -569,6 +574,103 @@ async fn every_accepted_order_is_decided_across_a_recreated_stream() {
         1000 - 13
     );
     assert_eq!(app.count_orders(&pid).await, 13);
+    assert!(app.balanced(&pid).await);
+    app.shutdown().await;
+}
+
+/// The stream is deleted under a running worker, mid-sale: its consumer
+/// must not carry on blindly on the stream created anew (nor purge it by
+/// the old cursor). Orders placed after the loss are decided promptly, and
+/// queue positions keep growing across the loss, since the new stream
+/// continues the sequence after the partition cursors.
+#[tokio::test]
+async fn a_running_worker_follows_a_stream_created_anew() {
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_REQUEUE_AFTER_MS", "1000"),
+        ("CHECKLINE_PUBLISH_TIMEOUT_MS", "500"),
+        ("CHECKLINE_PURGE_INTERVAL_MS", "100"),
+    ])
+    .await;
+    app.start_worker().await;
+    let product = app.create_product(1000, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let kim = app.customer("kim");
+    let place = |key: String| {
+        let (app_url, http, token, pid) = (
+            app.url("/v1/orders"),
+            app.http.clone(),
+            kim.clone(),
+            pid.clone(),
+        );
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let response = http
+                    .post(&app_url)
+                    .bearer_auth(&token)
+                    .header("idempotency-key", &key)
+                    .json(&json!({"product_id": pid, "quantity": 1}))
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status() {
+                    StatusCode::ACCEPTED | StatusCode::OK => {
+                        let order: Value = response.json().await.unwrap();
+                        return order["id"].as_str().unwrap().to_owned();
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => panic!("order {key}: {other}"),
+                }
+            }
+        }
+    };
+    let mut before = Vec::new();
+    for i in 0..20 {
+        let id = place(format!("before-{i}")).await;
+        app.decided(&kim, &id).await;
+        before.push(id);
+    }
+    let client = async_nats::connect(app.env.config.nats_url.as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subjects = Subjects::new(&app.env.config.prefix);
+    js.delete_stream(subjects.stream_name()).await.unwrap();
+    let mut after = Vec::new();
+    for i in 0..5 {
+        after.push(place(format!("after-{i}")).await);
+    }
+    let placed = Instant::now();
+    for id in &after {
+        let decided = app.decided(&kim, id).await;
+        assert_eq!(decided["status"], "confirmed");
+    }
+    let waited = placed.elapsed();
+    assert!(
+        waited < Duration::from_secs(8),
+        "orders after the loss waited {waited:?} to be decided"
+    );
+    let positions = |ids: Vec<String>| {
+        let pool = app.env.pool.clone();
+        async move {
+            let ids: Vec<Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
+            let seqs: Vec<i64> =
+                sqlx::query_scalar("SELECT queue_sequence FROM orders WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            seqs
+        }
+    };
+    let old_max = positions(before).await.into_iter().max().unwrap();
+    let new_min = positions(after).await.into_iter().min().unwrap();
+    assert!(
+        new_min > old_max,
+        "positions restarted: {new_min} after the loss, {old_max} before"
+    );
     assert!(app.balanced(&pid).await);
     app.shutdown().await;
 }

@@ -177,6 +177,16 @@ async fn ensure_database(options: &PgConnectOptions) -> Result<(), sqlx::Error> 
     conn.close().await
 }
 
+/// The sequence a queue stream created anew should start at: after every
+/// position any partition has applied (see `queue::ensure_stream`).
+pub async fn next_queue_sequence(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let highest: i64 =
+        sqlx::query_scalar("SELECT COALESCE(max(last_sequence), 0) FROM partition_cursors")
+            .fetch_one(pool)
+            .await?;
+    Ok(u64::try_from(highest).unwrap_or(0) + 1)
+}
+
 /// Makes sure every partition has its cursor row, and that no product was
 /// assigned to a partition this deployment no longer has.
 pub async fn ensure_partitions(pool: &PgPool, partitions: u32) -> Result<(), DbSetupError> {

@@ -119,33 +119,65 @@ pub fn utc(time: async_nats::datetime::DateTime) -> chrono::DateTime<chrono::Utc
 
 /// Creates the stream, or updates it to the current definition.
 ///
-/// Create comes first: JetStream accepts a create with an identical
-/// configuration, so only a changed definition costs an update.
+/// `first_sequence` is used only when the stream does not exist: a stream
+/// created anew (NATS lost its store, an operator deleted it) continues the
+/// sequence after the highest partition cursor ([`crate::db::next_queue_sequence`])
+/// instead of starting over at 1, so queue positions stay comparable across
+/// the loss and no cursor or purge can mistake a new message for an old
+/// one. An existing stream keeps its own first sequence.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     subjects: &Subjects,
     limits: StreamLimits,
+    first_sequence: u64,
 ) -> Result<stream::Stream, QueueSetupError> {
-    let config = stream_config(subjects, limits);
+    let mut config = stream_config(subjects, limits);
     let name = config.name.clone();
-    if let Err(create_error) = js.create_stream(config.clone()).await {
-        tracing::debug!(error = %create_error, stream = %name, "create refused; updating");
-        js.update_stream(config)
-            .await
-            .map_err(|source| QueueSetupError::Stream {
-                name: name.clone(),
-                source,
-            })?;
+    let stream_error = |source| QueueSetupError::Stream {
+        name: name.clone(),
+        source,
+    };
+    match js.get_stream(&name).await {
+        Ok(existing) => {
+            config.first_sequence = existing.cached_info().config.first_sequence;
+            // Create comes first: JetStream accepts a create with an
+            // identical configuration, so only a changed definition costs an
+            // update.
+            if let Err(create_error) = js.create_stream(config.clone()).await {
+                tracing::debug!(error = %create_error, stream = %name, "create refused; updating");
+                js.update_stream(config).await.map_err(stream_error)?;
+            }
+        }
+        Err(err)
+            if matches!(
+                err.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            config.first_sequence = Some(first_sequence).filter(|s| *s > 1);
+            if let Err(create_error) = js.create_stream(config).await {
+                // Another process may have created it meanwhile: take that.
+                tracing::debug!(error = %create_error, stream = %name, "create refused; reading it");
+            } else {
+                tracing::warn!(stream = %name, first_sequence, "queue stream created");
+            }
+        }
+        Err(err) => {
+            return Err(stream_error(
+                jetstream::context::CreateStreamError::with_source(
+                    jetstream::context::CreateStreamErrorKind::JetStreamUnavailable,
+                    err,
+                ),
+            ))
+        }
     }
-    js.get_stream(&name)
-        .await
-        .map_err(|e| QueueSetupError::Stream {
-            name,
-            source: jetstream::context::CreateStreamError::with_source(
-                jetstream::context::CreateStreamErrorKind::JetStreamUnavailable,
-                e,
-            ),
-        })
+    js.get_stream(&name).await.map_err(|e| {
+        stream_error(jetstream::context::CreateStreamError::with_source(
+            jetstream::context::CreateStreamErrorKind::JetStreamUnavailable,
+            e,
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -193,9 +225,22 @@ pub async fn publish(
     request_id: Option<&str>,
     timeout: Duration,
 ) -> Result<Published, PublishError> {
+    let id = message.message_id();
+    publish_with_id(js, subject, message, &id, request_id, timeout).await
+}
+
+/// [`publish`] under another `Nats-Msg-Id` than the message's own.
+pub async fn publish_with_id(
+    js: &jetstream::Context,
+    subject: String,
+    message: &crate::messages::QueueMessage,
+    message_id: &str,
+    request_id: Option<&str>,
+    timeout: Duration,
+) -> Result<Published, PublishError> {
     let mut publish = jetstream::message::PublishMessage::build()
         .payload(message.encode().into())
-        .message_id(message.message_id());
+        .message_id(message_id);
     if let Some(request_id) = request_id {
         publish = publish.header(crate::messages::REQUEST_ID_HEADER, request_id);
     }

@@ -16,6 +16,9 @@ pub struct WorkerConfig {
     pub db_pool_max: u32,
     /// How often decided messages are purged from the stream.
     pub purge_interval: Duration,
+    /// How often a partition loop checks that the queue stream is still the
+    /// one its cursor counts in (a lost and recreated stream is re-based).
+    pub stream_check_interval: Duration,
     /// Longest pause between retries of a batch that failed transiently.
     pub retry_max_delay: Duration,
     /// With no message for this long, a partition counts as idle (caught up).
@@ -98,6 +101,12 @@ impl WorkerConfig {
                 512,
             )?,
             purge_interval: env.millis("CHECKLINE_PURGE_INTERVAL_MS", 5_000, 100, 3_600_000)?,
+            stream_check_interval: env.millis(
+                "CHECKLINE_STREAM_CHECK_INTERVAL_MS",
+                1_000,
+                100,
+                60_000,
+            )?,
             retry_max_delay: env.millis("CHECKLINE_RETRY_MAX_DELAY_MS", 5_000, 10, 60_000)?,
             idle_after: env.millis("CHECKLINE_IDLE_AFTER_MS", 1_000, 10, 60_000)?,
             requeue_batch_max: env.number("CHECKLINE_REQUEUE_BATCH_MAX", 1_000, 1, 100_000)?,

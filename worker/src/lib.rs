@@ -78,7 +78,16 @@ pub async fn run(
     let subjects = Subjects::new(&common.prefix);
     let client = queue::connect(common, &format!("checkline-worker {}", config.worker_id)).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let stream = queue::ensure_stream(&js, &subjects, StreamLimits::from_config(common)).await?;
+    let first_sequence = db::next_queue_sequence(&pool)
+        .await
+        .map_err(DbSetupError::Connect)?;
+    let stream = queue::ensure_stream(
+        &js,
+        &subjects,
+        StreamLimits::from_config(common),
+        first_sequence,
+    )
+    .await?;
     deadletter::ensure_stream(&js, &subjects, config.dead_letter_max_bytes).await?;
     let partitions = common.partitions;
     let metrics = Arc::new(metrics::Metrics::default());

@@ -103,10 +103,12 @@ async fn consume(
     let config = &deps.config;
     // Declared again on every (re)start: if the stream was lost, this
     // creates it, and the cursor is re-based onto it below.
+    let first_sequence = checkline_shared::db::next_queue_sequence(&deps.pool).await?;
     let declare = queue::ensure_stream(
         &deps.js,
         &deps.subjects,
         StreamLimits::from_config(&config.common),
+        first_sequence,
     );
     let stream = tokio::select! {
         _ = shutdown.changed() => return Err(LoopError::Shutdown),
@@ -182,11 +184,18 @@ async fn consume(
 
     let mut last_purge = Instant::now();
     let mut purged_below = 0;
+    let mut last_check = Instant::now();
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => return Err(LoopError::Shutdown),
             next = tokio::time::timeout(config.idle_after, batches.next()) => next,
         };
+        // An ordered consumer may carry on quietly on a stream created anew
+        // under the same name; only its identity tells.
+        if last_check.elapsed() >= config.stream_check_interval {
+            last_check = Instant::now();
+            same_stream(deps, identity).await?;
+        }
         // The sweep runs busy or idle: a partition whose backlog never
         // drains still gets its stranded orders queued, within
         // CHECKLINE_REQUEUE_AFTER_MS and half of it again.
@@ -209,7 +218,7 @@ async fn consume(
         }
         let chunk = match next {
             Err(_idle) => {
-                if cursor + 1 > purged_below {
+                if cursor + 1 > purged_below && same_stream(deps, identity).await? {
                     purge(deps, partition, cursor).await;
                     purged_below = cursor + 1;
                     last_purge = Instant::now();
@@ -318,7 +327,7 @@ async fn consume(
         let limit = config.common.publish_timeout;
         notify::publish(&deps.client, &deps.subjects, partition, &applied, limit).await;
 
-        if last_purge.elapsed() >= config.purge_interval {
+        if last_purge.elapsed() >= config.purge_interval && same_stream(deps, identity).await? {
             purge(deps, partition, cursor).await;
             purged_below = cursor + 1;
             last_purge = Instant::now();
@@ -376,6 +385,33 @@ async fn purge(deps: &Deps, partition: u32, cursor: u64) {
     }
 }
 
+/// Whether the queue stream is still the one `identity` describes: `Ok(true)`
+/// when it is, `Ok(false)` when NATS did not say (purges wait), and an error
+/// when it is gone or was created anew, so that the loop restarts, declares
+/// it and re-bases its cursor. A purge by sequence must never run on another
+/// stream than the cursor's: it would delete undecided messages.
+async fn same_stream(deps: &Deps, identity: StreamIdentity) -> Result<bool, LoopError> {
+    let name = deps.subjects.stream_name();
+    let found = tokio::time::timeout(
+        deps.config.common.publish_timeout,
+        deps.js.get_stream(&name),
+    )
+    .await;
+    match found {
+        Ok(Ok(stream)) if queue::utc(stream.cached_info().created) == identity.created => Ok(true),
+        Ok(Ok(_)) => Err(LoopError::Queue(format!("stream {name} was created anew"))),
+        Ok(Err(err)) => match err.kind() {
+            async_nats::jetstream::context::GetStreamErrorKind::JetStream(e)
+                if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Err(LoopError::Queue(format!("stream {name} is gone")))
+            }
+            _ => Ok(false),
+        },
+        Err(_) => Ok(false),
+    }
+}
+
 /// How much earlier than a stored message a row must have been written to
 /// prove that its own publish is over: the publish timeout, plus a second
 /// for the clocks of PostgreSQL and NATS to disagree.
@@ -404,11 +440,25 @@ async fn sweep(deps: &Deps, partition: u32, before: StrandedBefore) {
         return;
     }
     tracing::warn!(count = stranded.len(), "requeueing stranded items");
+    // Each sweep's copies get ids of their own: a row is swept only when its
+    // message cannot be in the queue, so JetStream's deduplication (which
+    // remembers ids of messages since purged or lost with their stream)
+    // must not drop the copy that replaces it.
+    let sweep_at = chrono::Utc::now().timestamp_millis();
     let publishes: Vec<_> = stranded
         .into_iter()
         .map(|message| async move {
             let subject = deps.subjects.product_queue(partition, message.product_id());
-            queue::publish(&deps.js, subject, &message, None, config.publish_timeout).await
+            let id = format!("{}.{sweep_at}", message.message_id());
+            queue::publish_with_id(
+                &deps.js,
+                subject,
+                &message,
+                &id,
+                None,
+                config.publish_timeout,
+            )
+            .await
         })
         .collect();
     let all = futures::stream::iter(publishes)
