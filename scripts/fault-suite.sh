@@ -16,8 +16,9 @@
 #     TTLs, then resumes it (SIGCONT): the others must take its partitions
 #     over while it sleeps, and it must find itself fenced when it wakes,
 #   - deletes the queue stream, as an operator or a lost NATS store would
-#     (scripts/lib/nats_stream_delete.py): every order accepted before must
-#     still be decided, and the sale must go on,
+#     (scripts/lib/nats_stream_delete.py), while every worker is held for
+#     2 s so that accepted orders are lost with it: every order accepted
+#     before must still be decided, and the sale must go on,
 # one after the other, so that each one's effect can be told apart in the
 # logs, while the load test's buyers retry 503s with the same
 # Idempotency-Key, as a storefront would. The load test then checks
@@ -263,13 +264,11 @@ else
     if ((SECONDS - SALE_START >= DURATION)); then
         log "warning: the sale has already ended; the stream is deleted after it, not during it"
     fi
-    # Struck while accepted orders wait in the queue (up to 5 s for some to
-    # be seen), so that their messages go with the stream.
-    for _ in $(seq 1 50); do
-        parts=$(stats_partitions) || parts=
-        [[ -n $parts ]] && (($(awk '{ n += $4 } END { print n + 0 }' <<<"$parts") > 0)) && break
-        sleep 0.1
-    done
+    # Struck while accepted orders wait in the queue: every worker is held
+    # (SIGSTOP, shorter than a lease) for 2 s first, so that the orders
+    # accepted meanwhile have their messages only in the stream that goes.
+    for i in "${!WORKER_PIDS[@]}"; do kill -STOP "${WORKER_PIDS[$i]}" 2>/dev/null || true; done
+    sleep 2
     log "delete the queue stream $STREAM"
     # PostgreSQL's clock, to compare with the orders' created_at.
     STREAM_LOST_AT=$(psql -Atq "$CHECKLINE_DATABASE_URL" -c "SELECT now()" 2>/dev/null || true)
@@ -281,6 +280,7 @@ else
     else
         fault_failed "could not delete the stream $STREAM"
     fi
+    for i in "${!WORKER_PIDS[@]}"; do kill -CONT "${WORKER_PIDS[$i]}" 2>/dev/null || true; done
 fi
 
 # Orders still undecided, and how many of them were accepted before the
