@@ -242,9 +242,11 @@ pub fn api_router() -> OpenApiRouter<Arc<AppState>> {
 /// From the outside in: request id and tracing (so every answer, refusals
 /// included, carries `x-request-id`); `edge::admit` (431 for oversized
 /// heads, the per-address rate limit); the body limit; then, on matched
-/// routes only, `edge::bound` (the request time limit and the event stream
-/// cap). The per-subject rate limit is charged where the caller is known
-/// (`auth::Caller`).
+/// routes only, `edge::bound` (the request time limit, the event stream
+/// cap, the fingerprint of an idempotent write for the rate limit's retry
+/// exemption, and axum's own extractor rejections turned into problem
+/// documents). The per-subject rate limit is charged where the caller is
+/// known (`auth::Caller`).
 pub fn router(state: Arc<AppState>) -> Router {
     let body_max = state.config.body_max_bytes;
     let (routes, _openapi) = api_router().split_for_parts();

@@ -194,7 +194,10 @@ pub async fn bound(
         .ok()
         .and_then(|p| p.iter().find(|(name, _)| *name == "id"))
         .map(|(_, value)| value.to_owned());
-    let write = request.method() == Method::POST
+    // Only the per-subject rate limit uses the fingerprint: with limits off,
+    // the body is left to the handler alone.
+    let write = state.limiter.enabled()
+        && request.method() == Method::POST
         && IDEMPOTENT_WRITES.contains(&route.as_str())
         && request.headers().contains_key("idempotency-key");
     let body_max = state.config.body_max_bytes;

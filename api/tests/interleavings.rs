@@ -48,6 +48,28 @@ async fn restock(app: &TestApp, product_id: &str, key: &str, quantity: i64) -> r
         .unwrap()
 }
 
+/// Sends an order (quantity 1) in the background, to race it against
+/// something else.
+fn spawn_order(
+    app: &TestApp,
+    token: String,
+    key: &str,
+    product_id: &str,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (url, http) = (app.url("/v1/orders"), app.http.clone());
+    let body = json!({"product_id": product_id, "quantity": 1});
+    let key = key.to_owned();
+    tokio::spawn(async move {
+        http.post(url)
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    })
+}
+
 /// Waits until the product's stock is `want`, for at most `limit`.
 async fn stock_becomes(app: &TestApp, product_id: &str, want: i64, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
@@ -82,21 +104,7 @@ async fn a_retry_is_answered_with_its_order_when_the_product_sells_out_mid_batch
     .execute(&app.env.pool)
     .await
     .unwrap();
-    let retry = {
-        let app_url = app.url("/v1/orders");
-        let http = app.http.clone();
-        let token = app.customer("alice");
-        let pid = pid.clone();
-        tokio::spawn(async move {
-            http.post(app_url)
-                .bearer_auth(token)
-                .header("idempotency-key", "k1")
-                .json(&json!({"product_id": pid, "quantity": 1}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let retry = spawn_order(&app, app.customer("alice"), "k1", &pid);
     // While the retry's batch is paused, the product sells out.
     tokio::time::sleep(Duration::from_millis(300)).await;
     announce_stock(&app, &pid, 0).await;
@@ -117,21 +125,7 @@ async fn a_new_order_is_answered_when_the_product_sells_out_mid_batch() {
     let pid = product["id"].as_str().unwrap().to_owned();
     // The product is known (and open) before the order comes.
     assert_eq!(app.product(&pid).await["stock"], 5);
-    let order = {
-        let app_url = app.url("/v1/orders");
-        let http = app.http.clone();
-        let token = app.customer("bob");
-        let pid = pid.clone();
-        tokio::spawn(async move {
-            http.post(app_url)
-                .bearer_auth(token)
-                .header("idempotency-key", "b1")
-                .json(&json!({"product_id": pid, "quantity": 1}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let order = spawn_order(&app, app.customer("bob"), "b1", &pid);
     tokio::time::sleep(Duration::from_millis(300)).await;
     announce_stock(&app, &pid, 0).await;
     let order = order.await.unwrap();
@@ -193,21 +187,7 @@ async fn a_failure_after_the_insert_still_answers_the_inserted_orders() {
     let product = app.create_product(10, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
     let dave = app.customer("dave");
-    let send = |key: &'static str| {
-        let url = app.url("/v1/orders");
-        let http = app.http.clone();
-        let token = dave.clone();
-        let pid = pid.clone();
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(token)
-                .header("idempotency-key", key)
-                .json(&json!({"product_id": pid, "quantity": 1}))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let send = |key: &str| spawn_order(&app, dave.clone(), key, &pid);
     // The first batch (key d0) holds the only pipeline; the next two
     // requests form the second batch: a new key and a retry of d0.
     let d0 = send("d0");

@@ -156,11 +156,20 @@ pub async fn ensure_stream(
             ) =>
         {
             config.first_sequence = Some(first_sequence).filter(|s| *s > 1);
-            if let Err(create_error) = js.create_stream(config).await {
-                // Another process may have created it meanwhile: take that.
-                tracing::debug!(error = %create_error, stream = %name, "create refused; reading it");
-            } else {
-                tracing::warn!(stream = %name, first_sequence, "queue stream created");
+            match js.create_stream(config).await {
+                // Created anew after a loss, the stream continues the sequence.
+                Ok(_) if first_sequence > 1 => {
+                    tracing::warn!(stream = %name, first_sequence, "queue stream created anew")
+                }
+                Ok(_) => tracing::info!(stream = %name, "queue stream created"),
+                // Another process may have created it meanwhile: take that;
+                // if there is none, this refusal (no storage left, say) is
+                // the reason to report.
+                Err(create_error) => {
+                    if js.get_stream(&name).await.is_err() {
+                        return Err(stream_error(create_error));
+                    }
+                }
             }
         }
         Err(err) => {

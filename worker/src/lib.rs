@@ -14,6 +14,7 @@
 //! - [`decide`]: the pure decision function, property-tested.
 //! - [`store`]: the batch transaction and the stranded-order sweep queries.
 //! - [`partition`]: the per-partition consumer loop.
+//! - [`stream_watch`]: notices a queue stream that is gone or created anew.
 //! - [`notify`]: result events after commit.
 //! - [`deadletter`]: messages that can never be processed, kept for ops.
 //! - [`metrics`]: the worker's Prometheus metrics.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod notify;
 pub mod partition;
 pub mod store;
+pub mod stream_watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -100,12 +102,19 @@ pub async fn run(
         })?;
         tracing::info!(%local, "worker metrics at /metrics");
     }
+    let stream_seen = stream_watch::spawn(
+        js.clone(),
+        subjects.stream_name(),
+        config.stream_check_interval,
+        common.publish_timeout,
+    );
     let deps = partition::Deps {
         config: Arc::new(config),
         pool: pool.clone(),
         client: client.clone(),
         js,
         stream,
+        stream_seen,
         metrics,
         subjects,
     };

@@ -37,6 +37,8 @@ pub struct Deps {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub stream: JsStream,
+    /// The latest look at the queue stream (`stream_watch`).
+    pub stream_seen: watch::Receiver<Option<crate::stream_watch::Seen>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub subjects: Subjects,
 }
@@ -184,7 +186,7 @@ async fn consume(
 
     let mut last_purge = Instant::now();
     let mut purged_below = 0;
-    let mut last_check = Instant::now();
+    let started = Instant::now();
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => return Err(LoopError::Shutdown),
@@ -192,10 +194,7 @@ async fn consume(
         };
         // An ordered consumer may carry on quietly on a stream created anew
         // under the same name; only its identity tells.
-        if last_check.elapsed() >= config.stream_check_interval {
-            last_check = Instant::now();
-            same_stream(deps, identity).await?;
-        }
+        same_stream(deps, identity, started)?;
         // The sweep runs busy or idle: a partition whose backlog never
         // drains still gets its stranded orders queued, within
         // CHECKLINE_REQUEUE_AFTER_MS and half of it again.
@@ -218,7 +217,7 @@ async fn consume(
         }
         let chunk = match next {
             Err(_idle) => {
-                if cursor + 1 > purged_below && same_stream(deps, identity).await? {
+                if cursor + 1 > purged_below && same_stream(deps, identity, started)? {
                     purge(deps, partition, cursor).await;
                     purged_below = cursor + 1;
                     last_purge = Instant::now();
@@ -327,7 +326,7 @@ async fn consume(
         let limit = config.common.publish_timeout;
         notify::publish(&deps.client, &deps.subjects, partition, &applied, limit).await;
 
-        if last_purge.elapsed() >= config.purge_interval && same_stream(deps, identity).await? {
+        if last_purge.elapsed() >= config.purge_interval && same_stream(deps, identity, started)? {
             purge(deps, partition, cursor).await;
             purged_below = cursor + 1;
             last_purge = Instant::now();
@@ -385,30 +384,26 @@ async fn purge(deps: &Deps, partition: u32, cursor: u64) {
     }
 }
 
-/// Whether the queue stream is still the one `identity` describes: `Ok(true)`
-/// when it is, `Ok(false)` when NATS did not say (purges wait), and an error
-/// when it is gone or was created anew, so that the loop restarts, declares
-/// it and re-bases its cursor. A purge by sequence must never run on another
-/// stream than the cursor's: it would delete undecided messages.
-async fn same_stream(deps: &Deps, identity: StreamIdentity) -> Result<bool, LoopError> {
-    let name = deps.subjects.stream_name();
-    let found = tokio::time::timeout(
-        deps.config.common.publish_timeout,
-        deps.js.get_stream(&name),
-    )
-    .await;
-    match found {
-        Ok(Ok(stream)) if queue::utc(stream.cached_info().created) == identity.created => Ok(true),
-        Ok(Ok(_)) => Err(LoopError::Queue(format!("stream {name} was created anew"))),
-        Ok(Err(err)) => match err.kind() {
-            async_nats::jetstream::context::GetStreamErrorKind::JetStream(e)
-                if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
-            {
-                Err(LoopError::Queue(format!("stream {name} is gone")))
-            }
-            _ => Ok(false),
-        },
-        Err(_) => Ok(false),
+/// Whether the queue stream is still the one `identity` describes, by the
+/// worker's latest look at it (`stream_watch`) taken after `since`:
+/// `Ok(true)` when a recent look (within three check intervals) saw it,
+/// `Ok(false)` when no recent look says (purges wait), and an error when it
+/// is gone or was created anew, so that the loop restarts, declares it and
+/// re-bases its cursor. A purge by sequence must never run on another stream
+/// than the cursor's: it would delete undecided messages.
+fn same_stream(deps: &Deps, identity: StreamIdentity, since: Instant) -> Result<bool, LoopError> {
+    let Some(seen) = *deps.stream_seen.borrow() else {
+        return Ok(false);
+    };
+    if seen.at < since {
+        return Ok(false);
+    }
+    match seen.created {
+        Some(created) if created == identity.created => {
+            Ok(seen.at.elapsed() <= deps.config.stream_check_interval * 3)
+        }
+        Some(_) => Err(LoopError::Queue("the queue stream was created anew".into())),
+        None => Err(LoopError::Queue("the queue stream is gone".into())),
     }
 }
 

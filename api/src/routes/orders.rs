@@ -260,25 +260,7 @@ pub async fn get(
 ) -> Result<Json<Order>, ApiError> {
     caller.require_order_reader()?;
     let id = path_id(&id)?;
-    let mut wait = Duration::ZERO;
-    for (name, value) in &query {
-        if name != "wait" {
-            return Err(ApiError::InvalidRequest(format!(
-                "unknown query parameter {name:?}"
-            )));
-        }
-        let max = state.config.wait_max_secs as f64;
-        let secs = value
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && (0.0..=max).contains(s))
-            .ok_or_else(|| {
-                ApiError::InvalidRequest(format!(
-                    "wait must be a number of seconds from 0 to {max}"
-                ))
-            })?;
-        wait = Duration::from_secs_f64(secs);
-    }
+    let wait = crate::extract::wait(&query, state.config.wait_max_secs)?;
     if wait.is_zero() {
         return Ok(Json(load_visible(&state, &caller, id).await?));
     }
