@@ -66,6 +66,27 @@ fn release_in_background(
     })
 }
 
+/// Starts the loop of a partition whose acquisition ended with a lease.
+fn start_acquired(
+    deps: &Deps,
+    owned: &mut BTreeMap<u32, Owned>,
+    p: u32,
+    acquired: Result<Result<Option<Lease>, LeaseError>, tokio::task::JoinError>,
+) {
+    match acquired {
+        Ok(Ok(Some(lease))) => {
+            tracing::info!(partition = p, token = lease.token, "partition acquired");
+            deps.metrics.leases_acquired.fetch_add(1, Relaxed);
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(partition::run(deps.clone(), p, lease.token, stopped));
+            owned.insert(p, Owned { lease, stop, task });
+        }
+        Ok(Ok(None)) => tracing::debug!(partition = p, "partition still held by another worker"),
+        Ok(Err(err)) => tracing::warn!(partition = p, error = %err, "cannot acquire partition"),
+        Err(err) => tracing::warn!(partition = p, error = %err, "acquisition failed"),
+    }
+}
+
 /// Runs until `shutdown` resolves, then stops every partition loop (each
 /// finishes its batch) and releases the leases at once.
 pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>) {
@@ -92,24 +113,8 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
             .map(|(p, _)| *p)
             .collect();
         for p in done {
-            let Some(task) = acquiring.remove(&p) else {
-                continue;
-            };
-            match task.await {
-                Ok(Ok(Some(lease))) => {
-                    tracing::info!(partition = p, token = lease.token, "partition acquired");
-                    deps.metrics.leases_acquired.fetch_add(1, Relaxed);
-                    let (stop, stopped) = watch::channel(false);
-                    let task = tokio::spawn(partition::run(deps.clone(), p, lease.token, stopped));
-                    owned.insert(p, Owned { lease, stop, task });
-                }
-                Ok(Ok(None)) => {
-                    tracing::debug!(partition = p, "partition still held by another worker")
-                }
-                Ok(Err(err)) => {
-                    tracing::warn!(partition = p, error = %err, "cannot acquire partition")
-                }
-                Err(err) => tracing::warn!(partition = p, error = %err, "acquisition failed"),
+            if let Some(task) = acquiring.remove(&p) {
+                start_acquired(&deps, &mut owned, p, task.await);
             }
         }
 
@@ -135,9 +140,13 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
         );
         let (heartbeat, renewals, live) =
             tokio::join!(leases.heartbeat(), renewals, leases.live_workers());
-        if let Err(err) = heartbeat {
-            tracing::warn!(error = %err, "heartbeat failed");
-        }
+        let heartbeat_ok = match heartbeat {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "heartbeat failed");
+                false
+            }
+        };
         for (p, renewed) in renewals {
             let Err(err) = renewed else {
                 continue;
@@ -154,6 +163,14 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
             .store(owned.len() as u64, Relaxed);
 
         let live = match live {
+            // The roll call ran beside this round's heartbeat and may have
+            // missed it: a worker that just started would otherwise wait a
+            // whole round to take its first partitions.
+            Ok(mut live) if heartbeat_ok && !live.contains(&config.worker_id) => {
+                live.push(config.worker_id.clone());
+                live.sort();
+                live
+            }
             Ok(live) => live,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot list workers; keeping the current partitions");
@@ -188,6 +205,21 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
                 p,
                 tokio::spawn(async move { leases.acquire(&pool, p).await }),
             );
+        }
+        // Start what was acquired in this round at once, not a round later
+        // (a worker's start and every take-over would lose a rebalance
+        // interval); an acquisition still stuck behind a lock after the
+        // lease operation deadline stays in the background.
+        let deadline = tokio::time::Instant::now() + config.lease_op_timeout;
+        let pending: Vec<u32> = acquiring.keys().copied().collect();
+        for p in pending {
+            let Some(task) = acquiring.get_mut(&p) else {
+                continue;
+            };
+            if let Ok(result) = tokio::time::timeout_at(deadline, task).await {
+                acquiring.remove(&p);
+                start_acquired(&deps, &mut owned, p, result);
+            }
         }
         deps.metrics
             .partitions_owned
