@@ -83,7 +83,9 @@ pub async fn run(
     let first_sequence = db::next_queue_sequence(&pool)
         .await
         .map_err(DbSetupError::Connect)?;
-    let stream = queue::ensure_stream(
+    // Declared before any partition starts, so that the API and the
+    // partition loops find it; each loop declares it again on (re)start.
+    queue::ensure_stream(
         &js,
         &subjects,
         StreamLimits::from_config(common),
@@ -113,7 +115,6 @@ pub async fn run(
         pool: pool.clone(),
         client: client.clone(),
         js,
-        stream,
         stream_seen,
         metrics,
         subjects,

@@ -36,7 +36,6 @@ pub struct Deps {
     pub pool: PgPool,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
-    pub stream: JsStream,
     /// The latest look at the queue stream (`stream_watch`).
     pub stream_seen: watch::Receiver<Option<crate::stream_watch::Seen>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -120,13 +119,12 @@ async fn consume(
         created: queue::utc(stream.cached_info().created),
         last_sequence: stream.cached_info().state.last_sequence,
     };
-    let mut cursor;
     // Pending rows written before this instant cannot be in the queue ahead
     // of the cursor (see `sweep`); `None` until a message is applied.
     let mut applied_through: Option<DateTime<Utc>> = None;
     let mut last_sweep = Instant::now();
-    match store::align_cursor(&deps.pool, partition, token, identity).await? {
-        store::Aligned::Kept(kept) => cursor = kept,
+    let mut cursor = match store::align_cursor(&deps.pool, partition, token, identity).await? {
+        store::Aligned::Kept(kept) => kept,
         store::Aligned::Rebased { was } => {
             // Everything queued in the lost stream is gone with it: whatever
             // is still pending and was written before this stream existed is
@@ -137,7 +135,6 @@ async fn consume(
                 stream_created = %identity.created,
                 "the queue stream is not the one the cursor counted in; re-reading the partition and queueing its pending orders again"
             );
-            cursor = 0;
             deps.metrics
                 .rebases
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -151,8 +148,9 @@ async fn consume(
             )
             .await;
             last_sweep = Instant::now();
+            0
         }
-    }
+    };
     let deliver_policy = if cursor == 0 {
         DeliverPolicy::All
     } else {
@@ -218,7 +216,7 @@ async fn consume(
         let chunk = match next {
             Err(_idle) => {
                 if cursor + 1 > purged_below && same_stream(deps, identity, started)? {
-                    purge(deps, partition, cursor).await;
+                    purge(deps, &stream, partition, cursor).await;
                     purged_below = cursor + 1;
                     last_purge = Instant::now();
                 }
@@ -327,7 +325,7 @@ async fn consume(
         notify::publish(&deps.client, &deps.subjects, partition, &applied, limit).await;
 
         if last_purge.elapsed() >= config.purge_interval && same_stream(deps, identity, started)? {
-            purge(deps, partition, cursor).await;
+            purge(deps, &stream, partition, cursor).await;
             purged_below = cursor + 1;
             last_purge = Instant::now();
         }
@@ -364,12 +362,12 @@ async fn apply_with_retry(
 
 /// Drops the partition's messages below `cursor + 1`: they are decided, and
 /// the database holds everything about them.
-async fn purge(deps: &Deps, partition: u32, cursor: u64) {
+async fn purge(deps: &Deps, stream: &JsStream, partition: u32, cursor: u64) {
     if cursor == 0 {
         return;
     }
     let purge = async {
-        deps.stream
+        stream
             .purge()
             .filter(deps.subjects.partition_filter(partition))
             .sequence(cursor + 1)

@@ -70,16 +70,6 @@ pub struct Applied {
     pub duplicates: usize,
 }
 
-/// Reads where a partition's queue stands.
-pub async fn load_cursor(pool: &PgPool, partition: u32) -> Result<u64, sqlx::Error> {
-    let seq: i64 =
-        sqlx::query_scalar("SELECT last_sequence FROM partition_cursors WHERE partition = $1")
-            .bind(partition_i32(partition))
-            .fetch_one(pool)
-            .await?;
-    Ok(u64::try_from(seq).unwrap_or(0))
-}
-
 /// The queue stream a partition is consumed from, as the worker found it.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamIdentity {
