@@ -31,10 +31,10 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
-use crate::app::Metrics;
 use crate::catalog::{Catalog, Known, ProductRead};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::requeue::Requeuer;
 
 /// One order request, validated and authenticated.

@@ -18,6 +18,7 @@
 //! - [`extract`]: strict parsing of bodies, headers, ids and queries.
 //! - [`fuzzing`]: the request parsing as one entry point, for fuzzers.
 //! - [`hub`]: result events fanned out to waiting requests.
+//! - [`metrics`]: the counters behind `GET /metrics`.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 //! - [`ratelimit`]: GCRA rate limits in Redis, with an in-process fallback.
 //! - [`requeue`]: publishing again, in the background, what may not be queued.
@@ -35,6 +36,7 @@ pub mod error;
 pub mod extract;
 pub mod fuzzing;
 pub mod hub;
+pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod requeue;

@@ -32,9 +32,9 @@ use checkline_shared::config::ConfigError;
 use checkline_shared::domain::CustomerId;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::app::Metrics;
 use crate::config::{RateConfig, RateQuota};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// One GCRA budget in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

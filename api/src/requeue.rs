@@ -19,7 +19,7 @@ use checkline_shared::queue::{self, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 
-use crate::app::Metrics;
+use crate::metrics::Metrics;
 
 /// Attempts per item before the sweep is left to find it.
 const ATTEMPTS: u32 = 3;

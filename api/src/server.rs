@@ -34,9 +34,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::app::Metrics;
 use crate::config::EdgeConfig;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// Connections over the cap that still get a `503` (rather than being
 /// closed unanswered) at any one time.
