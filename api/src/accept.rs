@@ -25,8 +25,8 @@ use std::sync::Arc;
 use checkline_shared::db::{order_columns, OrderRow, ORDER_COLUMNS};
 use checkline_shared::domain::{CustomerId, IdempotencyKey, Order};
 use checkline_shared::messages::{QueueMessage, QueuedOrder};
-use checkline_shared::queue;
-use checkline_shared::subjects::Subjects;
+use checkline_shared::partition::Partition;
+use checkline_shared::queue::{self, Publisher};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
@@ -68,8 +68,7 @@ pub struct Acceptor {
 /// What the batching task works with.
 pub struct Deps {
     pub pool: PgPool,
-    pub js: async_nats::jetstream::Context,
-    pub subjects: Subjects,
+    pub publisher: Publisher,
     pub catalog: Arc<Catalog>,
     pub metrics: Arc<Metrics>,
     pub backlog: Arc<Backlog>,
@@ -148,7 +147,7 @@ enum Slot {
 #[derive(Debug, Clone, Copy)]
 enum Door {
     Refuse(Refusal),
-    Open { partition: i32 },
+    Open { partition: Partition },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -285,7 +284,7 @@ async fn answer_known_keys(
         order: OrderRow,
         idempotency_key: String,
         request_hash: Vec<u8>,
-        partition: i32,
+        partition: Partition,
     }
     let columns = order_columns("o");
     let rows: Vec<Existing> = sqlx::query_as(&format!(
@@ -330,7 +329,12 @@ async fn answer_known_keys(
 /// A retried order that is still pending long after it was written may never
 /// have reached the queue: publish it again, in the background (a duplicate
 /// is harmless).
-fn requeue_if_stranded(deps: &Deps, order: &Order, partition: i32, request_id: Option<String>) {
+fn requeue_if_stranded(
+    deps: &Deps,
+    order: &Order,
+    partition: Partition,
+    request_id: Option<String>,
+) {
     let age = (chrono::Utc::now() - order.created_at)
         .to_std()
         .unwrap_or_default();
@@ -338,18 +342,7 @@ fn requeue_if_stranded(deps: &Deps, order: &Order, partition: i32, request_id: O
         return;
     }
     deps.requeuer
-        .submit(partition, lone_message(order), request_id);
-}
-
-/// The queue message that carries one order on its own.
-fn lone_message(order: &Order) -> QueueMessage {
-    QueueMessage::Order {
-        order_id: order.id,
-        product_id: order.product_id,
-        customer_id: order.customer_id.clone(),
-        quantity: order.quantity,
-        accepted_at: order.created_at,
-    }
+        .submit(partition, QueueMessage::lone_order(order), request_id);
 }
 
 /// Reads the products the catalog does not know, or whose "sold out" is too
@@ -369,7 +362,7 @@ async fn refresh_catalog(deps: &Deps, slots: &[Slot]) -> Result<(), ApiError> {
     ask.dedup();
     if !ask.is_empty() {
         let read_at = std::time::Instant::now();
-        let rows: Vec<(Uuid, i32, i64, Vec<Uuid>)> = sqlx::query_as(
+        let rows: Vec<(Uuid, Partition, i64, Vec<Uuid>)> = sqlx::query_as(
             "SELECT p.id, p.partition, p.stock, \
                  ARRAY(SELECT r.id FROM restocks r WHERE r.product_id = p.id AND r.status = 'pending') \
              FROM products p WHERE p.id = ANY($1)",
@@ -422,7 +415,7 @@ fn refuse_at_the_door(deps: &Deps, slots: &mut [Slot], doors: &[Door]) {
 /// A freshly written order waiting for its queue acknowledgement.
 struct Written {
     order: Order,
-    partition: i32,
+    partition: Partition,
     request_id: Option<String>,
     reply: Reply,
 }
@@ -460,7 +453,7 @@ async fn insert_pending(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(OrderRow, i32)> = sqlx::query_as::<_, OrderRowWithPartition>(&format!(
+    let rows: Vec<(OrderRow, Partition)> = sqlx::query_as::<_, OrderRowWithPartition>(&format!(
         "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition) \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::int[], $7::int[]) \
          ON CONFLICT (customer_id, idempotency_key) DO NOTHING \
@@ -501,7 +494,7 @@ async fn insert_pending(
 struct OrderRowWithPartition {
     #[sqlx(flatten)]
     order: OrderRow,
-    partition: i32,
+    partition: Partition,
 }
 
 /// One message per product, published concurrently; each request is
@@ -510,7 +503,7 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
     if written.is_empty() {
         return;
     }
-    let mut groups: Vec<(Uuid, i32, Vec<Written>)> = Vec::new();
+    let mut groups: Vec<(Uuid, Partition, Vec<Written>)> = Vec::new();
     for w in written {
         match groups.iter_mut().find(|(p, _, _)| *p == w.order.product_id) {
             Some((_, _, group)) => group.push(w),
@@ -541,8 +534,11 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
                 // its own; the worker decides only pending rows, so a copy is
                 // harmless, and the sweep catches whatever this misses.
                 for w in group {
-                    deps.requeuer
-                        .submit(w.partition, lone_message(&w.order), w.request_id.clone());
+                    deps.requeuer.submit(
+                        w.partition,
+                        QueueMessage::lone_order(&w.order),
+                        w.request_id.clone(),
+                    );
                     let _ = w.reply.send(Err(ApiError::Unavailable(
                         "the order was recorded but its queueing is not confirmed; \
                          retry with the same Idempotency-Key to follow it"
@@ -557,7 +553,7 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
 async fn publish_group(
     deps: &Deps,
     product_id: Uuid,
-    partition: i32,
+    partition: Partition,
     group: &[Written],
 ) -> Result<(), queue::PublishError> {
     let message = QueueMessage::Orders {
@@ -571,18 +567,11 @@ async fn publish_group(
             })
             .collect(),
     };
-    let partition = u32::try_from(partition)
-        .map_err(|_| queue::PublishError::Failed(format!("partition {partition} out of range")))?;
-    let subject = deps.subjects.product_queue(partition, product_id);
-    let request_id = group.first().and_then(|w| w.request_id.clone());
-    let published = queue::publish(
-        &deps.js,
-        subject,
-        &message,
-        request_id.as_deref(),
-        deps.config.common.publish_timeout,
-    )
-    .await?;
+    let request_id = group.first().and_then(|w| w.request_id.as_deref());
+    let published = deps
+        .publisher
+        .publish(partition, &message, request_id)
+        .await?;
     if deps.config.common.faults.fail("accept_ack_lost") {
         return Err(queue::PublishError::Timeout(
             deps.config.common.publish_timeout,
@@ -628,18 +617,14 @@ impl Backlog {
         out
     }
 
-    pub fn is_full(&self, partition: i32) -> bool {
-        usize::try_from(partition)
-            .ok()
-            .and_then(|p| self.pending.get(p))
+    pub fn is_full(&self, partition: Partition) -> bool {
+        self.pending
+            .get(partition.index())
             .is_some_and(|n| n.load(Ordering::Relaxed) >= self.max)
     }
 
-    fn add(&self, partition: i32, n: i64) {
-        if let Some(counter) = usize::try_from(partition)
-            .ok()
-            .and_then(|p| self.pending.get(p))
-        {
+    fn add(&self, partition: Partition, n: i64) {
+        if let Some(counter) = self.pending.get(partition.index()) {
             counter.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -650,17 +635,14 @@ impl Backlog {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let counts: Result<Vec<(i32, i64)>, _> =
+            let counts: Result<Vec<(Partition, i64)>, _> =
                 sqlx::query_as("SELECT partition, count(*) FROM orders WHERE status = 'pending' GROUP BY partition")
                     .fetch_all(&pool)
                     .await;
             let Ok(counts) = counts else { continue };
             let mut fresh = vec![0; self.pending.len()];
             for (partition, count) in counts {
-                if let Some(slot) = usize::try_from(partition)
-                    .ok()
-                    .and_then(|p| fresh.get_mut(p))
-                {
+                if let Some(slot) = fresh.get_mut(partition.index()) {
                     *slot = count;
                 }
             }

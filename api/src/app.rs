@@ -10,7 +10,8 @@ use checkline_shared::cache::Cache;
 use checkline_shared::config::ConfigError;
 use checkline_shared::db::{self, DbSetupError, PoolSettings};
 use checkline_shared::messages::QueueMessage;
-use checkline_shared::queue::{self, QueueSetupError, StreamLimits};
+use checkline_shared::partition::Partition;
+use checkline_shared::queue::{self, Publisher, QueueSetupError, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -38,7 +39,8 @@ pub struct AppState {
     pub config: ApiConfig,
     pub pool: PgPool,
     pub client: async_nats::Client,
-    pub js: async_nats::jetstream::Context,
+    /// Every queue write of this process goes through it.
+    pub publisher: Publisher,
     pub cache: Cache,
     pub subjects: Subjects,
     pub hub: Arc<Hub>,
@@ -55,33 +57,24 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Publishes to the product's queue subject and waits for JetStream's
+    /// Publishes to the product's queue and waits for JetStream's
     /// acknowledgement.
     pub async fn enqueue(
         &self,
-        partition: i32,
+        partition: Partition,
         message: &QueueMessage,
         request_id: Option<&str>,
     ) -> Result<(), ApiError> {
-        let partition = u32::try_from(partition).map_err(ApiError::internal)?;
-        let subject = self.subjects.product_queue(partition, message.product_id());
         let published = if self.config.common.faults.fail("restock_publish") {
             Err(queue::PublishError::Failed("fault point".into()))
         } else {
-            queue::publish(
-                &self.js,
-                subject,
-                message,
-                request_id,
-                self.config.common.publish_timeout,
-            )
-            .await
+            self.publisher.publish(partition, message, request_id).await
         };
         match published {
             Ok(_sequence) => Ok(()),
             Err(err) => {
                 self.metrics.publish_failures.inc();
-                tracing::warn!(error = %err, partition, "queue publish failed");
+                tracing::warn!(error = %err, %partition, "queue publish failed");
                 Err(ApiError::Unavailable(
                     "recorded, but its queueing is not confirmed; retry with the same Idempotency-Key to follow it".into(),
                 ))
@@ -204,6 +197,7 @@ impl Application {
             first_sequence,
         )
         .await?;
+        let publisher = Publisher::new(js.clone(), subjects.clone(), common.publish_timeout);
         let cache = Cache::new(
             &common.redis_url,
             subjects.clone(),
@@ -231,9 +225,9 @@ impl Application {
             requeue::Deps {
                 pool: pool.clone(),
                 js: js.clone(),
+                publisher: publisher.clone(),
                 subjects: subjects.clone(),
                 stream_limits: StreamLimits::from_config(common),
-                publish_timeout: common.publish_timeout,
                 faults: common.faults.clone(),
                 metrics: metrics.clone(),
             },
@@ -241,8 +235,7 @@ impl Application {
         );
         let acceptor = Acceptor::start(accept::Deps {
             pool: pool.clone(),
-            js: js.clone(),
-            subjects: subjects.clone(),
+            publisher: publisher.clone(),
             catalog: catalog.clone(),
             metrics: metrics.clone(),
             backlog: backlog.clone(),
@@ -274,7 +267,7 @@ impl Application {
             config,
             pool,
             client,
-            js,
+            publisher,
             cache,
             subjects,
             hub,

@@ -15,11 +15,12 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+use checkline_shared::partition::Partition;
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 struct ProductInfo {
-    partition: i32,
+    partition: Partition,
     /// Last stock seen (events or database).
     stock: i64,
     seen_at: Instant,
@@ -39,18 +40,18 @@ pub enum Known {
     /// Never seen: ask the database.
     Unknown,
     /// Known and, as far as anyone knows, sold out.
-    SoldOut { partition: i32 },
+    SoldOut { partition: Partition },
     /// Known; let the queue decide.
-    Open { partition: i32 },
+    Open { partition: Partition },
     /// Known, but its "sold out" (or its pending restocks) too old to answer
     /// with: ask the database.
-    Stale { partition: i32 },
+    Stale { partition: Partition },
 }
 
 /// A product as read from PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct ProductRead {
-    pub partition: i32,
+    pub partition: Partition,
     pub stock: i64,
     /// Its restocks still pending at the time of the read.
     pub pending_restocks: Vec<Uuid>,
@@ -156,7 +157,7 @@ mod tests {
 
     fn read(stock: i64, pending_restocks: Vec<Uuid>) -> ProductRead {
         ProductRead {
-            partition: 3,
+            partition: Partition::new(3),
             stock,
             pending_restocks,
         }
@@ -168,11 +169,26 @@ mod tests {
         let id = Uuid::new_v4();
         assert_eq!(catalog.lookup(id), Known::Unknown);
         catalog.observe_read(id, read(5, vec![]), Instant::now());
-        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::Open {
+                partition: Partition::new(3)
+            }
+        );
         catalog.observe_stock(id, 0);
-        assert_eq!(catalog.lookup(id), Known::SoldOut { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::SoldOut {
+                partition: Partition::new(3)
+            }
+        );
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(catalog.lookup(id), Known::Stale { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::Stale {
+                partition: Partition::new(3)
+            }
+        );
     }
 
     #[test]
@@ -184,15 +200,35 @@ mod tests {
         // Other decisions' stock events do not end it.
         catalog.observe_stock(id, 1);
         catalog.observe_stock(id, 0);
-        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::Open {
+                partition: Partition::new(3)
+            }
+        );
         // Nor does a read that started before the announcement.
         let before = Instant::now() - Duration::from_secs(1);
         catalog.observe_read(id, read(0, vec![]), before);
-        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::Open {
+                partition: Partition::new(3)
+            }
+        );
         catalog.restock_applied(id, Uuid::new_v4());
-        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::Open {
+                partition: Partition::new(3)
+            }
+        );
         catalog.restock_applied(id, restock);
-        assert_eq!(catalog.lookup(id), Known::SoldOut { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::SoldOut {
+                partition: Partition::new(3)
+            }
+        );
     }
 
     #[test]
@@ -200,13 +236,33 @@ mod tests {
         let catalog = Catalog::new(Duration::from_millis(30));
         let (id, restock) = (Uuid::new_v4(), Uuid::new_v4());
         catalog.observe_read(id, read(0, vec![restock]), Instant::now());
-        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::Open {
+                partition: Partition::new(3)
+            }
+        );
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(catalog.lookup(id), Known::Stale { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::Stale {
+                partition: Partition::new(3)
+            }
+        );
         // Still pending: open again; applied (absent from the read): sold out.
         catalog.observe_read(id, read(0, vec![restock]), Instant::now());
-        assert_eq!(catalog.lookup(id), Known::Open { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::Open {
+                partition: Partition::new(3)
+            }
+        );
         catalog.observe_read(id, read(0, vec![]), Instant::now());
-        assert_eq!(catalog.lookup(id), Known::SoldOut { partition: 3 });
+        assert_eq!(
+            catalog.lookup(id),
+            Known::SoldOut {
+                partition: Partition::new(3)
+            }
+        );
     }
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use checkline_shared::faults::Faults;
 use checkline_shared::messages::QueueMessage;
-use checkline_shared::queue::{self, StreamLimits};
+use checkline_shared::partition::Partition;
+use checkline_shared::queue::{self, Publisher, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 
@@ -27,7 +28,7 @@ const ATTEMPTS: u32 = 3;
 const CONCURRENCY: usize = 16;
 
 struct Item {
-    partition: u32,
+    partition: Partition,
     message: QueueMessage,
     request_id: Option<String>,
 }
@@ -43,9 +44,9 @@ pub struct Requeuer {
 pub struct Deps {
     pub pool: sqlx::PgPool,
     pub js: async_nats::jetstream::Context,
+    pub publisher: Publisher,
     pub subjects: Subjects,
     pub stream_limits: StreamLimits,
-    pub publish_timeout: Duration,
     pub faults: Arc<Faults>,
     pub metrics: Arc<Metrics>,
 }
@@ -61,14 +62,7 @@ impl Requeuer {
     /// Queues `message` for publishing on `partition`; never waits. When the
     /// requeue queue is full the item is dropped (and counted): the worker's
     /// sweep will find the row.
-    pub fn submit(&self, partition: i32, message: QueueMessage, request_id: Option<String>) {
-        let Ok(partition) = u32::try_from(partition) else {
-            tracing::error!(
-                partition,
-                "requeue for a partition that cannot exist; left to the sweep"
-            );
-            return;
-        };
+    pub fn submit(&self, partition: Partition, message: QueueMessage, request_id: Option<String>) {
         let item = Item {
             partition,
             message,
@@ -98,21 +92,13 @@ async fn run(mut rx: mpsc::Receiver<Item>, deps: Arc<Deps>) {
 }
 
 async fn requeue(deps: &Deps, stream_checked: &Mutex<Option<Instant>>, item: Item) {
-    let subject = deps
-        .subjects
-        .product_queue(item.partition, item.message.product_id());
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=ATTEMPTS {
         deps.faults.pause("requeue_publish").await;
-        match queue::publish(
-            &deps.js,
-            subject.clone(),
-            &item.message,
-            item.request_id.as_deref(),
-            deps.publish_timeout,
-        )
-        .await
-        {
+        let published =
+            deps.publisher
+                .publish(item.partition, &item.message, item.request_id.as_deref());
+        match published.await {
             Ok(_) => {
                 deps.metrics.requeues.inc();
                 return;

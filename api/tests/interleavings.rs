@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use checkline_shared::domain::StockEvent;
 use checkline_shared::messages::{QueueMessage, QueuedOrder};
-use checkline_shared::queue::{self, StreamLimits};
+use checkline_shared::partition::Partition;
+use checkline_shared::queue::{self, Publisher, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use common::TestApp;
 use reqwest::StatusCode;
@@ -399,19 +400,13 @@ async fn a_group_is_never_dropped_as_a_duplicate_of_a_lone_republish() {
             })
             .collect(),
     };
-    let subject = subjects.product_queue(0, pid);
-    let timeout = Duration::from_secs(5);
-    let first = queue::publish(&js, subject.clone(), &lone, None, timeout)
-        .await
-        .unwrap();
-    let second = queue::publish(&js, subject.clone(), &group, None, timeout)
-        .await
-        .unwrap();
+    let publisher = Publisher::new(js, subjects, Duration::from_secs(5));
+    let partition = Partition::new(0);
+    let first = publisher.publish(partition, &lone, None).await.unwrap();
+    let second = publisher.publish(partition, &group, None).await.unwrap();
     assert!(!second.duplicate, "the group was dropped as a duplicate");
     assert!(second.sequence > first.sequence);
-    let again = queue::publish(&js, subject, &group, None, timeout)
-        .await
-        .unwrap();
+    let again = publisher.publish(partition, &group, None).await.unwrap();
     assert!(again.duplicate, "a second copy of the group is reported");
     app.shutdown().await;
 }

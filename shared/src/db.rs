@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::config::ConfigError;
 use crate::domain::{Order, OrderStatus, Product, RejectReason};
+use crate::partition::Partition;
 
 /// The schema, embedded at build time from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -275,7 +276,7 @@ pub struct ProductRow {
     pub stock: i64,
     pub max_per_customer: Option<i32>,
     pub active: bool,
-    pub partition: i32,
+    pub partition: Partition,
     pub updated_at: DateTime<Utc>,
 }
 

@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::partition::Partition;
+
 /// Parses an id in the canonical 36-character hyphenated form.
 ///
 /// Only this form is accepted: ids end up in NATS subjects and URLs, and one
@@ -216,8 +218,8 @@ pub struct Product {
     /// Inactive products reject new orders with reason `product_unavailable`.
     pub active: bool,
     /// The queue partition this product's orders and restocks go through. Fixed at creation.
-    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
-    pub partition: i32,
+    #[cfg_attr(feature = "openapi", schema(value_type = i32, minimum = 0))]
+    pub partition: Partition,
     /// Last change (RFC 3339, UTC).
     pub updated_at: DateTime<Utc>,
 }

@@ -9,7 +9,10 @@
 //!   and the result events published after a decision.
 //! - [`subjects`]: every NATS subject, stream name and Redis key, in one place.
 //! - [`db`]: PostgreSQL pool, database creation and migrations.
-//! - [`queue`]: NATS connection and the JetStream stream definition.
+//! - [`partition`]: the queue partition number, as the database and subjects
+//!   write it.
+//! - [`queue`]: NATS connection, the JetStream stream definition and the
+//!   [`queue::Publisher`] every queue write goes through.
 //! - [`cache`]: the Redis cache; every operation degrades to "miss" on failure.
 //! - [`faults`]: fault points that tests arm to force rare interleavings.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and the shutdown signal.
@@ -20,6 +23,7 @@ pub mod db;
 pub mod domain;
 pub mod faults;
 pub mod messages;
+pub mod partition;
 pub mod queue;
 pub mod shutdown;
 pub mod subjects;

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::Order;
+
 /// Header that carries the HTTP request id into the worker's span.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -53,6 +55,18 @@ pub struct QueuedOrder {
 }
 
 impl QueueMessage {
+    /// The message that carries one order on its own: an order published
+    /// again by a retry, a requeue or the stranded-order sweep.
+    pub fn lone_order(order: &Order) -> Self {
+        QueueMessage::Order {
+            order_id: order.id,
+            product_id: order.product_id,
+            customer_id: order.customer_id.clone(),
+            quantity: order.quantity,
+            accepted_at: order.created_at,
+        }
+    }
+
     /// The id JetStream deduplicates on (`Nats-Msg-Id`) within its window.
     ///
     /// Each kind has its own id space: a lone republish of an order (`o.`)

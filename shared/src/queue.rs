@@ -7,6 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 
 use crate::config::CommonConfig;
+use crate::messages::{QueueMessage, REQUEST_ID_HEADER};
+use crate::partition::Partition;
 use crate::subjects::Subjects;
 
 /// Oldest server we accept: `sync_interval`, per-subject purge filters and
@@ -222,50 +224,94 @@ pub struct Published {
     pub duplicate: bool,
 }
 
-/// Publishes a queue message and waits for JetStream's acknowledgement, which
-/// under `sync_interval: always` means the message is on disk.
-/// `Nats-Msg-Id` is [`QueueMessage::message_id`](crate::messages::QueueMessage::message_id),
-/// so a republish inside the duplicate window is dropped by the server; the
-/// caller decides what a duplicate means for it.
-pub async fn publish(
-    js: &jetstream::Context,
-    subject: String,
-    message: &crate::messages::QueueMessage,
-    request_id: Option<&str>,
+/// Every write to the queue goes through a `Publisher`: the API's accepted
+/// orders and restocks, its background requeues, and the worker's sweep of
+/// stranded rows. It names the subject (the product's queue in its
+/// partition), sets `Nats-Msg-Id` and the request id, and waits for
+/// JetStream's acknowledgement, which under `sync_interval: always` means the
+/// message is on disk.
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+    subjects: Subjects,
     timeout: Duration,
-) -> Result<Published, PublishError> {
-    let id = message.message_id();
-    publish_with_id(js, subject, message, &id, request_id, timeout).await
 }
 
-/// [`publish`] under another `Nats-Msg-Id` than the message's own.
-pub async fn publish_with_id(
-    js: &jetstream::Context,
-    subject: String,
-    message: &crate::messages::QueueMessage,
-    message_id: &str,
-    request_id: Option<&str>,
-    timeout: Duration,
-) -> Result<Published, PublishError> {
-    let mut publish = jetstream::message::PublishMessage::build()
-        .payload(message.encode().into())
-        .message_id(message_id);
-    if let Some(request_id) = request_id {
-        publish = publish.header(crate::messages::REQUEST_ID_HEADER, request_id);
+impl Publisher {
+    /// `timeout` bounds each publish, from send to acknowledgement
+    /// (`CHECKLINE_PUBLISH_TIMEOUT_MS`).
+    pub fn new(js: jetstream::Context, subjects: Subjects, timeout: Duration) -> Self {
+        Self {
+            js,
+            subjects,
+            timeout,
+        }
     }
-    let attempt = async {
-        let ack = js
-            .send_publish(subject, publish)
+
+    /// How long a publish may wait for its acknowledgement.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Publishes `message` to its product's queue in `partition`.
+    /// `Nats-Msg-Id` is the message's own
+    /// ([`QueueMessage::message_id`]), so a republish inside the duplicate
+    /// window is dropped by the server; the caller decides what a duplicate
+    /// means for it.
+    pub async fn publish(
+        &self,
+        partition: Partition,
+        message: &QueueMessage,
+        request_id: Option<&str>,
+    ) -> Result<Published, PublishError> {
+        self.send(partition, message, message.message_id(), request_id)
             .await
-            .map_err(|e| PublishError::Failed(e.to_string()))?;
-        ack.await.map_err(|e| PublishError::Failed(e.to_string()))
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(ack)) => Ok(Published {
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        }),
-        Ok(Err(err)) => Err(err),
-        Err(_) => Err(PublishError::Timeout(timeout)),
+    }
+
+    /// Publishes a copy of `message` that replaces one which cannot be in the
+    /// queue any more (its publish failed, or its stream was lost). The copy
+    /// carries an id of its own, `<message id>.<copy>`: JetStream remembers
+    /// the ids of messages since purged or lost with their stream, and must
+    /// not drop the copy as their duplicate.
+    pub async fn publish_copy(
+        &self,
+        partition: Partition,
+        message: &QueueMessage,
+        copy: i64,
+    ) -> Result<Published, PublishError> {
+        let id = format!("{}.{copy}", message.message_id());
+        self.send(partition, message, id, None).await
+    }
+
+    async fn send(
+        &self,
+        partition: Partition,
+        message: &QueueMessage,
+        message_id: String,
+        request_id: Option<&str>,
+    ) -> Result<Published, PublishError> {
+        let subject = self.subjects.product_queue(partition, message.product_id());
+        let mut publish = jetstream::message::PublishMessage::build()
+            .payload(message.encode().into())
+            .message_id(message_id);
+        if let Some(request_id) = request_id {
+            publish = publish.header(REQUEST_ID_HEADER, request_id);
+        }
+        let attempt = async {
+            let ack = self
+                .js
+                .send_publish(subject, publish)
+                .await
+                .map_err(|e| PublishError::Failed(e.to_string()))?;
+            ack.await.map_err(|e| PublishError::Failed(e.to_string()))
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(ack)) => Ok(Published {
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(PublishError::Timeout(self.timeout)),
+        }
     }
 }

@@ -6,6 +6,8 @@
 
 use uuid::Uuid;
 
+use crate::partition::Partition;
+
 /// Names derived from the deployment prefix (`CHECKLINE_PREFIX`).
 #[derive(Debug, Clone)]
 pub struct Subjects {
@@ -40,7 +42,7 @@ impl Subjects {
     }
 
     /// Where a partition's dead letters go.
-    pub fn dead_letter_subject(&self, partition: u32) -> String {
+    pub fn dead_letter_subject(&self, partition: Partition) -> String {
         format!("{}.deadletter.p{partition}", self.prefix)
     }
 
@@ -54,12 +56,12 @@ impl Subjects {
     }
 
     /// One partition's queue, every product in it.
-    pub fn partition_filter(&self, partition: u32) -> String {
+    pub fn partition_filter(&self, partition: Partition) -> String {
         format!("{}.orders.p{partition}.*", self.prefix)
     }
 
     /// One product's queue subject.
-    pub fn product_queue(&self, partition: u32, product_id: Uuid) -> String {
+    pub fn product_queue(&self, partition: Partition, product_id: Uuid) -> String {
         format!("{}.orders.p{partition}.{product_id}", self.prefix)
     }
 
@@ -69,7 +71,7 @@ impl Subjects {
     }
 
     /// The decisions of one committed batch (a JSON array of orders).
-    pub fn decisions_event(&self, partition: u32) -> String {
+    pub fn decisions_event(&self, partition: Partition) -> String {
         format!("{}.events.decisions.p{partition}", self.prefix)
     }
 
@@ -132,12 +134,15 @@ mod tests {
         let id = Uuid::nil();
         assert_eq!(s.stream_name(), "CHECKLINE_ORDERS");
         assert_eq!(
-            s.product_queue(3, id),
+            s.product_queue(Partition::new(3), id),
             "checkline.orders.p3.00000000-0000-0000-0000-000000000000"
         );
-        assert_eq!(s.partition_filter(3), "checkline.orders.p3.*");
         assert_eq!(
-            s.parse_event(&s.decisions_event(2)),
+            s.partition_filter(Partition::new(3)),
+            "checkline.orders.p3.*"
+        );
+        assert_eq!(
+            s.parse_event(&s.decisions_event(Partition::new(2))),
             Some(EventSubject::Decisions)
         );
         assert_eq!(

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::lease::{assignment, Lease, LeaseError, Leases};
 use crate::partition::{self, Deps};
+use checkline_shared::partition::Partition;
 
 struct Owned {
     lease: Lease,
@@ -41,7 +42,7 @@ impl Owned {
         let mut task = self.task;
         if tokio::time::timeout(deadline, &mut task).await.is_err() {
             tracing::warn!(
-                partition = self.lease.partition,
+                partition = %self.lease.partition,
                 ?deadline,
                 "partition loop did not stop in time; aborting it"
             );
@@ -69,21 +70,21 @@ fn release_in_background(
 /// Starts the loop of a partition whose acquisition ended with a lease.
 fn start_acquired(
     deps: &Deps,
-    owned: &mut BTreeMap<u32, Owned>,
-    p: u32,
+    owned: &mut BTreeMap<Partition, Owned>,
+    p: Partition,
     acquired: Result<Result<Option<Lease>, LeaseError>, tokio::task::JoinError>,
 ) {
     match acquired {
         Ok(Ok(Some(lease))) => {
-            tracing::info!(partition = p, token = lease.token, "partition acquired");
+            tracing::info!(partition = %p, token = lease.token, "partition acquired");
             deps.metrics.leases_acquired.fetch_add(1, Relaxed);
             let (stop, stopped) = watch::channel(false);
             let task = tokio::spawn(partition::run(deps.clone(), p, lease.token, stopped));
             owned.insert(p, Owned { lease, stop, task });
         }
-        Ok(Ok(None)) => tracing::debug!(partition = p, "partition still held by another worker"),
-        Ok(Err(err)) => tracing::warn!(partition = p, error = %err, "cannot acquire partition"),
-        Err(err) => tracing::warn!(partition = p, error = %err, "acquisition failed"),
+        Ok(Ok(None)) => tracing::debug!(partition = %p, "partition still held by another worker"),
+        Ok(Err(err)) => tracing::warn!(partition = %p, error = %err, "cannot acquire partition"),
+        Err(err) => tracing::warn!(partition = %p, error = %err, "acquisition failed"),
     }
 }
 
@@ -92,10 +93,10 @@ fn start_acquired(
 pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>) {
     let config = deps.config.clone();
     let partitions = config.common.partitions;
-    let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
-    let mut acquiring: BTreeMap<u32, JoinHandle<Result<Option<Lease>, LeaseError>>> =
+    let mut owned: BTreeMap<Partition, Owned> = BTreeMap::new();
+    let mut acquiring: BTreeMap<Partition, JoinHandle<Result<Option<Lease>, LeaseError>>> =
         BTreeMap::new();
-    let mut releasing: BTreeMap<u32, JoinHandle<()>> = BTreeMap::new();
+    let mut releasing: BTreeMap<Partition, JoinHandle<()>> = BTreeMap::new();
     let mut ticker = tokio::time::interval(config.rebalance_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -107,7 +108,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
         releasing.retain(|_, task| !task.is_finished());
 
         // Acquisitions that completed since the last round.
-        let done: Vec<u32> = acquiring
+        let done: Vec<Partition> = acquiring
             .iter()
             .filter(|(_, task)| task.is_finished())
             .map(|(p, _)| *p)
@@ -119,14 +120,14 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
         }
 
         // Forget loops that ended (fenced).
-        let ended: Vec<u32> = owned
+        let ended: Vec<Partition> = owned
             .iter()
             .filter(|(_, entry)| entry.task.is_finished())
             .map(|(p, _)| *p)
             .collect();
         for p in ended {
             if let Some(entry) = owned.remove(&p) {
-                tracing::info!(partition = p, "partition loop ended; releasing");
+                tracing::info!(partition = %p, "partition loop ended; releasing");
                 let task = release_in_background(&deps, &leases, entry, config.handover_timeout);
                 releasing.insert(p, task);
             }
@@ -151,7 +152,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
             let Err(err) = renewed else {
                 continue;
             };
-            tracing::warn!(partition = p, error = %err, "lease lost; stopping the partition");
+            tracing::warn!(partition = %p, error = %err, "lease lost; stopping the partition");
             deps.metrics.leases_lost.fetch_add(1, Relaxed);
             if let Some(entry) = owned.remove(&p) {
                 let _ = entry.stop.send(true);
@@ -177,19 +178,19 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
                 continue;
             }
         };
-        let wanted: BTreeSet<u32> = assignment(partitions, &live, &config.worker_id)
+        let wanted: BTreeSet<Partition> = assignment(partitions, &live, &config.worker_id)
             .into_iter()
             .collect();
 
         // Hand over what now belongs to another worker.
-        let surplus: Vec<u32> = owned
+        let surplus: Vec<Partition> = owned
             .keys()
             .filter(|p| !wanted.contains(p))
             .copied()
             .collect();
         for p in surplus {
             if let Some(entry) = owned.remove(&p) {
-                tracing::info!(partition = p, "handing the partition over");
+                tracing::info!(partition = %p, "handing the partition over");
                 let task = release_in_background(&deps, &leases, entry, config.handover_timeout);
                 releasing.insert(p, task);
             }
@@ -211,7 +212,7 @@ pub async fn run(deps: Deps, leases: Leases, shutdown: impl Future<Output = ()>)
         // interval); an acquisition still stuck behind a lock after the
         // lease operation deadline stays in the background.
         let deadline = tokio::time::Instant::now() + config.lease_op_timeout;
-        let pending: Vec<u32> = acquiring.keys().copied().collect();
+        let pending: Vec<Partition> = acquiring.keys().copied().collect();
         for p in pending {
             let Some(task) = acquiring.get_mut(&p) else {
                 continue;

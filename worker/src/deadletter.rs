@@ -9,6 +9,7 @@
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, stream};
+use checkline_shared::partition::Partition;
 use checkline_shared::subjects::Subjects;
 
 pub const REASON: &str = "Checkline-Reason";
@@ -63,7 +64,7 @@ pub async fn ensure_stream(
 pub async fn send(
     js: &jetstream::Context,
     subjects: &Subjects,
-    partition: u32,
+    partition: Partition,
     original_subject: &str,
     original_sequence: u64,
     payload: bytes::Bytes,

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use checkline_shared::partition::Partition;
 use checkline_shared::subjects::Subjects;
 use futures::TryStreamExt;
 use sqlx::PgPool;
@@ -58,7 +59,7 @@ pub struct Leases {
 /// A held partition lease.
 #[derive(Debug, Clone, Copy)]
 pub struct Lease {
-    pub partition: u32,
+    pub partition: Partition,
     revision: u64,
     /// The partition's fencing token in PostgreSQL while this lease is held.
     pub token: i64,
@@ -141,7 +142,7 @@ impl Leases {
     pub async fn acquire(
         &self,
         pool: &PgPool,
-        partition: u32,
+        partition: Partition,
     ) -> Result<Option<Lease>, LeaseError> {
         let create = self.store.create(
             format!("p.{partition}"),
@@ -159,7 +160,7 @@ impl Leases {
             "UPDATE partition_cursors SET fencing_token = fencing_token + 1, owner = $2, updated_at = now() \
              WHERE partition = $1 RETURNING fencing_token",
         )
-        .bind(i32::try_from(partition).unwrap_or(i32::MAX))
+        .bind(partition)
         .bind(&self.worker_id)
         .fetch_one(pool);
         let token = match tokio::time::timeout(self.op_timeout, token).await {
@@ -210,10 +211,10 @@ impl Leases {
         match tokio::time::timeout(self.op_timeout, delete).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
-                tracing::debug!(partition = lease.partition, error = %err, "lease already gone")
+                tracing::debug!(partition = %lease.partition, error = %err, "lease already gone")
             }
             Err(_) => tracing::warn!(
-                partition = lease.partition,
+                partition = %lease.partition,
                 "lease release timed out; it will expire"
             ),
         }
@@ -221,7 +222,7 @@ impl Leases {
             "UPDATE partition_cursors SET owner = NULL, updated_at = now() \
              WHERE partition = $1 AND fencing_token = $2",
         )
-        .bind(i32::try_from(lease.partition).unwrap_or(i32::MAX))
+        .bind(lease.partition)
         .bind(lease.token)
         .execute(pool);
         let _ = tokio::time::timeout(self.op_timeout, clear).await;
@@ -238,18 +239,15 @@ impl Leases {
 }
 
 /// The partitions `worker` should own among `live` workers (sorted).
-pub fn assignment(partitions: u32, live: &[String], worker: &str) -> Vec<u32> {
-    let Some(n) = u32::try_from(live.len()).ok().filter(|n| *n > 0) else {
+pub fn assignment(partitions: u32, live: &[String], worker: &str) -> Vec<Partition> {
+    let Some(me) = live.iter().position(|w| w == worker) else {
         return Vec::new();
     };
-    let Some(me) = live
-        .iter()
-        .position(|w| w == worker)
-        .and_then(|i| u32::try_from(i).ok())
-    else {
-        return Vec::new();
-    };
-    (0..partitions).filter(|p| p % n == me).collect()
+    Partition::all(partitions)
+        .enumerate()
+        .filter(|(i, _)| i % live.len() == me)
+        .map(|(_, p)| p)
+        .collect()
 }
 
 #[cfg(test)]
@@ -263,10 +261,10 @@ mod tests {
         #[test]
         fn assignment_is_a_fair_partition(partitions in 1u32..64, workers in 1usize..10) {
             let live: Vec<String> = (0..workers).map(|i| format!("w{i:02}")).collect();
-            let shares: Vec<Vec<u32>> = live.iter().map(|w| assignment(partitions, &live, w)).collect();
-            let mut all: Vec<u32> = shares.iter().flatten().copied().collect();
+            let shares: Vec<Vec<Partition>> = live.iter().map(|w| assignment(partitions, &live, w)).collect();
+            let mut all: Vec<Partition> = shares.iter().flatten().copied().collect();
             all.sort_unstable();
-            prop_assert_eq!(all, (0..partitions).collect::<Vec<_>>());
+            prop_assert_eq!(all, Partition::all(partitions).collect::<Vec<_>>());
             let sizes: Vec<usize> = shares.iter().map(Vec::len).collect();
             let (min, max) = (sizes.iter().min().copied().unwrap_or(0), sizes.iter().max().copied().unwrap_or(0));
             prop_assert!(max - min <= 1);
@@ -277,6 +275,9 @@ mod tests {
     fn a_worker_not_yet_live_owns_nothing() {
         let live = vec!["a".to_string()];
         assert!(assignment(8, &live, "b").is_empty());
-        assert_eq!(assignment(3, &live, "a"), vec![0, 1, 2]);
+        assert_eq!(
+            assignment(3, &live, "a"),
+            Partition::all(3).collect::<Vec<_>>()
+        );
     }
 }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use checkline_shared::config::ConfigError;
 use checkline_shared::db::{self, DbSetupError, PoolSettings};
-use checkline_shared::queue::{self, QueueSetupError, StreamLimits};
+use checkline_shared::queue::{self, Publisher, QueueSetupError, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use lease::Leases;
 
@@ -110,11 +110,13 @@ pub async fn run(
         config.stream_check_interval,
         common.publish_timeout,
     );
+    let publisher = Publisher::new(js.clone(), subjects.clone(), common.publish_timeout);
     let deps = partition::Deps {
         config: Arc::new(config),
         pool: pool.clone(),
         client: client.clone(),
         js,
+        publisher,
         stream_seen,
         metrics,
         subjects,

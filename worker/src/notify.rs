@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_nats::Client;
+use checkline_shared::partition::Partition;
 use checkline_shared::subjects::Subjects;
 
 use crate::store::Applied;
@@ -15,7 +16,7 @@ use crate::store::Applied;
 pub async fn publish(
     client: &Client,
     subjects: &Subjects,
-    partition: u32,
+    partition: Partition,
     applied: &Applied,
     limit: Duration,
 ) {

@@ -17,7 +17,8 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, stream::Stream as JsStream};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use checkline_shared::messages::QueueMessage;
-use checkline_shared::queue::{self, StreamLimits};
+use checkline_shared::partition::Partition;
+use checkline_shared::queue::{self, Publisher, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use futures::StreamExt;
 use sqlx::PgPool;
@@ -36,6 +37,8 @@ pub struct Deps {
     pub pool: PgPool,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
+    /// Where the sweep queues stranded rows again.
+    pub publisher: Publisher,
     /// The latest look at the queue stream (`stream_watch`).
     pub stream_seen: watch::Receiver<Option<crate::stream_watch::Seen>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -57,8 +60,14 @@ enum LoopError {
 /// Runs the partition until `shutdown` turns true or the partition is fenced
 /// (taken over by another worker), restarting from the database cursor after
 /// any other error. `token` is the fencing token of this worker's lease.
-pub async fn run(deps: Deps, partition: u32, token: i64, mut shutdown: watch::Receiver<bool>) {
-    let span = tracing::info_span!("partition", partition, worker = %deps.config.worker_id);
+pub async fn run(
+    deps: Deps,
+    partition: Partition,
+    token: i64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let span =
+        tracing::info_span!("partition", partition = %partition, worker = %deps.config.worker_id);
     async move {
         let mut backoff = retry_delays(&deps.config);
         loop {
@@ -97,7 +106,7 @@ fn retry_delays(config: &WorkerConfig) -> impl Iterator<Item = Duration> {
 
 async fn consume(
     deps: &Deps,
-    partition: u32,
+    partition: Partition,
     token: i64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), LoopError> {
@@ -337,7 +346,7 @@ async fn consume(
 /// restarts from the database cursor.
 async fn apply_with_retry(
     deps: &Deps,
-    partition: u32,
+    partition: Partition,
     token: i64,
     cursor: u64,
     batch: &[QueuedRef],
@@ -362,7 +371,7 @@ async fn apply_with_retry(
 
 /// Drops the partition's messages below `cursor + 1`: they are decided, and
 /// the database holds everything about them.
-async fn purge(deps: &Deps, stream: &JsStream, partition: u32, cursor: u64) {
+async fn purge(deps: &Deps, stream: &JsStream, partition: Partition, cursor: u64) {
     if cursor == 0 {
         return;
     }
@@ -419,8 +428,7 @@ fn margin(config: &WorkerConfig) -> chrono::TimeDelta {
 /// harmless: the worker decides only pending rows. Bounded: the publishes go
 /// out together and the whole sweep waits at most twice the publish
 /// timeout; what fails is found by the next sweep.
-async fn sweep(deps: &Deps, partition: u32, before: StrandedBefore) {
-    let config = &deps.config.common;
+async fn sweep(deps: &Deps, partition: Partition, before: StrandedBefore) {
     let stranded =
         match store::stranded(&deps.pool, partition, before, deps.config.requeue_batch_max).await {
             Ok(stranded) => stranded,
@@ -433,31 +441,32 @@ async fn sweep(deps: &Deps, partition: u32, before: StrandedBefore) {
         return;
     }
     tracing::warn!(count = stranded.len(), "requeueing stranded items");
-    // Each sweep's copies get ids of their own: a row is swept only when its
-    // message cannot be in the queue, so JetStream's deduplication (which
-    // remembers ids of messages since purged or lost with their stream)
-    // must not drop the copy that replaces it.
+    // Each sweep's copies get ids of their own (see `Publisher::publish_copy`):
+    // a row is swept only when its message cannot be in the queue.
     let sweep_at = chrono::Utc::now().timestamp_millis();
-    let publishes: Vec<_> = stranded
-        .into_iter()
-        .map(|message| async move {
-            let subject = deps.subjects.product_queue(partition, message.product_id());
-            let id = format!("{}.{sweep_at}", message.message_id());
-            queue::publish_with_id(
-                &deps.js,
-                subject,
-                &message,
-                &id,
-                None,
-                config.publish_timeout,
-            )
-            .await
-        })
+    let messages: Vec<QueueMessage> = stranded
+        .orders
+        .iter()
+        .map(QueueMessage::lone_order)
+        .chain(
+            stranded
+                .restocks
+                .into_iter()
+                .map(|r| QueueMessage::Restock {
+                    restock_id: r.id,
+                    product_id: r.product_id,
+                    quantity: r.quantity,
+                }),
+        )
+        .collect();
+    let publishes: Vec<_> = messages
+        .iter()
+        .map(|message| deps.publisher.publish_copy(partition, message, sweep_at))
         .collect();
     let all = futures::stream::iter(publishes)
         .buffer_unordered(64)
         .collect::<Vec<_>>();
-    match tokio::time::timeout(config.publish_timeout * 2, all).await {
+    match tokio::time::timeout(deps.publisher.timeout() * 2, all).await {
         Ok(results) => {
             let failed = results.iter().filter(|r| r.is_err()).count();
             deps.metrics.requeued.fetch_add(

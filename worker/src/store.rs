@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use checkline_shared::db::{order_columns, OrderRow};
 use checkline_shared::domain::{Order, RestockResult, StockEvent};
-use checkline_shared::messages::QueueMessage;
+use checkline_shared::partition::Partition;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -95,7 +95,7 @@ pub enum Aligned {
 /// so any doubt re-bases. Fenced like a batch: only the owner moves it.
 pub async fn align_cursor(
     pool: &PgPool,
-    partition: u32,
+    partition: Partition,
     token: i64,
     stream: StreamIdentity,
 ) -> Result<Aligned, StoreError> {
@@ -103,7 +103,7 @@ pub async fn align_cursor(
     let (cursor, recorded): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
         "SELECT last_sequence, stream_created FROM partition_cursors WHERE partition = $1",
     )
-    .bind(partition_i32(partition))
+    .bind(partition)
     .fetch_one(pool)
     .await?;
     let cursor = u64::try_from(cursor).unwrap_or(0);
@@ -117,7 +117,7 @@ pub async fn align_cursor(
         "UPDATE partition_cursors SET last_sequence = $3, stream_created = $4, updated_at = now() \
          WHERE partition = $1 AND fencing_token = $2",
     )
-    .bind(partition_i32(partition))
+    .bind(partition)
     .bind(token)
     .bind(seq_i64(new_cursor))
     .bind(created)
@@ -133,10 +133,6 @@ pub async fn align_cursor(
     })
 }
 
-fn partition_i32(partition: u32) -> i32 {
-    i32::try_from(partition).unwrap_or(i32::MAX)
-}
-
 fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
@@ -145,7 +141,7 @@ fn seq_i64(seq: u64) -> i64 {
 /// in a single transaction.
 pub async fn apply_batch(
     pool: &PgPool,
-    partition: u32,
+    partition: Partition,
     token: i64,
     expected_cursor: u64,
     batch: &[QueuedRef],
@@ -164,7 +160,7 @@ pub async fn apply_batch(
          SET last_sequence = $3, last_decided_at = now(), updated_at = now() \
          WHERE partition = $1 AND last_sequence = $2 AND fencing_token = $4",
     )
-    .bind(partition_i32(partition))
+    .bind(partition)
     .bind(seq_i64(expected_cursor))
     .bind(seq_i64(last.sequence))
     .bind(token)
@@ -173,7 +169,7 @@ pub async fn apply_batch(
     if advanced.rows_affected() != 1 {
         let current: i64 =
             sqlx::query_scalar("SELECT fencing_token FROM partition_cursors WHERE partition = $1")
-                .bind(partition_i32(partition))
+                .bind(partition)
                 .fetch_one(&mut *tx)
                 .await?;
         return Err(if current == token {
@@ -592,58 +588,71 @@ pub struct StrandedBefore {
     pub written_before: Option<DateTime<Utc>>,
 }
 
-/// Pending orders and restocks of a partition that cannot be waiting in the
-/// queue (see [`StrandedBefore`]), oldest first, as the queue messages that
-/// would carry them: their publish failed, the API died between writing and
-/// publishing them, or the stream that held them was lost.
+/// Rows of a partition that are pending but cannot be waiting in the queue
+/// (see [`StrandedBefore`]): their publish failed, the API died between
+/// writing and publishing them, or the stream that held them was lost.
+#[derive(Debug, Default)]
+pub struct Stranded {
+    pub orders: Vec<Order>,
+    pub restocks: Vec<PendingRestock>,
+}
+
+/// A restock still to be applied.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingRestock {
+    pub id: Uuid,
+    pub product_id: Uuid,
+    pub quantity: i64,
+}
+
+impl Stranded {
+    pub fn is_empty(&self) -> bool {
+        self.orders.is_empty() && self.restocks.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.orders.len() + self.restocks.len()
+    }
+}
+
+/// The partition's [`Stranded`] rows, oldest first, at most `limit` of each
+/// kind.
 pub async fn stranded(
     pool: &PgPool,
-    partition: u32,
+    partition: Partition,
     before: StrandedBefore,
     limit: i64,
-) -> Result<Vec<QueueMessage>, sqlx::Error> {
+) -> Result<Stranded, sqlx::Error> {
     let age = before.age.map_or(0.0, |a| a.as_secs_f64());
-    let orders: Vec<(Uuid, Uuid, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT id, product_id, customer_id, quantity, created_at FROM orders \
-         WHERE partition = $1 AND status = 'pending' \
-           AND created_at < now() - make_interval(secs => $2) \
-           AND ($4::timestamptz IS NULL OR created_at < $4) \
-         ORDER BY created_at LIMIT $3",
-    )
-    .bind(partition_i32(partition))
+    let orders: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {} FROM orders o \
+         WHERE o.partition = $1 AND o.status = 'pending' \
+           AND o.created_at < now() - make_interval(secs => $2) \
+           AND ($4::timestamptz IS NULL OR o.created_at < $4) \
+         ORDER BY o.created_at LIMIT $3",
+        order_columns("o")
+    ))
+    .bind(partition)
     .bind(age)
     .bind(limit)
     .bind(before.written_before)
     .fetch_all(pool)
     .await?;
-    let restocks: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+    let restocks: Vec<PendingRestock> = sqlx::query_as(
         "SELECT id, product_id, quantity FROM restocks \
          WHERE partition = $1 AND status = 'pending' \
            AND created_at < now() - make_interval(secs => $2) \
            AND ($4::timestamptz IS NULL OR created_at < $4) \
          ORDER BY created_at LIMIT $3",
     )
-    .bind(partition_i32(partition))
+    .bind(partition)
     .bind(age)
     .bind(limit)
     .bind(before.written_before)
     .fetch_all(pool)
     .await?;
-    let orders = orders.into_iter().map(
-        |(order_id, product_id, customer_id, quantity, accepted_at)| QueueMessage::Order {
-            order_id,
-            product_id,
-            customer_id,
-            quantity,
-            accepted_at,
-        },
-    );
-    let restocks = restocks
-        .into_iter()
-        .map(|(restock_id, product_id, quantity)| QueueMessage::Restock {
-            restock_id,
-            product_id,
-            quantity,
-        });
-    Ok(orders.chain(restocks).collect())
+    Ok(Stranded {
+        orders: orders.into_iter().map(Order::from).collect(),
+        restocks,
+    })
 }

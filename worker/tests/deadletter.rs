@@ -5,6 +5,7 @@
 #[path = "../../api/tests/common/mod.rs"]
 mod common;
 
+use checkline_shared::partition::Partition;
 use checkline_shared::subjects::Subjects;
 use common::TestApp;
 use reqwest::StatusCode;
@@ -23,7 +24,7 @@ async fn poison_is_dead_lettered_and_the_partition_moves_on() {
     app.start_worker().await;
     let product = app.create_product(5, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
-    let partition = u32::try_from(product["partition"].as_i64().unwrap()).unwrap();
+    let partition: Partition = serde_json::from_value(product["partition"].clone()).unwrap();
     let subjects = Subjects::new(&app.env.config.prefix);
 
     // Garbage on the product's queue, ahead of a real order.
@@ -135,7 +136,7 @@ async fn a_full_dead_letter_stream_holds_the_partition_and_loses_nothing() {
     app.start_worker().await;
     let product = app.create_product(5, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
-    let partition = u32::try_from(product["partition"].as_i64().unwrap()).unwrap();
+    let partition: Partition = serde_json::from_value(product["partition"].clone()).unwrap();
     let subjects = Subjects::new(&app.env.config.prefix);
 
     let client = async_nats::connect(app.env.config.nats_url.as_str())

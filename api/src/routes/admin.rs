@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
+use checkline_shared::partition::Partition;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -36,8 +37,8 @@ pub struct ProductStats {
 /// Queue state of one partition.
 #[derive(Serialize, sqlx::FromRow, ToSchema)]
 pub struct PartitionStats {
-    #[schema(minimum = 0)]
-    partition: i32,
+    #[schema(value_type = i32, minimum = 0)]
+    partition: Partition,
     /// Orders and restocks queued on this partition and not yet decided.
     #[schema(minimum = 0)]
     pending: i64,

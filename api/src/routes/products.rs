@@ -13,6 +13,7 @@ use axum::Json;
 use checkline_shared::db::{ProductRow, PRODUCT_COLUMNS};
 use checkline_shared::domain::{Product, RestockResult};
 use checkline_shared::messages::QueueMessage;
+use checkline_shared::partition::Partition;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -111,7 +112,7 @@ struct ExistingRestock {
     request_hash: Vec<u8>,
     status: String,
     stock_after: Option<i64>,
-    partition: i32,
+    partition: Partition,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -205,7 +206,7 @@ pub async fn create(
         }
         Err(e) => return Err(e.into()),
     };
-    tracing::info!(product_id = %product.id, partition = product.partition, "product created");
+    tracing::info!(product_id = %product.id, partition = %product.partition, "product created");
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/products/{}", product.id))],
