@@ -177,7 +177,7 @@ impl Refusal {
 /// and the retry returns it).
 async fn process(deps: &Deps, batch: Vec<(Request, Reply)>) {
     let faults = &deps.config.common.faults;
-    faults.pause("accept_batch_start").await;
+    faults.at("accept_batch_start").await;
     let mut slots: Vec<Slot> = batch
         .into_iter()
         .map(|(r, tx)| Slot::Pending(r, tx))
@@ -200,7 +200,7 @@ async fn process(deps: &Deps, batch: Vec<(Request, Reply)>) {
     if let Err(err) = answer_known_keys(deps, &mut slots, refused).await {
         return fail_all(slots, err);
     }
-    faults.pause("accept_after_door").await;
+    faults.at("accept_after_door").await;
     refuse_at_the_door(deps, &mut slots, &doors);
     let inserted = match insert_pending(deps, &mut slots, &doors).await {
         Ok(inserted) => inserted,

@@ -94,7 +94,7 @@ async fn run(mut rx: mpsc::Receiver<Item>, deps: Arc<Deps>) {
 async fn requeue(deps: &Deps, stream_checked: &Mutex<Option<Instant>>, item: Item) {
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=ATTEMPTS {
-        deps.faults.pause("requeue_publish").await;
+        deps.faults.at("requeue_publish").await;
         let published =
             deps.publisher
                 .publish(item.partition, &item.message, item.request_id.as_deref());

@@ -4,10 +4,27 @@
 //! between two steps of a batch, an acknowledgement lost after the message
 //! was stored).
 //!
-//! The value is a comma-separated list of `point` (fail there once) and
-//! `point:MS` (pause there once for MS milliseconds). Release builds refuse
-//! the variable, so no production process can carry a fault by mistake.
-//! Every point fires once: the retry that follows is the normal path.
+//! The value is a comma-separated list of
+//! - `point`: fail there once (where the code asks [`Faults::fail`]);
+//! - `point:MS`: pause there once for MS milliseconds;
+//! - `point:hang`: the task that first gets there waits forever (an await on
+//!   a peer that never answers), while the rest of the process carries on;
+//! - `point:stop`: the process stops itself with SIGSTOP there, once (a VM
+//!   freeze, a long stall); SIGCONT resumes it;
+//! - `point:crash`: the process aborts there, as a SIGKILL would.
+//!
+//! The last four act where the code calls [`Faults::at`]. Release builds
+//! refuse the variable, so no production process can carry a fault by
+//! mistake. Every point fires once: the retry that follows is the normal
+//! path.
+//!
+//! Points: the API's `accept_batch_start`, `accept_after_door`,
+//! `accept_second_lookup`, `accept_ack_lost`, `restock_before_enqueue`,
+//! `restock_publish`, `requeue_publish`; the worker's, in the order a batch
+//! passes them, `mid_batch` (decisions written, not committed),
+//! `before_commit`, `after_commit` (committed, nothing published: the moment
+//! a queue ack would be lost), `publish` (before the result events) and
+//! `mid_publish` (some result events published, not all).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,6 +36,9 @@ use crate::config::ConfigError;
 enum Fault {
     Fail,
     Pause(Duration),
+    Hang,
+    Stop,
+    Crash,
 }
 
 /// The armed fault points of one process (or of one in-process test app).
@@ -45,11 +65,17 @@ impl Faults {
         for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let (point, fault) = match item.split_once(':') {
                 None => (item, Fault::Fail),
+                Some((point, "hang")) => (point, Fault::Hang),
+                Some((point, "stop")) => (point, Fault::Stop),
+                Some((point, "crash")) => (point, Fault::Crash),
                 Some((point, ms)) => {
                     let ms: u64 = ms.parse().map_err(|_| {
                         ConfigError::new(
                             Self::VAR,
-                            format!("{item:?}: expected point:MILLISECONDS"),
+                            format!(
+                                "{item:?}: expected point, point:MILLISECONDS, point:hang, \
+                                 point:stop or point:crash"
+                            ),
                         )
                     })?;
                     (point, Fault::Pause(Duration::from_millis(ms)))
@@ -68,29 +94,52 @@ impl Faults {
         })
     }
 
-    fn take(&self, point: &str, want_pause: bool) -> Option<Fault> {
+    /// Disarms and returns the fault at `point` if it is a failure
+    /// (`fail`) or anything else (`!fail`).
+    fn take(&self, point: &str, fail: bool) -> Option<Fault> {
         let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
         match armed.get(point) {
-            Some(Fault::Pause(_)) if want_pause => armed.remove(point),
-            Some(Fault::Fail) if !want_pause => armed.remove(point),
-            _ => None,
+            Some(Fault::Fail) if fail => armed.remove(point),
+            Some(Fault::Fail) | None => None,
+            Some(_) if !fail => armed.remove(point),
+            Some(_) => None,
         }
     }
 
     /// True the first time a failure armed at `point` is reached.
     pub fn fail(&self, point: &str) -> bool {
-        if self.take(point, false).is_some() {
+        if self.take(point, true).is_some() {
             tracing::warn!(point, "fault point: failing");
             return true;
         }
         false
     }
 
-    /// Sleeps the first time a pause armed at `point` is reached.
-    pub async fn pause(&self, point: &str) {
-        if let Some(Fault::Pause(duration)) = self.take(point, true) {
-            tracing::warn!(point, ?duration, "fault point: pausing");
-            tokio::time::sleep(duration).await;
+    /// Pauses, hangs, stops or aborts the first time `point` is reached,
+    /// as armed.
+    pub async fn at(&self, point: &str) {
+        match self.take(point, false) {
+            Some(Fault::Pause(duration)) => {
+                tracing::warn!(point, ?duration, "fault point: pausing");
+                tokio::time::sleep(duration).await;
+            }
+            Some(Fault::Hang) => {
+                tracing::warn!(point, "fault point: waiting forever");
+                std::future::pending::<()>().await;
+            }
+            Some(Fault::Stop) => {
+                eprintln!("fault point {point}: stopping the process");
+                // SIGSTOP cannot be caught: every thread stops until
+                // SIGCONT, and `kill` returns only then.
+                let _ = std::process::Command::new("kill")
+                    .args(["-STOP", &std::process::id().to_string()])
+                    .status();
+            }
+            Some(Fault::Crash) => {
+                eprintln!("fault point {point}: aborting");
+                std::process::abort();
+            }
+            Some(Fault::Fail) | None => {}
         }
     }
 }
@@ -101,20 +150,25 @@ mod tests {
 
     #[tokio::test]
     async fn points_fire_once() {
-        let faults = Faults::parse(Some("a, b:5")).unwrap();
+        let faults = Faults::parse(Some("a, b:5, c:hang")).unwrap();
         assert!(!faults.fail("b"), "a pause is not a failure");
         assert!(faults.fail("a"));
         assert!(!faults.fail("a"));
         let started = std::time::Instant::now();
-        faults.pause("b").await;
+        faults.at("a").await;
+        faults.at("b").await;
         assert!(started.elapsed() >= Duration::from_millis(5));
-        assert!(!faults.fail("c"));
+        let hung = tokio::time::timeout(Duration::from_millis(20), faults.at("c")).await;
+        assert!(hung.is_err(), "a hang point waits");
+        faults.at("c").await;
+        assert!(!faults.fail("d"));
     }
 
     #[test]
     fn bad_values_name_the_variable() {
         assert_eq!(Faults::parse(Some("a:x")).unwrap_err().var, Faults::VAR);
         assert_eq!(Faults::parse(Some("A")).unwrap_err().var, Faults::VAR);
+        assert_eq!(Faults::parse(Some("a:later")).unwrap_err().var, Faults::VAR);
         assert!(Faults::parse(None).is_ok());
         assert!(Faults::parse(Some("")).is_ok());
     }

@@ -21,7 +21,6 @@
 
 pub mod config;
 pub mod coordinator;
-pub mod crash;
 pub mod deadletter;
 pub mod decide;
 pub mod lease;

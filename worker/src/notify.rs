@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_nats::Client;
+use checkline_shared::faults::Faults;
 use checkline_shared::partition::Partition;
 use checkline_shared::subjects::Subjects;
 
@@ -15,17 +16,18 @@ use crate::store::Applied;
 /// partition (and a hand-over waiting for it) for longer.
 pub async fn publish(
     client: &Client,
+    faults: &Faults,
     subjects: &Subjects,
     partition: Partition,
     applied: &Applied,
     limit: Duration,
 ) {
-    crate::crash::hang("publish").await;
+    faults.at("publish").await;
     let all = async {
         if !applied.orders.is_empty() {
             send(client, subjects.decisions_event(partition), &applied.orders).await;
             let _ = client.flush().await;
-            crate::crash::at("mid_publish");
+            faults.at("mid_publish").await;
         }
         for (id, result) in &applied.restocks {
             send(client, subjects.restock_event(*id), result).await;

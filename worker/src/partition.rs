@@ -331,7 +331,15 @@ async fn consume(
             "batch committed"
         );
         let limit = config.common.publish_timeout;
-        notify::publish(&deps.client, &deps.subjects, partition, &applied, limit).await;
+        notify::publish(
+            &deps.client,
+            &deps.config.common.faults,
+            &deps.subjects,
+            partition,
+            &applied,
+            limit,
+        )
+        .await;
 
         if last_purge.elapsed() >= config.purge_interval && same_stream(deps, identity, started)? {
             purge(deps, &stream, partition, cursor).await;
@@ -354,7 +362,16 @@ async fn apply_with_retry(
 ) -> Result<store::Applied, LoopError> {
     let mut delays = retry_delays(&deps.config);
     loop {
-        match store::apply_batch(&deps.pool, partition, token, cursor, batch).await {
+        match store::apply_batch(
+            &deps.pool,
+            &deps.config.common.faults,
+            partition,
+            token,
+            cursor,
+            batch,
+        )
+        .await
+        {
             Ok(applied) => return Ok(applied),
             Err(err) if err.is_transient() => {
                 let delay = delays.next().unwrap_or(deps.config.retry_max_delay);

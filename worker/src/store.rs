@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use checkline_shared::db::{order_columns, OrderRow};
 use checkline_shared::domain::{Order, RestockResult, StockEvent};
+use checkline_shared::faults::Faults;
 use checkline_shared::partition::Partition;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -141,6 +142,7 @@ fn seq_i64(seq: u64) -> i64 {
 /// in a single transaction.
 pub async fn apply_batch(
     pool: &PgPool,
+    faults: &Faults,
     partition: Partition,
     token: i64,
     expected_cursor: u64,
@@ -334,11 +336,11 @@ pub async fn apply_batch(
     write_stock(&mut tx, &decisions, &stock_before, &products).await?;
     let decided_orders = write_orders(&mut tx, &decisions, &sequences).await?;
     write_purchases(&mut tx, &purchases_before, &purchases).await?;
-    crate::crash::at("mid_batch");
+    faults.at("mid_batch").await;
     let restock_results = write_restocks(&mut tx, &decisions, &sequences).await?;
-    crate::crash::at("before_commit");
+    faults.at("before_commit").await;
     tx.commit().await?;
-    crate::crash::at("after_commit");
+    faults.at("after_commit").await;
 
     let stock = product_ids
         .iter()

@@ -186,7 +186,7 @@ async fn crash_window(point: &str, committed_before_crash: bool) {
 
     let mut doomed = Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
         .envs(app.worker_vars("doomed"))
-        .env("CHECKLINE_CRASH_AT", point)
+        .env("CHECKLINE_FAULTS", format!("{point}:crash"))
         .env("CHECKLINE_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -152,7 +152,7 @@ async fn a_worker_paused_mid_batch_does_not_freeze_failover() {
     let app = Arc::new(TestApp::spawn_without_worker().await);
     let stock = 50;
     let products = products(&app, 4, stock).await;
-    let mut paused = spawn_worker(&app, "live-a", &[("CHECKLINE_PAUSE_AT", "mid_batch")]);
+    let mut paused = spawn_worker(&app, "live-a", &[("CHECKLINE_FAULTS", "mid_batch:stop")]);
     let mut other = spawn_worker(&app, "live-b", &[]);
     wait_owners(&app, Duration::from_secs(20), |o| {
         split_evenly(o, "live-a", "live-b")
@@ -254,7 +254,7 @@ async fn a_partition_stuck_in_an_await_is_handed_over_within_the_deadline() {
         ("CHECKLINE_HANDOVER_TIMEOUT_MS", "1000"),
     ];
     let mut hang_settings = settings.to_vec();
-    hang_settings.push(("CHECKLINE_HANG_AT", "publish"));
+    hang_settings.push(("CHECKLINE_FAULTS", "publish:hang"));
     let mut a = spawn_worker(&app, "hang-a", &hang_settings);
     wait_owners(&app, Duration::from_secs(20), |o| {
         o.values().all(|w| w.as_deref() == Some("hang-a"))

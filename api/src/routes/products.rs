@@ -476,7 +476,7 @@ pub async fn restock(
             .config
             .common
             .faults
-            .pause("restock_before_enqueue")
+            .at("restock_before_enqueue")
             .await;
         if let Err(err) = state
             .enqueue(product.partition, &message, request_id(&headers))
