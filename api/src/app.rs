@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
-use checkline_shared::cache::Cache;
 use checkline_shared::config::ConfigError;
 use checkline_shared::db::{self, DbSetupError, PoolSettings};
 use checkline_shared::messages::QueueMessage;
@@ -30,6 +29,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::redis::{self, cache::Cache};
 use crate::requeue::{self, Requeuer};
 use crate::routes;
 
@@ -204,12 +204,8 @@ impl Application {
             first_sequence,
         )
         .await?;
-        let cache = Cache::new(
-            &common.redis_url,
-            subjects.clone(),
-            common.redis_timeout,
-            common.order_cache_ttl,
-        )?;
+        let redis_keys = redis::Keys::new(&common.prefix);
+        let cache = Cache::new(&config.redis, redis_keys.clone())?;
         let catalog = Arc::new(Catalog::new(config.sold_out_ttl));
         let hub = Arc::new(Hub::default());
         let hub_task = tokio::spawn(hub.clone().run(
@@ -259,13 +255,7 @@ impl Application {
             config.jwt_issuer.as_deref(),
             config.jwt_audience.as_deref(),
         );
-        let limiter = RateLimiter::new(
-            &config.rate,
-            &common.redis_url,
-            &common.prefix,
-            common.redis_timeout,
-            metrics.clone(),
-        )?;
+        let limiter = RateLimiter::new(&config.rate, &config.redis, redis_keys, metrics.clone())?;
         let streams = StreamSlots::new(
             config.edge.sse_max_streams,
             config.edge.sse_max_streams_per_addr,

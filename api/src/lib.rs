@@ -21,6 +21,7 @@
 //! - [`metrics`]: the counters behind `GET /metrics`.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 //! - [`ratelimit`]: GCRA rate limits in Redis, with an in-process fallback.
+//! - [`redis`]: the Redis connection set-up, every Redis key, the order cache.
 //! - [`requeue`]: publishing again, in the background, what may not be queued.
 //! - [`routes`]: the handlers.
 //! - [`server`]: the accept loop: connection cap, header read timeout,
@@ -39,6 +40,7 @@ pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
+pub mod redis;
 pub mod requeue;
 pub mod routes;
 pub mod server;

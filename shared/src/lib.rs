@@ -7,14 +7,12 @@
 //!   keys, quantities, ids) and the `Order` / `Product` records of the contract.
 //! - [`messages`]: what travels through JetStream (queued orders and restocks)
 //!   and the result events published after a decision.
-//! - [`subjects`]: every NATS subject, stream name and Redis key, in one place.
+//! - [`subjects`]: every NATS subject, stream name and bucket, in one place.
 //! - [`db`]: PostgreSQL pool, database creation and migrations.
 //! - [`queue`]: NATS connection and the JetStream stream definition.
-//! - [`cache`]: the Redis cache; every operation degrades to "miss" on failure.
 //! - [`faults`]: fault points that tests arm to force rare interleavings.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and the shutdown signal.
 
-pub mod cache;
 pub mod config;
 pub mod db;
 pub mod domain;
