@@ -12,6 +12,7 @@
 //! - [`app`]: state, router, server life cycle.
 //! - [`catalog`]: what the accept path knows about products (partition, sold out).
 //! - [`config`]: the API's `CHECKLINE_*` settings.
+//! - [`db`]: row mappings only the API reads.
 //! - [`auth`]: HS256 bearer tokens (key rotation, `iss`/`aud`) and roles.
 //! - [`edge`]: request limits: header size, per-address rate, time, streams.
 //! - [`error`]: every error as an RFC 9457 problem with the contract's code.
@@ -32,6 +33,7 @@ pub mod app;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod db;
 pub mod edge;
 pub mod error;
 pub mod extract;
