@@ -7,9 +7,10 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use checkline_shared::config::ConfigError;
-use checkline_shared::db::{self, DbSetupError, PoolSettings};
+use checkline_shared::db::SessionTimeouts;
+use checkline_shared::infra::{self, Infra, InfraError};
 use checkline_shared::messages::QueueMessage;
-use checkline_shared::queue::{self, QueueSetupError, StreamLimits};
+use checkline_shared::queue::{self, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -163,9 +164,7 @@ pub enum ApiSetupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Db(#[from] DbSetupError),
-    #[error(transparent)]
-    Queue(#[from] QueueSetupError),
+    Infra(#[from] InfraError),
     #[error("CHECKLINE_HTTP_ADDR: cannot listen: {0}")]
     Bind(#[source] std::io::Error),
 }
@@ -181,27 +180,16 @@ pub struct Application {
 impl Application {
     pub async fn build(config: ApiConfig) -> Result<Self, ApiSetupError> {
         let common = &config.common;
-        let pool = db::connect_and_migrate(
-            &common.database_url,
-            PoolSettings {
-                max_connections: config.db_pool_max,
-                acquire_timeout: common.db_acquire_timeout,
-                startup_timeout: common.startup_timeout,
-            },
-        )
-        .await?;
-        db::ensure_partitions(&pool, common.partitions).await?;
-        let subjects = Subjects::new(&common.prefix);
-        let client = queue::connect(common, "checkline-api").await?;
-        let js = async_nats::jetstream::new(client.clone());
-        let first_sequence = db::next_queue_sequence(&pool)
-            .await
-            .map_err(DbSetupError::Connect)?;
-        queue::ensure_stream(
-            &js,
-            &subjects,
-            StreamLimits::from_config(common),
-            first_sequence,
+        let Infra {
+            pool,
+            subjects,
+            client,
+            js,
+        } = infra::connect(
+            common,
+            "checkline-api",
+            config.db_pool_max,
+            SessionTimeouts::default(),
         )
         .await?;
         let redis_keys = redis::Keys::new(&common.prefix);

@@ -10,6 +10,8 @@
 //! - [`subjects`]: every NATS subject, stream name and bucket, in one place.
 //! - [`db`]: PostgreSQL pool, database creation and migrations.
 //! - [`queue`]: NATS connection and the JetStream stream definition.
+//! - [`infra`]: the start-up both binaries share (database, partitions, NATS,
+//!   queue stream).
 //! - [`faults`]: fault points that tests arm to force rare interleavings.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and the shutdown signal.
 
@@ -17,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod faults;
+pub mod infra;
 pub mod messages;
 pub mod queue;
 pub mod shutdown;
