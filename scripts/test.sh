@@ -4,7 +4,7 @@
 # against real NATS, PostgreSQL and Redis (started when absent, exactly as
 # scripts/run.sh does, and stopped again at the end).
 #
-#   scripts/test.sh            cargo fmt --check, clippy, cargo test --workspace
+#   scripts/test.sh            cargo fmt --check, cargo machete, clippy, cargo test --workspace
 #   scripts/test.sh ARGS...    the same, but `cargo test --workspace ARGS...`
 #                              (e.g. scripts/test.sh decide -- --nocapture)
 #
@@ -63,6 +63,18 @@ fi
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
+
+# Unused dependencies: cargo-machete (crates.io, pinned) reads the manifests
+# and the sources in seconds, so it runs before the long steps. It is
+# installed into .run/ on first use, like the other tools.
+step "cargo machete (no unused dependencies)"
+CARGO_MACHETE_VERSION=0.9.2
+CARGO_MACHETE=$RUN_DIR/cargo-machete/bin/cargo-machete
+if [[ "$("$CARGO_MACHETE" --version 2>/dev/null)" != "$CARGO_MACHETE_VERSION" ]]; then
+    cargo install cargo-machete --version "$CARGO_MACHETE_VERSION" --locked --root "$RUN_DIR/cargo-machete" ||
+        svc_die "cargo install cargo-machete --version $CARGO_MACHETE_VERSION failed"
+fi
+"$CARGO_MACHETE" --skip-target-dir "$ROOT"
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
-use checkline_shared::cache::Cache;
 use checkline_shared::config::ConfigError;
-use checkline_shared::db::{self, DbSetupError, PoolSettings};
+use checkline_shared::db::SessionTimeouts;
+use checkline_shared::infra::{self, Infra, InfraError};
 use checkline_shared::messages::QueueMessage;
 use checkline_shared::partition::Partition;
-use checkline_shared::queue::{self, Publisher, QueueSetupError, StreamLimits};
+use checkline_shared::queue::{self, Publisher, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -31,6 +31,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::redis::{self, cache::Cache};
 use crate::requeue::{self, Requeuer};
 use crate::routes;
 
@@ -156,9 +157,7 @@ pub enum ApiSetupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Db(#[from] DbSetupError),
-    #[error(transparent)]
-    Queue(#[from] QueueSetupError),
+    Infra(#[from] InfraError),
     #[error("CHECKLINE_HTTP_ADDR: cannot listen: {0}")]
     Bind(#[source] std::io::Error),
 }
@@ -174,36 +173,21 @@ pub struct Application {
 impl Application {
     pub async fn build(config: ApiConfig) -> Result<Self, ApiSetupError> {
         let common = &config.common;
-        let pool = db::connect_and_migrate(
-            &common.database_url,
-            PoolSettings {
-                max_connections: config.db_pool_max,
-                acquire_timeout: common.db_acquire_timeout,
-                startup_timeout: common.startup_timeout,
-            },
+        let Infra {
+            pool,
+            subjects,
+            client,
+            js,
+            publisher,
+        } = infra::connect(
+            common,
+            "checkline-api",
+            config.db_pool_max,
+            SessionTimeouts::default(),
         )
         .await?;
-        db::ensure_partitions(&pool, common.partitions).await?;
-        let subjects = Subjects::new(&common.prefix);
-        let client = queue::connect(common, "checkline-api").await?;
-        let js = async_nats::jetstream::new(client.clone());
-        let first_sequence = db::next_queue_sequence(&pool)
-            .await
-            .map_err(DbSetupError::Connect)?;
-        queue::ensure_stream(
-            &js,
-            &subjects,
-            StreamLimits::from_config(common),
-            first_sequence,
-        )
-        .await?;
-        let publisher = Publisher::new(js.clone(), subjects.clone(), common.publish_timeout);
-        let cache = Cache::new(
-            &common.redis_url,
-            subjects.clone(),
-            common.redis_timeout,
-            common.order_cache_ttl,
-        )?;
+        let redis_keys = redis::Keys::new(&common.prefix);
+        let cache = Cache::new(&config.redis, redis_keys.clone())?;
         let catalog = Arc::new(Catalog::new(config.sold_out_ttl));
         let hub = Arc::new(Hub::default());
         let hub_task = tokio::spawn(hub.clone().run(
@@ -252,13 +236,7 @@ impl Application {
             config.jwt_issuer.as_deref(),
             config.jwt_audience.as_deref(),
         );
-        let limiter = RateLimiter::new(
-            &config.rate,
-            &common.redis_url,
-            &common.prefix,
-            common.redis_timeout,
-            metrics.clone(),
-        )?;
+        let limiter = RateLimiter::new(&config.rate, &config.redis, redis_keys, metrics.clone())?;
         let streams = StreamSlots::new(
             config.edge.sse_max_streams,
             config.edge.sse_max_streams_per_addr,

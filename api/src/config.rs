@@ -8,6 +8,8 @@ use checkline_shared::config::{CommonConfig, ConfigError, Env};
 #[derive(Clone)]
 pub struct ApiConfig {
     pub common: CommonConfig,
+    /// Redis, for the order cache and the shared rate limits.
+    pub redis: RedisConfig,
     /// Where the HTTP server listens.
     pub http_addr: SocketAddr,
     /// HS256 key for bearer tokens. Never logged.
@@ -67,6 +69,16 @@ pub struct ApiConfig {
     pub edge: EdgeConfig,
 }
 
+/// Redis, a cache only: the system stays correct without it.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Upper bound on a Redis round trip before it counts as a miss.
+    pub timeout: Duration,
+    /// How long a decided order stays in the Redis cache.
+    pub order_cache_ttl: Duration,
+}
+
 /// One budget of the GCRA limiter: a steady rate and the burst allowed on
 /// top of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +125,7 @@ impl std::fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiConfig")
             .field("common", &self.common)
+            .field("redis", &self.redis)
             .field("http_addr", &self.http_addr)
             .field("jwt_secret", &"<redacted>")
             .field(
@@ -133,6 +146,7 @@ pub const JWT_SECRET_MIN_BYTES: usize = 32;
 impl ApiConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(env)?;
+        let redis = RedisConfig::from_env(env)?;
         let http_addr = env
             .string("CHECKLINE_HTTP_ADDR", "127.0.0.1:8080")
             .parse()
@@ -202,6 +216,7 @@ impl ApiConfig {
             rate: RateConfig::from_env(env)?,
             edge: EdgeConfig::from_env(env)?,
             common,
+            redis,
         })
     }
 }
@@ -244,6 +259,28 @@ fn quota(
         per_sec: env.number(rate_var, per_sec, 1, 1_000_000)?,
         burst: env.number(burst_var, burst, 1, 100_000_000)?,
     })
+}
+
+impl RedisConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let url = env.string("CHECKLINE_REDIS_URL", "redis://127.0.0.1:6379/0");
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "CHECKLINE_REDIS_URL",
+                "expected a redis:// URL",
+            ));
+        }
+        Ok(Self {
+            url,
+            timeout: env.millis("CHECKLINE_REDIS_TIMEOUT_MS", 100, 1, 10_000)?,
+            order_cache_ttl: Duration::from_secs(env.number(
+                "CHECKLINE_ORDER_CACHE_TTL_SECS",
+                86_400,
+                1,
+                30 * 86_400,
+            )?),
+        })
+    }
 }
 
 impl RateConfig {
@@ -384,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn rate_and_edge_settings_name_their_variables() {
+    fn redis_rate_and_edge_settings_name_their_variables() {
         let secret = "x".repeat(32);
         for (var, value) in [
             ("CHECKLINE_RATE_LIMITS", "sometimes"),
@@ -394,6 +431,9 @@ mod tests {
             ("CHECKLINE_HEADER_MAX_BYTES", "10"),
             ("CHECKLINE_MAX_CONNECTIONS", "0"),
             ("CHECKLINE_REQUEST_TIMEOUT_MS", "5"),
+            ("CHECKLINE_REDIS_URL", "http://127.0.0.1:6379"),
+            ("CHECKLINE_REDIS_TIMEOUT_MS", "0"),
+            ("CHECKLINE_ORDER_CACHE_TTL_SECS", "forever"),
         ] {
             let err = ApiConfig::from_env(&Env::from_pairs([
                 ("CHECKLINE_JWT_SECRET", secret.as_str()),

@@ -12,6 +12,7 @@
 //! - [`app`]: state, router, server life cycle.
 //! - [`catalog`]: what the accept path knows about products (partition, sold out).
 //! - [`config`]: the API's `CHECKLINE_*` settings.
+//! - [`db`]: row mappings only the API reads.
 //! - [`auth`]: HS256 bearer tokens (key rotation, `iss`/`aud`) and roles.
 //! - [`edge`]: request limits: header size, per-address rate, time, streams.
 //! - [`error`]: every error as an RFC 9457 problem with the contract's code.
@@ -21,6 +22,7 @@
 //! - [`metrics`]: the counters behind `GET /metrics`.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 //! - [`ratelimit`]: GCRA rate limits in Redis, with an in-process fallback.
+//! - [`redis`]: the Redis connection set-up, every Redis key, the order cache.
 //! - [`requeue`]: publishing again, in the background, what may not be queued.
 //! - [`routes`]: the handlers.
 //! - [`server`]: the accept loop: connection cap, header read timeout,
@@ -31,6 +33,7 @@ pub mod app;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod db;
 pub mod edge;
 pub mod error;
 pub mod extract;
@@ -39,6 +42,7 @@ pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
+pub mod redis;
 pub mod requeue;
 pub mod routes;
 pub mod server;

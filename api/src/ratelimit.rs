@@ -30,11 +30,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, Method};
 use checkline_shared::config::ConfigError;
 use checkline_shared::domain::CustomerId;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
-use crate::config::{RateConfig, RateQuota};
+use crate::config::{RateConfig, RateQuota, RedisConfig};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::redis::Keys;
 
 /// One GCRA budget in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,7 +244,7 @@ pub struct RateLimiter {
     addr: Gcra,
     redis: ConnectionManager,
     script: redis::Script,
-    key_prefix: String,
+    keys: Keys,
     timeout: Duration,
     local: LocalLimiter,
     /// Milliseconds since the Unix epoch before which Redis is not asked.
@@ -264,29 +265,19 @@ impl RateLimiter {
     /// Prepares the Redis connection without connecting (like the cache).
     pub fn new(
         config: &RateConfig,
-        redis_url: &str,
-        prefix: &str,
-        timeout: Duration,
+        redis_config: &RedisConfig,
+        keys: Keys,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        let client = redis::Client::open(redis_url)
-            .map_err(|e| ConfigError::new("CHECKLINE_REDIS_URL", e.to_string()))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(|e| ConfigError::new("CHECKLINE_REDIS_URL", e.to_string()))?;
         Ok(Self {
             enabled: config.enabled,
             orders: Gcra::new(config.orders),
             reads: Gcra::new(config.reads),
             addr: Gcra::new(config.addr),
-            redis,
+            redis: crate::redis::connection(redis_config)?,
             script: redis::Script::new(GCRA_LUA),
-            key_prefix: format!("{prefix}:rl"),
-            timeout,
+            keys,
+            timeout: redis_config.timeout,
             local: LocalLimiter::new(config.local_keys_max),
             redis_paused_until_ms: AtomicU64::new(0),
             redis_healthy: AtomicBool::new(true),
@@ -320,8 +311,8 @@ impl RateLimiter {
             return Ok(());
         }
         let gcra = self.gcra(budget);
-        let bucket = format!("{}:{}:{key}", self.key_prefix, budget.name());
-        let marker = retry.map(|m| format!("{}:retry:{m}", self.key_prefix));
+        let bucket = self.keys.rate_bucket(budget.name(), key);
+        let marker = retry.map(|m| self.keys.rate_retry(m));
         let decision = match self.check_redis(gcra, &bucket, marker.as_deref()).await {
             Some(decision) => decision,
             None => {

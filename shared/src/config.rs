@@ -116,16 +116,13 @@ pub struct CommonConfig {
     pub database_url: String,
     /// NATS with JetStream (2.12 or newer).
     pub nats_url: String,
-    /// Redis, a cache only: the system stays correct without it.
-    pub redis_url: String,
-    /// Namespace of NATS subjects, the stream name and Redis keys, so that
-    /// several deployments (or test runs) can share one NATS and one Redis.
+    /// Namespace of NATS subjects, the stream name and the API's Redis keys,
+    /// so that several deployments (or test runs) can share one NATS and one
+    /// Redis.
     pub prefix: String,
     /// Number of queue partitions. Fixed for the life of a deployment: every
     /// product is assigned one at creation.
     pub partitions: u32,
-    /// Upper bound on a Redis round trip before it counts as a miss.
-    pub redis_timeout: Duration,
     /// How long a binary waits at start-up for PostgreSQL and NATS.
     pub startup_timeout: Duration,
     /// Bytes the queue stream may hold; past it new orders are refused (503),
@@ -141,8 +138,6 @@ pub struct CommonConfig {
     /// worker's sweep (in a caught-up partition) and a retry of its key
     /// publish it again. Must exceed the publish timeout.
     pub requeue_after: Duration,
-    /// How long a decided order stays in the Redis cache.
-    pub order_cache_ttl: Duration,
     /// Fault points armed for tests (`CHECKLINE_FAULTS`, debug builds only).
     pub faults: Arc<Faults>,
 }
@@ -164,20 +159,11 @@ impl CommonConfig {
             ));
         }
         let nats_url = env.string("CHECKLINE_NATS_URL", "nats://127.0.0.1:4250");
-        let redis_url = env.string("CHECKLINE_REDIS_URL", "redis://127.0.0.1:6379/0");
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return Err(ConfigError::new(
-                "CHECKLINE_REDIS_URL",
-                "expected a redis:// URL",
-            ));
-        }
         Ok(Self {
             database_url,
             nats_url,
-            redis_url,
             prefix,
             partitions: env.number("CHECKLINE_PARTITIONS", 8, 1, PARTITIONS_MAX)?,
-            redis_timeout: env.millis("CHECKLINE_REDIS_TIMEOUT_MS", 100, 1, 10_000)?,
             startup_timeout: env.millis("CHECKLINE_STARTUP_TIMEOUT_MS", 30_000, 0, 600_000)?,
             stream_max_bytes: env.number(
                 "CHECKLINE_STREAM_MAX_BYTES",
@@ -199,12 +185,6 @@ impl CommonConfig {
                 120_000,
             )?,
             requeue_after: env.millis("CHECKLINE_REQUEUE_AFTER_MS", 15_000, 1_000, 86_400_000)?,
-            order_cache_ttl: Duration::from_secs(env.number(
-                "CHECKLINE_ORDER_CACHE_TTL_SECS",
-                86_400,
-                1,
-                30 * 86_400,
-            )?),
             faults: Arc::new(Faults::parse(env.raw(Faults::VAR))?),
         })
         .and_then(|config: Self| {

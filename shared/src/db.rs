@@ -12,8 +12,7 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 use uuid::Uuid;
 
 use crate::config::ConfigError;
-use crate::domain::{Order, OrderStatus, Product, RejectReason};
-use crate::partition::Partition;
+use crate::domain::{Order, OrderStatus, RejectReason};
 
 /// The schema, embedded at build time from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -259,39 +258,6 @@ impl From<OrderRow> for Order {
             total_cents: row.total_cents,
             created_at: row.created_at,
             decided_at: row.decided_at,
-        }
-    }
-}
-
-/// Columns selected for a [`Product`], in [`ProductRow`]'s order.
-pub const PRODUCT_COLUMNS: &str =
-    "id, sku, name, price_cents, stock, max_per_customer, active, partition, updated_at";
-
-#[derive(Debug, sqlx::FromRow)]
-pub struct ProductRow {
-    pub id: Uuid,
-    pub sku: String,
-    pub name: String,
-    pub price_cents: i64,
-    pub stock: i64,
-    pub max_per_customer: Option<i32>,
-    pub active: bool,
-    pub partition: Partition,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<ProductRow> for Product {
-    fn from(row: ProductRow) -> Self {
-        Product {
-            id: row.id,
-            sku: row.sku,
-            name: row.name,
-            price_cents: row.price_cents,
-            stock: row.stock,
-            max_per_customer: row.max_per_customer,
-            active: row.active,
-            partition: row.partition,
-            updated_at: row.updated_at,
         }
     }
 }

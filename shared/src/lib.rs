@@ -7,21 +7,22 @@
 //!   keys, quantities, ids) and the `Order` / `Product` records of the contract.
 //! - [`messages`]: what travels through JetStream (queued orders and restocks)
 //!   and the result events published after a decision.
-//! - [`subjects`]: every NATS subject, stream name and Redis key, in one place.
+//! - [`subjects`]: every NATS subject, stream name and bucket, in one place.
 //! - [`db`]: PostgreSQL pool, database creation and migrations.
 //! - [`partition`]: the queue partition number, as the database and subjects
 //!   write it.
 //! - [`queue`]: NATS connection, the JetStream stream definition and the
 //!   [`queue::Publisher`] every queue write goes through.
-//! - [`cache`]: the Redis cache; every operation degrades to "miss" on failure.
+//! - [`infra`]: the start-up both binaries share (database, partitions, NATS,
+//!   queue stream, publisher).
 //! - [`faults`]: fault points that tests arm to force rare interleavings.
 //! - [`telemetry`] and [`shutdown`]: logging set-up and the shutdown signal.
 
-pub mod cache;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod faults;
+pub mod infra;
 pub mod messages;
 pub mod partition;
 pub mod queue;

@@ -1,4 +1,5 @@
-//! Every NATS subject, stream name and Redis key used by checkline.
+//! Every NATS subject, stream name and key-value bucket used by checkline
+//! (the API's Redis keys are in `checkline_api::redis`).
 //!
 //! Ids that go into subjects are `Uuid`s, whose text form never contains the
 //! subject metacharacters `.`, `*`, `>` or whitespace; raw client input never
@@ -87,11 +88,6 @@ impl Subjects {
 
     pub fn restock_event(&self, restock_id: Uuid) -> String {
         format!("{}.events.restock.{restock_id}", self.prefix)
-    }
-
-    /// Redis key of a decided order's cached JSON.
-    pub fn order_cache_key(&self, order_id: Uuid) -> String {
-        format!("{}:order:{order_id}", self.prefix)
     }
 }
 

@@ -11,6 +11,9 @@ use crate::db::{self, PoolSettings};
 /// One isolated test environment.
 pub struct TestEnv {
     pub config: CommonConfig,
+    /// `CHECKLINE_REDIS_URL` as the tests were given it, passed on to the
+    /// API under test (the API's own default when unset).
+    pub redis_url: Option<String>,
     pub pool: PgPool,
     server_url: String,
     database: String,
@@ -50,6 +53,7 @@ impl TestEnv {
             .expect("partition cursors");
         Self {
             config,
+            redis_url: env.raw("CHECKLINE_REDIS_URL").map(str::to_owned),
             pool,
             server_url,
             database,
@@ -59,13 +63,12 @@ impl TestEnv {
     /// A process environment for a binary under test, pointing at this
     /// environment's database and prefix.
     pub fn vars(&self) -> Vec<(String, String)> {
-        vec![
+        let mut vars = vec![
             (
                 "CHECKLINE_DATABASE_URL".into(),
                 self.config.database_url.clone(),
             ),
             ("CHECKLINE_NATS_URL".into(), self.config.nats_url.clone()),
-            ("CHECKLINE_REDIS_URL".into(), self.config.redis_url.clone()),
             ("CHECKLINE_PREFIX".into(), self.config.prefix.clone()),
             (
                 "CHECKLINE_PARTITIONS".into(),
@@ -75,7 +78,11 @@ impl TestEnv {
                 "CHECKLINE_STREAM_MAX_BYTES".into(),
                 self.config.stream_max_bytes.to_string(),
             ),
-        ]
+        ];
+        if let Some(url) = &self.redis_url {
+            vars.push(("CHECKLINE_REDIS_URL".into(), url.clone()));
+        }
+        vars
     }
 
     /// Drops the database and the test's stream. Best effort.

@@ -34,9 +34,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use checkline_shared::config::ConfigError;
-use checkline_shared::db::{self, DbSetupError, PoolSettings};
-use checkline_shared::queue::{self, Publisher, QueueSetupError, StreamLimits};
-use checkline_shared::subjects::Subjects;
+use checkline_shared::infra::{self, InfraError};
 use lease::Leases;
 
 pub use config::WorkerConfig;
@@ -46,9 +44,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Db(#[from] DbSetupError),
-    #[error(transparent)]
-    Queue(#[from] QueueSetupError),
+    Infra(#[from] InfraError),
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
     #[error(transparent)]
@@ -63,35 +59,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let common = &config.common;
+    let client_name = format!("checkline-worker {}", config.worker_id);
     // Every session of the worker is bounded, so that a paused or vanished
     // peer holding a lock can stall nothing for longer than a lease.
-    let pool = db::connect_and_migrate_with(
-        &common.database_url,
-        PoolSettings {
-            max_connections: config.db_pool_max,
-            acquire_timeout: common.db_acquire_timeout,
-            startup_timeout: common.startup_timeout,
-        },
-        config.session_timeouts(),
-    )
-    .await?;
-    db::ensure_partitions(&pool, common.partitions).await?;
-    let subjects = Subjects::new(&common.prefix);
-    let client = queue::connect(common, &format!("checkline-worker {}", config.worker_id)).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let first_sequence = db::next_queue_sequence(&pool)
-        .await
-        .map_err(DbSetupError::Connect)?;
-    // Declared before any partition starts, so that the API and the
-    // partition loops find it; each loop declares it again on (re)start.
-    queue::ensure_stream(
-        &js,
-        &subjects,
-        StreamLimits::from_config(common),
-        first_sequence,
-    )
-    .await?;
-    deadletter::ensure_stream(&js, &subjects, config.dead_letter_max_bytes).await?;
+    let session = config.session_timeouts();
+    let infra = infra::connect(common, &client_name, config.db_pool_max, session).await?;
+    deadletter::ensure_stream(&infra.js, &infra.subjects, config.dead_letter_max_bytes).await?;
     let partitions = common.partitions;
     let metrics = Arc::new(metrics::Metrics::default());
     if let Some(addr) = config.metrics_addr {
@@ -104,21 +77,21 @@ pub async fn run(
         tracing::info!(%local, "worker metrics at /metrics");
     }
     let stream_seen = stream_watch::spawn(
-        js.clone(),
-        subjects.stream_name(),
+        infra.js.clone(),
+        infra.subjects.stream_name(),
         config.stream_check_interval,
         common.publish_timeout,
     );
-    let publisher = Publisher::new(js.clone(), subjects.clone(), common.publish_timeout);
+    let (pool, client) = (infra.pool.clone(), infra.client.clone());
     let deps = partition::Deps {
         config: Arc::new(config),
-        pool: pool.clone(),
-        client: client.clone(),
-        js,
-        publisher,
+        pool: infra.pool,
+        client: infra.client,
+        js: infra.js,
+        publisher: infra.publisher,
         stream_seen,
         metrics,
-        subjects,
+        subjects: infra.subjects,
     };
 
     let leases = Leases::open(

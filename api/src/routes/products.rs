@@ -10,7 +10,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use checkline_shared::db::{ProductRow, PRODUCT_COLUMNS};
 use checkline_shared::domain::{Product, RestockResult};
 use checkline_shared::messages::QueueMessage;
 use checkline_shared::partition::Partition;
@@ -21,6 +20,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::db::{ProductRow, PRODUCT_COLUMNS};
 use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
 

@@ -9,19 +9,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use checkline_shared::config::ConfigError;
+use checkline_shared::domain::Order;
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
-use crate::config::ConfigError;
-use crate::domain::Order;
-use crate::subjects::Subjects;
+use super::Keys;
+use crate::config::RedisConfig;
 
 /// Cheap to clone; all clones share one multiplexed connection.
 #[derive(Clone)]
 pub struct Cache {
     manager: ConnectionManager,
-    subjects: Subjects,
+    keys: Keys,
     timeout: Duration,
     order_ttl_secs: u64,
     healthy: Arc<AtomicBool>,
@@ -30,26 +31,12 @@ pub struct Cache {
 impl Cache {
     /// Prepares the connection without connecting: the process starts (and
     /// serves, more slowly) while Redis is down.
-    pub fn new(
-        url: &str,
-        subjects: Subjects,
-        timeout: Duration,
-        order_ttl: Duration,
-    ) -> Result<Self, ConfigError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| ConfigError::new("CHECKLINE_REDIS_URL", e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| ConfigError::new("CHECKLINE_REDIS_URL", e.to_string()))?;
+    pub fn new(config: &RedisConfig, keys: Keys) -> Result<Self, ConfigError> {
         Ok(Self {
-            manager,
-            subjects,
-            timeout,
-            order_ttl_secs: order_ttl.as_secs().max(1),
+            manager: super::connection(config)?,
+            keys,
+            timeout: config.timeout,
+            order_ttl_secs: config.order_cache_ttl.as_secs().max(1),
             healthy: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -87,7 +74,7 @@ impl Cache {
     /// A decided order, if cached.
     pub async fn order(&self, id: Uuid) -> Option<Order> {
         let mut conn = self.manager.clone();
-        let key = self.subjects.order_cache_key(id);
+        let key = self.keys.order(id);
         let raw: Option<Option<String>> = self
             .record(tokio::time::timeout(self.timeout, conn.get::<_, Option<String>>(key)).await);
         raw.flatten()
@@ -103,12 +90,8 @@ impl Cache {
         let mut pipe = redis::pipe();
         for order in decided {
             if let Ok(json) = serde_json::to_string(order) {
-                pipe.set_ex(
-                    self.subjects.order_cache_key(order.id),
-                    json,
-                    self.order_ttl_secs,
-                )
-                .ignore();
+                pipe.set_ex(self.keys.order(order.id), json, self.order_ttl_secs)
+                    .ignore();
             }
         }
         let mut conn = self.manager.clone();

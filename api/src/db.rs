@@ -1,0 +1,40 @@
+//! Row mappings only the API reads (those both binaries read are in
+//! `checkline_shared::db`).
+
+use checkline_shared::domain::Product;
+use checkline_shared::partition::Partition;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Columns selected for a [`Product`], in [`ProductRow`]'s order.
+pub const PRODUCT_COLUMNS: &str =
+    "id, sku, name, price_cents, stock, max_per_customer, active, partition, updated_at";
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct ProductRow {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    pub max_per_customer: Option<i32>,
+    pub active: bool,
+    pub partition: Partition,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ProductRow> for Product {
+    fn from(row: ProductRow) -> Self {
+        Product {
+            id: row.id,
+            sku: row.sku,
+            name: row.name,
+            price_cents: row.price_cents,
+            stock: row.stock,
+            max_per_customer: row.max_per_customer,
+            active: row.active,
+            partition: row.partition,
+            updated_at: row.updated_at,
+        }
+    }
+}
