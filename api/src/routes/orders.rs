@@ -21,10 +21,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
-use checkline_shared::domain::{parse_id, Order};
+use checkline_shared::domain::{parse_id, request_hash, Order};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -56,16 +55,6 @@ pub struct OrderPage {
     items: Vec<Order>,
     /// Cursor for the next page (pass as `cursor`); null on the last page.
     next_cursor: Option<String>,
-}
-
-/// SHA-256 over the parts of a request that a retry must repeat.
-pub fn request_hash(parts: &[&str]) -> Vec<u8> {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-        hasher.update([0u8]);
-    }
-    hasher.finalize().to_vec()
 }
 
 fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response {

@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use checkline_shared::db::{ProductRow, PRODUCT_COLUMNS};
-use checkline_shared::domain::{Product, RestockResult};
+use checkline_shared::domain::{request_hash, Product, RestockResult};
 use checkline_shared::messages::QueueMessage;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgPool;
@@ -395,7 +395,7 @@ pub async fn restock(
     let key = idempotency_key(&headers)?;
     let input: RestockBody = json_body(&headers, body, state.config.body_max_bytes)?;
     check_range("quantity", input.quantity, 1, RESTOCK_MAX)?;
-    let hash = crate::routes::orders::request_hash(&[
+    let hash = request_hash(&[
         "restock",
         &product_id.to_string(),
         &input.quantity.to_string(),
