@@ -9,7 +9,6 @@ use axum::Router;
 use checkline_shared::cache::Cache;
 use checkline_shared::config::ConfigError;
 use checkline_shared::db::{self, DbSetupError, PoolSettings};
-use checkline_shared::messages::QueueMessage;
 use checkline_shared::queue::{self, QueueSetupError, StreamLimits};
 use checkline_shared::subjects::Subjects;
 use sqlx::PgPool;
@@ -52,56 +51,6 @@ pub struct AppState {
     pub backlog: Arc<Backlog>,
     /// Publishes again, in the background, what may not be in the queue.
     pub requeuer: Requeuer,
-}
-
-impl AppState {
-    /// Publishes to the product's queue subject and waits for JetStream's
-    /// acknowledgement.
-    pub async fn enqueue(
-        &self,
-        partition: i32,
-        message: &QueueMessage,
-        request_id: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let partition = u32::try_from(partition).map_err(ApiError::internal)?;
-        let subject = self.subjects.product_queue(partition, message.product_id());
-        let published = if self.config.common.faults.fail("restock_publish") {
-            Err(queue::PublishError::Failed("fault point".into()))
-        } else {
-            queue::publish(
-                &self.js,
-                subject,
-                message,
-                request_id,
-                self.config.common.publish_timeout,
-            )
-            .await
-        };
-        match published {
-            Ok(_sequence) => Ok(()),
-            Err(err) => {
-                self.metrics.publish_failures.inc();
-                tracing::warn!(error = %err, partition, "queue publish failed");
-                Err(ApiError::Unavailable(
-                    "recorded, but its queueing is not confirmed; retry with the same Idempotency-Key to follow it".into(),
-                ))
-            }
-        }
-    }
-}
-
-impl AppState {
-    /// Tells every API instance (this one at once) that the restock
-    /// `restock_id` of the product is on its way.
-    pub async fn announce_restocking(&self, product_id: uuid::Uuid, restock_id: uuid::Uuid) {
-        self.catalog.restocking(product_id, restock_id);
-        let subject = self.subjects.restocking_event(product_id);
-        let payload = bytes::Bytes::from(restock_id.to_string());
-        if let Err(err) = self.client.publish(subject, payload).await {
-            tracing::warn!(error = %err, "restock announcement not published");
-        }
-        let _ = self.client.flush().await;
-    }
 }
 
 /// Every route, registered with its OpenAPI operation: the router and the

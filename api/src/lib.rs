@@ -22,6 +22,7 @@
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 //! - [`ratelimit`]: GCRA rate limits in Redis, with an in-process fallback.
 //! - [`requeue`]: publishing again, in the background, what may not be queued.
+//! - [`restock`]: a restock's steps: idempotency, insert, announce, enqueue.
 //! - [`routes`]: the handlers.
 //! - [`server`]: the accept loop: connection cap, header read timeout,
 //!   graceful shutdown.
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod requeue;
+pub mod restock;
 pub mod routes;
 pub mod server;
 
