@@ -16,9 +16,9 @@ use checkline_shared::messages::QueueMessage;
 use checkline_shared::queue;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::catalog;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// One restock request, validated and authorized.
 pub struct Request<'a> {

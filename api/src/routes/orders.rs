@@ -25,14 +25,24 @@ use checkline_shared::domain::{parse_id, request_hash, Order};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::accept::{self, Accepted};
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
 use crate::hub::Watch;
+use crate::state::AppState;
+
+/// The orders' routes, with their OpenAPI operations.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get))
+        .routes(routes!(events))
+}
 
 /// Body of `POST /v1/orders`.
 #[derive(Deserialize, ToSchema)]

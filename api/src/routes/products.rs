@@ -13,14 +13,25 @@ use checkline_shared::db::{ProductRow, PRODUCT_COLUMNS};
 use checkline_shared::domain::{Product, RestockResult};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::catalog;
 use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
 use crate::restock::{self, Restocked};
+use crate::state::AppState;
+
+/// The products' routes (stock events are in `stock`), with their
+/// OpenAPI operations.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get, patch))
+        .routes(routes!(restock))
+}
 
 pub const SKU_MAX: usize = 64;
 pub const NAME_MAX: usize = 200;

@@ -9,12 +9,19 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use checkline_shared::domain::StockEvent;
 use futures::Stream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::catalog;
 use crate::error::ApiError;
 use crate::extract::path_id;
 use crate::hub::Watch;
+use crate::state::AppState;
+
+/// The stock events' route, with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(events))
+}
 
 #[utoipa::path(
     get,
