@@ -1,156 +1,28 @@
-//! Application state, the router, and the server's life cycle.
+//! The application: built from its configuration (connections, background
+//! tasks, [`AppState`]), then served until shutdown (`crate::server`).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
-use axum::Router;
 use checkline_shared::config::ConfigError;
 use checkline_shared::db::SessionTimeouts;
 use checkline_shared::infra::{self, Infra, InfraError};
-use checkline_shared::messages::QueueMessage;
-use checkline_shared::partition::Partition;
-use checkline_shared::queue::{self, Publisher, StreamLimits};
-use checkline_shared::subjects::Subjects;
-use sqlx::PgPool;
+use checkline_shared::queue::StreamLimits;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::accept::{self, Acceptor, Backlog};
 use crate::auth::Verifier;
 use crate::catalog::Catalog;
 use crate::config::ApiConfig;
-use crate::edge::{self, StreamSlots};
-use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::redis::{self, cache::Cache};
 use crate::requeue::{self, Requeuer};
-use crate::routes;
-
-/// Everything a handler may need.
-pub struct AppState {
-    pub config: ApiConfig,
-    pub pool: PgPool,
-    pub client: async_nats::Client,
-    /// Every queue write of this process goes through it.
-    pub publisher: Publisher,
-    pub cache: Cache,
-    pub subjects: Subjects,
-    pub hub: Arc<Hub>,
-    pub verifier: Verifier,
-    pub metrics: Arc<Metrics>,
-    pub catalog: Arc<Catalog>,
-    pub acceptor: Acceptor,
-    pub limiter: RateLimiter,
-    pub streams: Arc<StreamSlots>,
-    /// Undecided orders per partition, for backpressure and `/metrics`.
-    pub backlog: Arc<Backlog>,
-    /// Publishes again, in the background, what may not be in the queue.
-    pub requeuer: Requeuer,
-}
-
-impl AppState {
-    /// Publishes to the product's queue and waits for JetStream's
-    /// acknowledgement.
-    pub async fn enqueue(
-        &self,
-        partition: Partition,
-        message: &QueueMessage,
-        request_id: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let published = if self.config.common.faults.fail("restock_publish") {
-            Err(queue::PublishError::Failed("fault point".into()))
-        } else {
-            self.publisher.publish(partition, message, request_id).await
-        };
-        match published {
-            Ok(_sequence) => Ok(()),
-            Err(err) => {
-                self.metrics.publish_failures.inc();
-                tracing::warn!(error = %err, %partition, "queue publish failed");
-                Err(ApiError::Unavailable(
-                    "recorded, but its queueing is not confirmed; retry with the same Idempotency-Key to follow it".into(),
-                ))
-            }
-        }
-    }
-}
-
-impl AppState {
-    /// Tells every API instance (this one at once) that the restock
-    /// `restock_id` of the product is on its way.
-    pub async fn announce_restocking(&self, product_id: uuid::Uuid, restock_id: uuid::Uuid) {
-        self.catalog.restocking(product_id, restock_id);
-        let subject = self.subjects.restocking_event(product_id);
-        let payload = bytes::Bytes::from(restock_id.to_string());
-        if let Err(err) = self.client.publish(subject, payload).await {
-            tracing::warn!(error = %err, "restock announcement not published");
-        }
-        let _ = self.client.flush().await;
-    }
-}
-
-/// Every route, registered with its OpenAPI operation: the router and the
-/// document (`crate::openapi`) come from this one list, so the router cannot
-/// serve a route the document does not describe.
-pub fn api_router() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
-        .routes(routes!(routes::products::list, routes::products::create))
-        .routes(routes!(routes::products::get, routes::products::patch))
-        .routes(routes!(routes::products::restock))
-        .routes(routes!(routes::stock::events))
-        .routes(routes!(routes::orders::list, routes::orders::create))
-        .routes(routes!(routes::orders::get))
-        .routes(routes!(routes::orders::events))
-        .routes(routes!(routes::admin::stats))
-        .routes(routes!(routes::ops::healthz))
-        .routes(routes!(routes::ops::readyz))
-        .routes(routes!(routes::ops::metrics))
-        .routes(routes!(routes::ops::openapi))
-}
-
-/// The router, with its middleware.
-///
-/// From the outside in: request id and tracing (so every answer, refusals
-/// included, carries `x-request-id`); `edge::admit` (431 for oversized
-/// heads, the per-address rate limit); the body limit; then, on matched
-/// routes only, `edge::bound` (the request time limit, the event stream
-/// cap, the fingerprint of an idempotent write for the rate limit's retry
-/// exemption, and axum's own extractor rejections turned into problem
-/// documents). The per-subject rate limit is charged where the caller is
-/// known (`auth::Caller`).
-pub fn router(state: Arc<AppState>) -> Router {
-    let body_max = state.config.body_max_bytes;
-    let (routes, _openapi) = api_router().split_for_parts();
-    routes
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), edge::bound))
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(body_max))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), edge::admit))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-                    let request_id = request
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
-                }))
-                .layer(PropagateRequestIdLayer::x_request_id()),
-        )
-        .with_state(state)
-}
+use crate::router::router;
+use crate::state::AppState;
+use crate::streams::StreamSlots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiSetupError {

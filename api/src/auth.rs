@@ -7,21 +7,14 @@
 //! current one signs, previous ones still verify until removed). Tokens are
 //! never logged, nor the reason a token was refused (which could echo it).
 //!
-//! Once the caller is known, its per-subject rate limit is charged here, so
-//! that every authenticated route is covered (`crate::ratelimit`).
+//! A handler gets its [`Caller`] from the request through `crate::edge`,
+//! which verifies the token here and charges the caller's rate limit.
 
-use std::sync::Arc;
-
-use axum::extract::FromRequestParts;
-use axum::http::header;
-use axum::http::request::Parts;
 use checkline_shared::domain::CustomerId;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::error::ApiError;
-use crate::ratelimit::RequestFingerprint;
 
 /// The claims checkline reads and writes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -199,36 +192,6 @@ impl Caller {
     /// Whether the caller may read an order placed by `customer_id`.
     pub fn may_read_order_of(&self, customer_id: &str) -> bool {
         self.admin || (self.customer && self.subject.as_str() == customer_id)
-    }
-}
-
-impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized(
-                "an Authorization: Bearer token is required",
-            ))?;
-        let token = bearer_token(value.as_bytes()).ok_or(ApiError::Unauthorized(
-            "an Authorization: Bearer token is required",
-        ))?;
-        let caller = state.verifier.verify(token)?;
-        state
-            .limiter
-            .check_subject(
-                &caller.subject,
-                &parts.method,
-                &parts.headers,
-                parts.extensions.get::<RequestFingerprint>(),
-            )
-            .await?;
-        Ok(caller)
     }
 }
 

@@ -10,13 +10,21 @@
 //! other decisions say in between. Should the result event be missed (events
 //! are core NATS), the next database read (the restock's `pending` row, or
 //! its absence) settles it.
+//!
+//! [`fetch_product`] is the one read of a whole product from PostgreSQL,
+//! for the handlers and the restock.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+use checkline_shared::domain::Product;
 use checkline_shared::partition::Partition;
+use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::db::{ProductRow, PRODUCT_COLUMNS};
+use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
 struct ProductInfo {
@@ -149,6 +157,17 @@ impl Catalog {
             info.restocks.insert(restock_id, Instant::now());
         }
     }
+}
+
+/// The product as PostgreSQL has it now, or `None` if there is none.
+pub async fn fetch_product(pool: &PgPool, id: Uuid) -> Result<Option<Product>, ApiError> {
+    let row: Option<ProductRow> = sqlx::query_as(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(Product::from))
 }
 
 #[cfg(test)]

@@ -1,28 +1,33 @@
 //! The request-level limits every request passes before a handler: header
 //! size (431), the per-address rate limit (429), a per-request time limit
-//! (503), and the cap on open event streams (503 `overloaded`).
+//! (503), and the cap on open event streams (503 `overloaded`,
+//! `crate::streams`); and, for authenticated routes, the caller (401)
+//! and its per-subject rate limit.
 //!
 //! Connection-level limits (connection cap, header read timeout, the hard
 //! header ceiling) are in `crate::server`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Query, RawPathParams, Request, State};
+use axum::extract::{
+    ConnectInfo, FromRequestParts, MatchedPath, Query, RawPathParams, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::RequestExt;
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::app::AppState;
+use crate::auth::{bearer_token, Caller};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
-use crate::ratelimit::{client_addr, client_net, RequestFingerprint};
+use crate::ratelimit::{client_addr, RequestFingerprint};
+use crate::state::AppState;
 
 /// Bytes of a request's head as it came on the wire, near enough: the
 /// request line and every header line.
@@ -235,80 +240,36 @@ pub async fn bound(
     }
 }
 
-/// Open event streams, in total and per client address (an IPv6 /64 is
-/// one address, as for the rate limit: [`client_net`]).
-pub struct StreamSlots {
-    total: Arc<Semaphore>,
-    per_addr: Mutex<HashMap<IpAddr, usize>>,
-    per_addr_max: usize,
-}
+/// The caller of an authenticated route: its bearer token verified
+/// (`crate::auth`), then its per-subject rate limit charged, so that every
+/// authenticated route is covered (`crate::ratelimit`).
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
 
-/// One open stream; gives its slot back when dropped.
-pub struct StreamSlot {
-    _permit: OwnedSemaphorePermit,
-    slots: Arc<StreamSlots>,
-    addr: Option<IpAddr>,
-}
-
-impl StreamSlots {
-    pub fn new(total: usize, per_addr_max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            total: Arc::new(Semaphore::new(total)),
-            per_addr: Mutex::new(HashMap::new()),
-            per_addr_max,
-        })
-    }
-
-    /// A slot, or `None` when the total or the address's share is used up.
-    pub fn open(self: &Arc<Self>, addr: Option<IpAddr>) -> Option<StreamSlot> {
-        let permit = self.total.clone().try_acquire_owned().ok()?;
-        let addr = addr.map(client_net);
-        if let Some(addr) = addr {
-            let mut per_addr = self
-                .per_addr
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let open = per_addr.entry(addr).or_insert(0);
-            if *open >= self.per_addr_max {
-                if *open == 0 {
-                    per_addr.remove(&addr);
-                }
-                return None;
-            }
-            *open += 1;
-        }
-        Some(StreamSlot {
-            _permit: permit,
-            slots: self.clone(),
-            addr,
-        })
-    }
-
-    /// Streams open now.
-    pub fn open_count(&self) -> usize {
-        self.per_addr
-            .lock()
-            .map(|m| m.values().sum())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        if let Some(addr) = self.addr {
-            let mut per_addr = self
-                .slots
-                .per_addr
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(open) = per_addr.get_mut(&addr) {
-                *open = open.saturating_sub(1);
-                if *open == 0 {
-                    // The map holds only addresses with open streams.
-                    per_addr.remove(&addr);
-                }
-            }
-        }
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized(
+                "an Authorization: Bearer token is required",
+            ))?;
+        let token = bearer_token(value.as_bytes()).ok_or(ApiError::Unauthorized(
+            "an Authorization: Bearer token is required",
+        ))?;
+        let caller = state.verifier.verify(token)?;
+        state
+            .limiter
+            .check_subject(
+                &caller.subject,
+                &parts.method,
+                &parts.headers,
+                parts.extensions.get::<RequestFingerprint>(),
+            )
+            .await?;
+        Ok(caller)
     }
 }
 
@@ -316,39 +277,6 @@ impl Drop for StreamSlot {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn stream_slots_are_capped_in_total_and_per_address() {
-        let slots = StreamSlots::new(3, 2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let a1 = slots.open(Some(a)).unwrap();
-        let _a2 = slots.open(Some(a)).unwrap();
-        assert!(slots.open(Some(a)).is_none(), "per-address cap");
-        let _b1 = slots.open(Some(b)).unwrap();
-        assert!(slots.open(Some(b)).is_none(), "total cap");
-        drop(a1);
-        let _b2 = slots.open(Some(b)).unwrap();
-        assert_eq!(slots.open_count(), 3);
-    }
-
-    #[test]
-    fn an_ipv6_64_shares_one_address_share() {
-        let slots = StreamSlots::new(10, 2);
-        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        let _a = slots.open(ip("2001:db8:1:2::1")).unwrap();
-        let _b = slots.open(ip("2001:db8:1:2:ffff:ffff:ffff:fffe")).unwrap();
-        assert!(
-            slots.open(ip("2001:db8:1:2::77")).is_none(),
-            "one /64 holds one address's share"
-        );
-        let _other = slots.open(ip("2001:db8:1:3::1")).unwrap();
-        // IPv4 stays per address.
-        let _c = slots.open(ip("10.0.0.1")).unwrap();
-        let _d = slots.open(ip("10.0.0.1")).unwrap();
-        let _e = slots.open(ip("10.0.0.2")).unwrap();
-        assert_eq!(slots.open_count(), 6);
-    }
 
     #[test]
     fn head_size_counts_line_and_headers() {

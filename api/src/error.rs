@@ -1,9 +1,75 @@
 //! Every API error, and the one place that turns it into a status and an
 //! RFC 9457 problem document with the contract's `code`.
+//!
+//! The codes are one table ([`ProblemCode`]: code, string, status), and
+//! [`ApiError::code`] one exhaustive match onto it, so an error without a
+//! code does not compile and a code cannot have two spellings or statuses.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Declares [`ProblemCode`] from one list: each code once, with the string
+/// clients switch on (also its serde name, hence the OpenAPI schema's
+/// values) and the status every error with that code answers.
+macro_rules! problem_codes {
+    ($($variant:ident = $code:tt => $status:ident,)+) => {
+        /// Stable problem codes clients switch on (`ApiError::code`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+        #[schema(
+            description = "Stable snake_case identifier that clients switch on. `not_found` and `method_not_allowed` answer unknown routes and unsupported methods; `internal` is any unexpected server error (never leaking internals)."
+        )]
+        pub enum ProblemCode {
+            $(
+                #[serde(rename = $code)]
+                $variant,
+            )+
+        }
+
+        impl ProblemCode {
+            /// Every code, in the contract's order.
+            pub const ALL: &'static [ProblemCode] = &[$(Self::$variant),+];
+
+            /// The code as the API writes it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $code,)+
+                }
+            }
+
+            /// The status of every problem with this code.
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Self::$variant => StatusCode::$status,)+
+                }
+            }
+        }
+    };
+}
+
+problem_codes! {
+    InvalidRequest = "invalid_request" => BAD_REQUEST,
+    InvalidId = "invalid_id" => BAD_REQUEST,
+    MissingIdempotencyKey = "missing_idempotency_key" => BAD_REQUEST,
+    InvalidIdempotencyKey = "invalid_idempotency_key" => BAD_REQUEST,
+    IdempotencyKeyReused = "idempotency_key_reused" => UNPROCESSABLE_ENTITY,
+    Unauthorized = "unauthorized" => UNAUTHORIZED,
+    Forbidden = "forbidden" => FORBIDDEN,
+    ProductNotFound = "product_not_found" => NOT_FOUND,
+    OrderNotFound = "order_not_found" => NOT_FOUND,
+    SkuTaken = "sku_taken" => CONFLICT,
+    SoldOut = "sold_out" => CONFLICT,
+    PayloadTooLarge = "payload_too_large" => PAYLOAD_TOO_LARGE,
+    UnsupportedMediaType = "unsupported_media_type" => UNSUPPORTED_MEDIA_TYPE,
+    HeadersTooLarge = "headers_too_large" => REQUEST_HEADER_FIELDS_TOO_LARGE,
+    RateLimited = "rate_limited" => TOO_MANY_REQUESTS,
+    Overloaded = "overloaded" => SERVICE_UNAVAILABLE,
+    Unavailable = "unavailable" => SERVICE_UNAVAILABLE,
+    NotFound = "not_found" => NOT_FOUND,
+    MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED,
+    Internal = "internal" => INTERNAL_SERVER_ERROR,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -65,57 +131,40 @@ struct Problem<'a> {
     title: &'a str,
     status: u16,
     detail: String,
-    code: &'a str,
+    code: ProblemCode,
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    /// The contract's stable problem code: one arm per variant, so a variant
+    /// without a code does not compile.
+    pub fn code(&self) -> ProblemCode {
         match self {
-            Self::InvalidRequest(_)
-            | Self::InvalidId
-            | Self::MissingIdempotencyKey
-            | Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::ProductNotFound | Self::OrderNotFound | Self::NotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::SkuTaken | Self::SoldOut => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) | Self::Overloaded(_) | Self::Timeout(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InvalidRequest(_) => ProblemCode::InvalidRequest,
+            Self::InvalidId => ProblemCode::InvalidId,
+            Self::MissingIdempotencyKey => ProblemCode::MissingIdempotencyKey,
+            Self::InvalidIdempotencyKey => ProblemCode::InvalidIdempotencyKey,
+            Self::IdempotencyKeyReused => ProblemCode::IdempotencyKeyReused,
+            Self::Unauthorized(_) => ProblemCode::Unauthorized,
+            Self::Forbidden(_) => ProblemCode::Forbidden,
+            Self::ProductNotFound => ProblemCode::ProductNotFound,
+            Self::OrderNotFound => ProblemCode::OrderNotFound,
+            Self::SkuTaken => ProblemCode::SkuTaken,
+            Self::SoldOut => ProblemCode::SoldOut,
+            Self::PayloadTooLarge(_) => ProblemCode::PayloadTooLarge,
+            Self::UnsupportedMediaType => ProblemCode::UnsupportedMediaType,
+            Self::NotFound => ProblemCode::NotFound,
+            Self::MethodNotAllowed => ProblemCode::MethodNotAllowed,
+            Self::Unavailable(_) | Self::Timeout(_) => ProblemCode::Unavailable,
+            Self::Overloaded(_) => ProblemCode::Overloaded,
+            Self::RateLimited { .. } => ProblemCode::RateLimited,
+            Self::HeadersTooLarge(_) => ProblemCode::HeadersTooLarge,
+            Self::Internal(_) => ProblemCode::Internal,
         }
     }
 
-    /// The contract's stable problem code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::InvalidRequest(_) => "invalid_request",
-            Self::InvalidId => "invalid_id",
-            Self::MissingIdempotencyKey => "missing_idempotency_key",
-            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
-            Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::ProductNotFound => "product_not_found",
-            Self::OrderNotFound => "order_not_found",
-            Self::SkuTaken => "sku_taken",
-            Self::SoldOut => "sold_out",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Unavailable(_) | Self::Timeout(_) => "unavailable",
-            Self::Overloaded(_) => "overloaded",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::HeadersTooLarge(_) => "headers_too_large",
-            Self::Internal(_) => "internal",
-        }
+    /// The status, which the code decides.
+    pub fn status(&self) -> StatusCode {
+        self.code().status()
     }
 
     pub fn internal(err: impl std::fmt::Display) -> Self {
@@ -219,17 +268,27 @@ mod tests {
                 retry_after_secs: 1
             }
             .code(),
-            "rate_limited"
+            ProblemCode::RateLimited
         );
         let response = ApiError::HeadersTooLarge(8192).into_response();
         assert_eq!(
             response.status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
-        assert_eq!(ApiError::HeadersTooLarge(1).code(), "headers_too_large");
+        assert_eq!(
+            ApiError::HeadersTooLarge(1).code(),
+            ProblemCode::HeadersTooLarge
+        );
         let response = ApiError::Timeout(100).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn codes_are_written_as_their_serde_names() {
+        for code in ProblemCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 
     #[test]

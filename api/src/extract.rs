@@ -123,6 +123,7 @@ pub fn request_id(headers: &HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ProblemCode;
     use axum::http::HeaderValue;
 
     #[test]
@@ -130,7 +131,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         let body = || Ok(Bytes::from_static(b"{\"a\":1}"));
         let err = json_body::<serde_json::Value>(&headers, body(), 10).unwrap_err();
-        assert_eq!(err.code(), "unsupported_media_type");
+        assert_eq!(err.code(), ProblemCode::UnsupportedMediaType);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),
@@ -138,7 +139,7 @@ mod tests {
         assert!(json_body::<serde_json::Value>(&headers, body(), 10).is_ok());
         let err =
             json_body::<serde_json::Value>(&headers, Ok(Bytes::from_static(b"{")), 10).unwrap_err();
-        assert_eq!(err.code(), "invalid_request");
+        assert_eq!(err.code(), ProblemCode::InvalidRequest);
     }
 
     #[test]
@@ -146,12 +147,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(
             idempotency_key(&headers).unwrap_err().code(),
-            "missing_idempotency_key"
+            ProblemCode::MissingIdempotencyKey
         );
         headers.insert("idempotency-key", HeaderValue::from_static("has space"));
         assert_eq!(
             idempotency_key(&headers).unwrap_err().code(),
-            "invalid_idempotency_key"
+            ProblemCode::InvalidIdempotencyKey
         );
         let q = HashMap::from([("limit".to_string(), "0".to_string())]);
         assert!(page(&q).is_err());
@@ -169,7 +170,10 @@ mod tests {
             ("wait", "NaN"),
             ("other", "1"),
         ] {
-            assert_eq!(wait(&q(k, v), 30).unwrap_err().code(), "invalid_request");
+            assert_eq!(
+                wait(&q(k, v), 30).unwrap_err().code(),
+                ProblemCode::InvalidRequest
+            );
         }
     }
 }

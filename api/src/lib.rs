@@ -8,25 +8,41 @@
 //!
 //! # Layout
 //!
-//! - [`accept`]: the batched accept path (group commit of orders).
-//! - [`app`]: state, router, server life cycle.
-//! - [`catalog`]: what the accept path knows about products (partition, sold out).
+//! Each module uses only modules listed before it, so the crate reads in one
+//! direction, from the building blocks to the application.
+//!
+//! What the state holds, and what that is built on:
+//! - [`error`]: every error as an RFC 9457 problem, its code from one table.
 //! - [`config`]: the API's `CHECKLINE_*` settings.
-//! - [`db`]: row mappings only the API reads.
-//! - [`auth`]: HS256 bearer tokens (key rotation, `iss`/`aud`) and roles.
-//! - [`edge`]: request limits: header size, per-address rate, time, streams.
-//! - [`error`]: every error as an RFC 9457 problem with the contract's code.
-//! - [`extract`]: strict parsing of bodies, headers, ids and queries.
-//! - [`fuzzing`]: the request parsing as one entry point, for fuzzers.
-//! - [`hub`]: result events fanned out to waiting requests.
 //! - [`metrics`]: the counters behind `GET /metrics`.
-//! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
-//! - [`ratelimit`]: GCRA rate limits in Redis, with an in-process fallback.
+//! - [`extract`]: strict parsing of bodies, headers, ids and queries.
+//! - [`auth`]: HS256 bearer tokens (key rotation, `iss`/`aud`) and roles.
+//! - [`db`]: row mappings only the API reads.
 //! - [`redis`]: the Redis connection set-up, every Redis key, the order cache.
+//! - [`ratelimit`]: GCRA rate limits in Redis, with an in-process fallback.
+//! - [`streams`]: the cap on open event streams.
+//! - [`catalog`]: what the accept path knows about products (partition, sold
+//!   out), and the read of a product.
+//! - [`hub`]: result events fanned out to waiting requests.
 //! - [`requeue`]: publishing again, in the background, what may not be queued.
-//! - [`routes`]: the handlers.
+//! - [`accept`]: the batched accept path (group commit of orders).
+//! - [`openapi`]: what the OpenAPI document shares (problem responses,
+//!   schemas, security), which the handlers' annotations refer to.
+//!
+//! The state, and what works on it:
+//! - [`state`]: `AppState`, what every handler shares.
+//! - [`edge`]: request limits (header size, per-address rate, time, streams)
+//!   and the authenticated caller.
+//! - [`restock`]: a restock's steps: idempotency, insert, announce, enqueue.
+//!
+//! HTTP, from the handlers out:
+//! - [`routes`]: the handlers, and each resource's routes.
+//! - [`router`]: every route with its middleware, and the OpenAPI 3.1
+//!   document built from the same list.
 //! - [`server`]: the accept loop: connection cap, header read timeout,
 //!   graceful shutdown.
+//! - [`app`]: `Application`: build from the configuration, run until stopped.
+//! - [`fuzzing`]: the request parsing as one entry point, for fuzzers.
 
 pub mod accept;
 pub mod app;
@@ -44,8 +60,12 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod redis;
 pub mod requeue;
+pub mod restock;
+pub mod router;
 pub mod routes;
 pub mod server;
+pub mod state;
+pub mod streams;
 
 pub use app::Application;
 pub use config::ApiConfig;

@@ -1,16 +1,17 @@
 //! The OpenAPI 3.1 document, generated from the code.
 //!
 //! Operations come from the `#[utoipa::path]` annotations on the handlers,
-//! registered together with their routes (`crate::app::api_router`), so the
-//! router cannot serve a route the document does not list. Body schemas come
-//! from `ToSchema` on the request and response types. This module adds what
-//! is common to the whole API: the problem responses, the security scheme,
-//! and (in [`finish`]) what every operation shares because the edge applies
-//! it to every request: the `x-request-id` header, `429 rate_limited`,
-//! `431 headers_too_large`, `503` and the catch-all problem response.
+//! registered together with their routes (`crate::routes`), and the document
+//! is assembled with the router (`crate::router`), so the router cannot serve
+//! a route the document does not list. Body schemas come from `ToSchema` on
+//! the request and response types. This module holds what is common to the
+//! whole API, which the handlers' annotations refer to: the problem
+//! responses, the security scheme, and (in [`finish`]) what every operation
+//! shares because the edge applies it to every request: the `x-request-id`
+//! header, `429 rate_limited`, `431 headers_too_large`, `503` and the
+//! catch-all problem response.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -24,67 +25,7 @@ use utoipa::openapi::{
 };
 use utoipa::{Modify, OpenApi, ToSchema};
 
-/// Stable problem codes clients switch on (`ApiError::code`).
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[schema(
-    description = "Stable snake_case identifier that clients switch on. `not_found` and `method_not_allowed` answer unknown routes and unsupported methods; `internal` is any unexpected server error (never leaking internals)."
-)]
-pub enum ProblemCode {
-    InvalidRequest,
-    InvalidId,
-    MissingIdempotencyKey,
-    InvalidIdempotencyKey,
-    IdempotencyKeyReused,
-    Unauthorized,
-    Forbidden,
-    ProductNotFound,
-    OrderNotFound,
-    SkuTaken,
-    SoldOut,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    HeadersTooLarge,
-    RateLimited,
-    Overloaded,
-    Unavailable,
-    NotFound,
-    MethodNotAllowed,
-    Internal,
-}
-
-impl ProblemCode {
-    /// Every code, as the API writes it.
-    pub fn all() -> Vec<String> {
-        use ProblemCode::*;
-        [
-            InvalidRequest,
-            InvalidId,
-            MissingIdempotencyKey,
-            InvalidIdempotencyKey,
-            IdempotencyKeyReused,
-            Unauthorized,
-            Forbidden,
-            ProductNotFound,
-            OrderNotFound,
-            SkuTaken,
-            SoldOut,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            HeadersTooLarge,
-            RateLimited,
-            Overloaded,
-            Unavailable,
-            NotFound,
-            MethodNotAllowed,
-            Internal,
-        ]
-        .iter()
-        .filter_map(|c| serde_json::to_value(c).ok())
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect()
-    }
-}
+use crate::error::ProblemCode;
 
 /// RFC 9457 problem details. Extension members may be added.
 #[derive(Serialize, ToSchema)]
@@ -489,27 +430,6 @@ fn add_edge(operation: &mut Operation, request_id: &utoipa::openapi::path::Param
     }
 }
 
-/// The document the API serves.
-pub fn document() -> utoipa::openapi::OpenApi {
-    let (_router, openapi) = crate::app::api_router().split_for_parts();
-    finish(openapi)
-}
-
-/// The served document as JSON, built once.
-pub fn document_json() -> &'static str {
-    static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| {
-        let mut value = serde_json::to_value(document()).unwrap_or(Value::Null);
-        if let Some(object) = value.as_object_mut() {
-            object.insert(
-                "jsonSchemaDialect".to_owned(),
-                json!("https://spec.openapis.org/oas/3.1/dialect/base"),
-            );
-        }
-        serde_json::to_string_pretty(&value).unwrap_or_default()
-    })
-}
-
 /// Routes of the document as `(METHOD, path)`.
 pub fn operations(openapi: &utoipa::openapi::OpenApi) -> BTreeMap<String, Vec<String>> {
     openapi
@@ -531,99 +451,4 @@ pub fn operations(openapi: &utoipa::openapi::OpenApi) -> BTreeMap<String, Vec<St
             (path.clone(), methods)
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::ApiError;
-
-    #[test]
-    fn every_error_code_is_in_the_document() {
-        let codes = ProblemCode::all();
-        for err in [
-            ApiError::InvalidRequest(String::new()),
-            ApiError::InvalidId,
-            ApiError::MissingIdempotencyKey,
-            ApiError::InvalidIdempotencyKey,
-            ApiError::IdempotencyKeyReused,
-            ApiError::Unauthorized(""),
-            ApiError::Forbidden(""),
-            ApiError::ProductNotFound,
-            ApiError::OrderNotFound,
-            ApiError::SkuTaken,
-            ApiError::SoldOut,
-            ApiError::PayloadTooLarge(1),
-            ApiError::UnsupportedMediaType,
-            ApiError::NotFound,
-            ApiError::MethodNotAllowed,
-            ApiError::Unavailable(String::new()),
-            ApiError::Overloaded(String::new()),
-            ApiError::RateLimited {
-                retry_after_secs: 1,
-            },
-            ApiError::HeadersTooLarge(1),
-            ApiError::Timeout(1),
-            ApiError::Internal(String::new()),
-        ] {
-            assert!(codes.contains(&err.code().to_owned()), "{}", err.code());
-        }
-    }
-
-    #[test]
-    fn the_document_is_openapi_3_1_with_every_route() {
-        let doc: Value = serde_json::from_str(document_json()).unwrap();
-        assert_eq!(doc["openapi"], "3.1.0");
-        let ops = operations(&document());
-        let expected = [
-            ("/v1/products", vec!["GET", "POST"]),
-            ("/v1/products/{id}", vec!["GET", "PATCH"]),
-            ("/v1/products/{id}/restock", vec!["POST"]),
-            ("/v1/products/{id}/events", vec!["GET"]),
-            ("/v1/orders", vec!["GET", "POST"]),
-            ("/v1/orders/{id}", vec!["GET"]),
-            ("/v1/orders/{id}/events", vec!["GET"]),
-            ("/v1/admin/stats", vec!["GET"]),
-            ("/healthz", vec!["GET"]),
-            ("/readyz", vec!["GET"]),
-            ("/metrics", vec!["GET"]),
-            ("/openapi.json", vec!["GET"]),
-        ];
-        assert_eq!(ops.len(), expected.len(), "{ops:?}");
-        for (path, methods) in expected {
-            assert_eq!(ops[path], methods, "{path}");
-        }
-        // Every reference resolves.
-        let text = document_json();
-        for (marker, section) in [
-            ("#/components/schemas/", "schemas"),
-            ("#/components/responses/", "responses"),
-        ] {
-            for piece in text.split(marker).skip(1) {
-                let name: String = piece
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric())
-                    .collect();
-                assert!(
-                    doc["components"][section][&name].is_object(),
-                    "{marker}{name} is missing"
-                );
-            }
-        }
-        // Every operation answers the edge's problems and has an id.
-        for (path, item) in doc["paths"].as_object().unwrap() {
-            for (method, op) in item.as_object().unwrap() {
-                if method == "parameters" {
-                    continue;
-                }
-                assert!(op["operationId"].is_string(), "{method} {path}");
-                for status in ["429", "431", "503", "default"] {
-                    assert!(
-                        op["responses"][status].is_object(),
-                        "{method} {path} {status}"
-                    );
-                }
-            }
-        }
-    }
 }

@@ -427,8 +427,8 @@ impl RateLimiter {
 }
 
 /// What an idempotent write asks for: the request hash its order or
-/// restock stores (`routes::orders::request_hash`), worked out at the edge
-/// (`edge::bound`) before the caller is known, so that only a true retry
+/// restock stores (`checkline_shared::domain::request_hash`), worked out at
+/// the edge (`edge::bound`) before the caller is known, so that only a true retry
 /// passes the orders budget uncharged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFingerprint(pub Vec<u8>);
@@ -437,8 +437,7 @@ impl RequestFingerprint {
     /// The fingerprint of a write on `route` with path id `id` and `body`,
     /// or `None` when the body is not a valid request of that route.
     pub fn of(route: &str, id: Option<&str>, body: &[u8]) -> Option<Self> {
-        use crate::routes::orders::request_hash;
-        use checkline_shared::domain::parse_id;
+        use checkline_shared::domain::{parse_id, request_hash};
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct OrderBody {
@@ -616,7 +615,7 @@ mod tests {
 
     #[test]
     fn fingerprints_are_the_stored_request_hashes() {
-        use crate::routes::orders::request_hash;
+        use checkline_shared::domain::request_hash;
         let pid = "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d";
         let order = |body: &str| RequestFingerprint::of("/v1/orders", None, body.as_bytes());
         let expected = request_hash(&["order", pid, "2"]);

@@ -94,7 +94,7 @@ async fn a_retry_is_answered_with_its_order_when_the_product_sells_out_mid_batch
     let product = app.create_product(5, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
     let order_id = Uuid::now_v7();
-    let hash = checkline_api::routes::orders::request_hash(&["order", &pid, "1"]);
+    let hash = checkline_shared::domain::request_hash(&["order", &pid, "1"]);
     sqlx::query(
         "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition) \
          SELECT $1, 'alice', 'k1', $2, id, 1, partition FROM products WHERE id = $3::uuid",
@@ -329,7 +329,7 @@ async fn a_stranded_retry_is_requeued_off_the_accept_path() {
     let product = app.create_product(5, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
     let order_id = Uuid::now_v7();
-    let hash = checkline_api::routes::orders::request_hash(&["order", &pid, "1"]);
+    let hash = checkline_shared::domain::request_hash(&["order", &pid, "1"]);
     sqlx::query(
         "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition, created_at) \
          SELECT $1, 'frank', 'f1', $2, id, 1, partition, now() - interval '10 seconds' FROM products WHERE id = $3::uuid",

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::partition::Partition;
@@ -17,6 +18,19 @@ pub fn parse_id(raw: &str) -> Option<Uuid> {
         return None;
     }
     Uuid::try_parse(raw).ok()
+}
+
+/// SHA-256 over the parts of a request that a retry must repeat: stored with
+/// an order or restock under its idempotency key, so that the same key with a
+/// different request is recognised. Each part is followed by a NUL byte, so
+/// `["ab", "c"]` and `["a", "bc"]` differ.
+pub fn request_hash(parts: &[&str]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    hasher.finalize().to_vec()
 }
 
 /// The authenticated customer (the JWT `sub`): 1–64 chars of `[A-Za-z0-9_.@-]`.
@@ -275,6 +289,15 @@ mod tests {
         assert!(parse_id("67e55044-10b1-426f-9247-bb680e5fe0c.").is_none());
         assert!(parse_id("").is_none());
         assert!(parse_id("67e55044-10b1-426f-9247-bb680e5fe0c8 ").is_none());
+    }
+
+    #[test]
+    fn request_hashes_separate_their_parts() {
+        let hash = request_hash(&["order", "p", "1"]);
+        assert_eq!(hash.len(), 32);
+        assert_eq!(hash, request_hash(&["order", "p", "1"]));
+        assert_ne!(hash, request_hash(&["order", "p", "2"]));
+        assert_ne!(request_hash(&["ab", "c"]), request_hash(&["a", "bc"]));
     }
 
     #[test]

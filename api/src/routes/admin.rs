@@ -8,11 +8,18 @@ use checkline_shared::partition::Partition;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The administrative routes, with their OpenAPI operations.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(stats))
+}
 
 /// Sales of one product.
 #[derive(Serialize, sqlx::FromRow, ToSchema)]

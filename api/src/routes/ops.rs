@@ -1,4 +1,4 @@
-//! Operations endpoints: liveness, readiness, metrics, the OpenAPI document.
+//! Operations endpoints: liveness, readiness, metrics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +8,19 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::state::AppState;
+
+/// The operations routes, with their OpenAPI operations. `GET /openapi.json`
+/// is served by `crate::router`, which builds the document from every route.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
 
 #[utoipa::path(
     get,
@@ -92,23 +103,6 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         state.metrics.render() + &state.backlog.render(),
-    )
-        .into_response()
-}
-
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    operation_id = "getOpenApi",
-    tag = "operations",
-    summary = "This OpenAPI document",
-    description = "Public. Generated from the code; `api/openapi.json` is a copy.",
-    responses((status = 200, description = "The OpenAPI 3.1 description of this API.", body = Object)),
-)]
-pub async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::document_json(),
     )
         .into_response()
 }

@@ -21,19 +21,28 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
-use checkline_shared::domain::{parse_id, Order};
+use checkline_shared::domain::{parse_id, request_hash, Order};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::accept::{self, Accepted};
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
 use crate::hub::Watch;
+use crate::state::AppState;
+
+/// The orders' routes, with their OpenAPI operations.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get))
+        .routes(routes!(events))
+}
 
 /// Body of `POST /v1/orders`.
 #[derive(Deserialize, ToSchema)]
@@ -56,16 +65,6 @@ pub struct OrderPage {
     items: Vec<Order>,
     /// Cursor for the next page (pass as `cursor`); null on the last page.
     next_cursor: Option<String>,
-}
-
-/// SHA-256 over the parts of a request that a retry must repeat.
-pub fn request_hash(parts: &[&str]) -> Vec<u8> {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-        hasher.update([0u8]);
-    }
-    hasher.finalize().to_vec()
 }
 
 fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response {

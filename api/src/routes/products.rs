@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -11,18 +10,28 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use checkline_shared::domain::{Product, RestockResult};
-use checkline_shared::messages::QueueMessage;
-use checkline_shared::partition::Partition;
 use serde::{Deserialize, Deserializer, Serialize};
-use sqlx::PgPool;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::auth::Caller;
+use crate::catalog;
 use crate::db::{ProductRow, PRODUCT_COLUMNS};
 use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
+use crate::restock::{self, Restocked};
+use crate::state::AppState;
+
+/// The products' routes (stock events are in `stock`), with their
+/// OpenAPI operations.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get, patch))
+        .routes(routes!(restock))
+}
 
 pub const SKU_MAX: usize = 64;
 pub const NAME_MAX: usize = 200;
@@ -104,16 +113,6 @@ pub struct RestockBody {
     /// Units to add to the stock.
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     quantity: i64,
-}
-
-#[derive(sqlx::FromRow)]
-struct ExistingRestock {
-    id: Uuid,
-    request_hash: Vec<u8>,
-    status: String,
-    stock_after: Option<i64>,
-    partition: Partition,
-    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// One page of products.
@@ -253,16 +252,6 @@ pub async fn list(
     Ok(Json(ProductPage { items, next_cursor }))
 }
 
-pub async fn fetch(pool: &PgPool, id: Uuid) -> Result<Option<Product>, ApiError> {
-    let row: Option<ProductRow> = sqlx::query_as(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(Product::from))
-}
-
 #[utoipa::path(
     get,
     path = "/v1/products/{id}",
@@ -282,7 +271,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Product>, ApiError> {
     let id = path_id(&id)?;
-    fetch(&state.pool, id)
+    catalog::fetch_product(&state.pool, id)
         .await?
         .map(Json)
         .ok_or(ApiError::ProductNotFound)
@@ -354,9 +343,9 @@ pub async fn patch(
         .ok_or(ApiError::ProductNotFound)
 }
 
-/// Restocks travel through the product's queue like orders, so they take
-/// effect in order with the checkouts around them. The call waits a bounded
-/// time for the worker: 200 once applied, 202 if still queued.
+/// Restocks travel through the product's queue like orders (`crate::restock`),
+/// so they take effect in order with the checkouts around them. The call
+/// waits a bounded time for the worker: 200 once applied, 202 if still queued.
 #[utoipa::path(
     post,
     path = "/v1/products/{id}/restock",
@@ -396,155 +385,16 @@ pub async fn restock(
     let key = idempotency_key(&headers)?;
     let input: RestockBody = json_body(&headers, body, state.config.body_max_bytes)?;
     check_range("quantity", input.quantity, 1, RESTOCK_MAX)?;
-    let hash = crate::routes::orders::request_hash(&[
-        "restock",
-        &product_id.to_string(),
-        &input.quantity.to_string(),
-    ]);
-
-    for _ in 0..3 {
-        let existing: Option<ExistingRestock> = sqlx::query_as(
-            "SELECT id, request_hash, status, stock_after, partition, created_at FROM restocks \
-             WHERE requested_by = $1 AND idempotency_key = $2",
-        )
-        .bind(caller.subject.as_str())
-        .bind(key.as_str())
-        .fetch_optional(&state.pool)
-        .await?;
-        if let Some(ExistingRestock {
-            id: restock_id,
-            request_hash: stored_hash,
-            status,
-            stock_after,
-            partition,
-            created_at,
-        }) = existing
-        {
-            if stored_hash != hash {
-                return Err(ApiError::IdempotencyKeyReused);
-            }
-            if let (true, Some(stock)) = (status == "applied", stock_after) {
-                return Ok(restock_response(
-                    StatusCode::OK,
-                    RestockResult { product_id, stock },
-                ));
-            }
-            let message = QueueMessage::Restock {
-                restock_id,
-                product_id,
-                quantity: input.quantity,
-            };
-            // Pending long past its publish: it may never have reached the
-            // queue. Publish it again in the background (a copy is harmless).
-            if age(created_at) > state.config.common.requeue_after {
-                state
-                    .requeuer
-                    .submit(partition, message, request_id(&headers).map(str::to_owned));
-            }
-            return wait_for_restock(&state, restock_id, product_id).await;
-        }
-
-        let Some(product) = fetch(&state.pool, product_id).await? else {
-            return Err(ApiError::ProductNotFound);
-        };
-        let restock_id = Uuid::now_v7();
-        let inserted = sqlx::query(
-            "INSERT INTO restocks (id, product_id, requested_by, idempotency_key, request_hash, quantity, partition) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (requested_by, idempotency_key) DO NOTHING",
-        )
-        .bind(restock_id)
-        .bind(product_id)
-        .bind(caller.subject.as_str())
-        .bind(key.as_str())
-        .bind(&hash)
-        .bind(input.quantity)
-        .bind(product.partition)
-        .execute(&state.pool)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            continue; // a concurrent request with this key won: answer as a replay
-        }
-        let message = QueueMessage::Restock {
-            restock_id,
-            product_id,
-            quantity: input.quantity,
-        };
-        // Before the restock is queued, every API instance stops answering
-        // "sold out" for the product, so the new stock is never hidden.
-        state.announce_restocking(product_id, restock_id).await;
-        state
-            .config
-            .common
-            .faults
-            .at("restock_before_enqueue")
-            .await;
-        if let Err(err) = state
-            .enqueue(product.partition, &message, request_id(&headers))
-            .await
-        {
-            // The row stays: another request may already have answered 202
-            // for it (a retry waiting on it), and the message may be in the
-            // queue after all. It is published again in the background; the
-            // worker's sweep catches whatever that misses.
-            state.requeuer.submit(
-                product.partition,
-                message,
-                request_id(&headers).map(str::to_owned),
-            );
-            return Err(err);
-        }
-        tracing::info!(%restock_id, %product_id, quantity = input.quantity, "restock queued");
-        return wait_for_restock(&state, restock_id, product_id).await;
-    }
-    Err(ApiError::Internal(
-        "idempotency key lookup did not settle".into(),
-    ))
-}
-
-fn age(created_at: chrono::DateTime<chrono::Utc>) -> Duration {
-    (chrono::Utc::now() - created_at)
-        .to_std()
-        .unwrap_or_default()
-}
-
-fn restock_response(status: StatusCode, result: RestockResult) -> Response {
-    (status, Json(result)).into_response()
-}
-
-async fn wait_for_restock(
-    state: &Arc<AppState>,
-    restock_id: Uuid,
-    product_id: Uuid,
-) -> Result<Response, ApiError> {
-    let mut watch = state.hub.restocks.subscribe(restock_id);
-    let deadline = tokio::time::Instant::now() + state.config.restock_wait;
-    loop {
-        let applied: Option<Option<i64>> = sqlx::query_scalar(
-            "SELECT stock_after FROM restocks WHERE id = $1 AND status = 'applied'",
-        )
-        .bind(restock_id)
-        .fetch_optional(&state.pool)
-        .await?;
-        if let Some(Some(stock)) = applied {
-            return Ok(restock_response(
-                StatusCode::OK,
-                RestockResult { product_id, stock },
-            ));
-        }
-        let pause = tokio::time::sleep(state.config.wait_poll_interval);
-        tokio::select! {
-            changed = watch.rx.changed() => {
-                if changed.is_ok() {
-                    if let Some(result) = *watch.rx.borrow() {
-                        return Ok(restock_response(StatusCode::OK, result));
-                    }
-                }
-            }
-            () = pause => {}
-            () = tokio::time::sleep_until(deadline) => {
-                let stock = fetch(&state.pool, product_id).await?.map_or(0, |p| p.stock);
-                return Ok(restock_response(StatusCode::ACCEPTED, RestockResult { product_id, stock }));
-            }
-        }
-    }
+    let request = restock::Request {
+        product_id,
+        quantity: input.quantity,
+        requested_by: &caller.subject,
+        key: &key,
+        request_id: request_id(&headers),
+    };
+    let (status, result) = match restock::restock(&state, request).await? {
+        Restocked::Applied(result) => (StatusCode::OK, result),
+        Restocked::Queued(result) => (StatusCode::ACCEPTED, result),
+    };
+    Ok((status, Json(result)).into_response())
 }

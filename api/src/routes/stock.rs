@@ -9,11 +9,19 @@ use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use checkline_shared::domain::StockEvent;
 use futures::Stream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::catalog;
 use crate::error::ApiError;
 use crate::extract::path_id;
 use crate::hub::Watch;
+use crate::state::AppState;
+
+/// The stock events' route, with its OpenAPI operation.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(events))
+}
 
 #[utoipa::path(
     get,
@@ -38,7 +46,7 @@ pub async fn events(
     let id = path_id(&id)?;
     // Subscribe before reading, so no change falls between the two.
     let watch = state.hub.stock.subscribe(id);
-    let product = crate::routes::products::fetch(&state.pool, id)
+    let product = catalog::fetch_product(&state.pool, id)
         .await?
         .ok_or(ApiError::ProductNotFound)?;
     let first = StockEvent::new(id, product.stock);
@@ -72,7 +80,7 @@ pub async fn events(
                 }
                 () = tokio::time::sleep(c.state.config.stock_refresh) => {
                     let product_id = c.last_sent.map(|e| e.product_id)?;
-                    match crate::routes::products::fetch(&c.state.pool, product_id).await {
+                    match catalog::fetch_product(&c.state.pool, product_id).await {
                         Ok(Some(p)) => Some(StockEvent::new(product_id, p.stock)),
                         _ => None,
                     }
