@@ -53,14 +53,25 @@ impl Check {
     }
 }
 
-/// Which implementation the figures come from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which implementation the figures come from (the report's `system`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum System {
     /// checkline: every check.
     #[default]
     Checkline,
     /// The row-locking baseline: no queue to audit, no API stock to compare.
     Baseline,
+}
+
+impl System {
+    /// The name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Checkline => "checkline",
+            Self::Baseline => "baseline",
+        }
+    }
 }
 
 /// What the scenario set up, hence what the outcome must be.
@@ -92,26 +103,21 @@ pub struct ClientView {
     /// Decisions observed through the API (polling, or the synchronous
     /// answer); unused when they were learnt from the database.
     pub decisions: HashMap<Uuid, ObservedDecision>,
-    /// How the decisions were learnt.
-    pub tracking: TrackingView,
+    /// `--decisions db`: how the wait for the decisions ended; `None` when
+    /// they were observed through the API (poll, or the synchronous answer).
+    pub db_watch: Option<DbWatchView>,
     /// `stock` from `GET /v1/products/{id}`.
     pub api_stock: i64,
 }
 
-/// How the load generator learnt the decisions.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub enum TrackingView {
-    /// Through the API: [`ClientView::decisions`] holds what it said.
-    #[default]
-    Observed,
-    /// From PostgreSQL (`--decisions db`): whether the pending count reached
-    /// zero within the timeout.
-    Database {
-        drained: bool,
-        pending: i64,
-        waited_secs: f64,
-        timeout_secs: u64,
-    },
+/// `--decisions db`, over every phase: whether the pending count reached
+/// zero within the timeout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DbWatchView {
+    pub drained: bool,
+    pub pending: i64,
+    pub waited_secs: f64,
+    pub timeout_secs: u64,
 }
 
 /// The product's row of the `stock_audit` view.
@@ -582,12 +588,12 @@ fn decision_checks(client: &ClientView, db: &DbView, out: &mut Vec<Check>) {
         detail,
     ));
 
-    if let TrackingView::Database {
+    if let Some(DbWatchView {
         drained,
         pending,
         waited_secs,
         timeout_secs,
-    } = client.tracking
+    }) = client.db_watch
     {
         let detail = if drained {
             format!("no order pending after {waited_secs:.1} s (PostgreSQL watched every 100 ms)")
@@ -1257,12 +1263,12 @@ mod tests {
     fn database_tracking_replaces_the_observation_checks() {
         let mut world = healthy(10, 20);
         world.client.decisions.clear();
-        world.client.tracking = TrackingView::Database {
+        world.client.db_watch = Some(DbWatchView {
             drained: true,
             pending: 0,
             waited_secs: 0.3,
             timeout_secs: 60,
-        };
+        });
         let checks = world.checks();
         assert!(all_passed(&checks), "{checks:#?}");
         assert_eq!(checks.len(), 12);
@@ -1271,12 +1277,12 @@ mod tests {
         assert!(!names.contains(&"every buyer learned the decision in time"));
         assert!(!names.contains(&"observed decisions match the database"));
 
-        world.client.tracking = TrackingView::Database {
+        world.client.db_watch = Some(DbWatchView {
             drained: false,
             pending: 4,
             waited_secs: 60.0,
             timeout_secs: 60,
-        };
+        });
         let checks = world.checks();
         let timely = by_name(&checks, "every accepted order decided within the timeout");
         assert!(!timely.passed);

@@ -11,7 +11,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::checks::Check;
+use crate::checks::{Check, System};
+use crate::cli::{ModeKind, ScenarioKind, Tracking};
 use crate::client::{Order, OrderStatus};
 use crate::latency::{LatencyRecorder, LatencySummary};
 
@@ -20,9 +21,9 @@ use crate::latency::{LatencyRecorder, LatencySummary};
 /// side-by-side figures are in `comparison`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub scenario: &'static str,
+    pub scenario: ScenarioKind,
     /// `checkline`, or `baseline` for the row-locking comparison.
-    pub system: &'static str,
+    pub system: System,
     pub run_id: String,
     pub started_at: DateTime<Utc>,
     /// Base URL the orders were sent to.
@@ -70,7 +71,7 @@ pub struct ProductInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
     /// `closed` or `open`.
-    pub mode: &'static str,
+    pub mode: ModeKind,
     /// Closed mode: virtual users.
     pub concurrency: Option<usize>,
     /// Open mode: orders started per second.
@@ -86,7 +87,7 @@ pub struct RunConfig {
     pub quantity: u32,
     pub max_per_customer: Option<u32>,
     /// `poll`, `db`, or `synchronous` (the baseline).
-    pub decisions: &'static str,
+    pub decisions: Tracking,
     pub poll_concurrency: usize,
     pub max_attempts: u32,
     pub decision_timeout_secs: u64,
@@ -196,7 +197,7 @@ pub struct Throughput {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DecisionSummary {
     /// How decisions were learnt: `poll`, `db` or `synchronous`.
-    pub tracking: &'static str,
+    pub tracking: Tracking,
     /// Distinct order ids accepted.
     pub accepted_orders: u64,
     pub decided: u64,
@@ -482,7 +483,7 @@ impl Report {
     /// The decision latency of the run: seen through the API (poll), from
     /// the server's timestamps (db), or the answer's (synchronous).
     pub fn decision_latency(&self) -> &LatencySummary {
-        if self.decisions.tracking == "db" {
+        if self.decisions.tracking == Tracking::Db {
             &self.latency_ms.decision_server
         } else {
             &self.latency_ms.decision_observed
@@ -499,13 +500,13 @@ impl Report {
         let limit = c
             .max_per_customer
             .map_or_else(|| "none".to_owned(), |m| m.to_string());
-        let baseline = self.system == "baseline";
+        let baseline = self.system == System::Baseline;
 
         let _ = writeln!(
             out,
             "{} {} — run {} — {}",
-            self.system,
-            self.scenario,
+            self.system.name(),
+            self.scenario.name(),
             self.run_id,
             self.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
         );
@@ -534,14 +535,13 @@ impl Report {
                 c.max_in_flight.unwrap_or_default()
             ),
             (Some(users), None) => format!("closed: {users} virtual users"),
-            (None, None) => c.mode.to_owned(),
+            (None, None) => c.mode.name().to_owned(),
         };
         row(&mut out, "load", load);
         let tracking = match d.tracking {
-            "poll" => format!("poll: up to {} long-polls at once", c.poll_concurrency),
-            "db" => "db: PostgreSQL watched every 100 ms".to_owned(),
-            "synchronous" => "synchronous: in the answer".to_owned(),
-            other => other.to_owned(),
+            Tracking::Poll => format!("poll: up to {} long-polls at once", c.poll_concurrency),
+            Tracking::Db => "db: PostgreSQL watched every 100 ms".to_owned(),
+            Tracking::Synchronous => "synchronous: in the answer".to_owned(),
         };
         row(&mut out, "decisions", tracking);
         if let Some(pool) = c.baseline_pool {
@@ -638,7 +638,7 @@ impl Report {
             );
         }
 
-        let _ = writeln!(out, "\nDecisions ({})", d.tracking);
+        let _ = writeln!(out, "\nDecisions ({})", d.tracking.name());
         row(
             &mut out,
             "decided",
@@ -890,15 +890,15 @@ mod tests {
             initial_stock: 1,
         };
         Report {
-            scenario: "flash-sale",
-            system: "checkline",
+            scenario: ScenarioKind::FlashSale,
+            system: System::Checkline,
             run_id: "ab12cd34".into(),
             started_at: Utc::now(),
             api_url: "http://127.0.0.1:8080".into(),
             product: Some(product.clone()),
             products: vec![product],
             config: RunConfig {
-                mode: "closed",
+                mode: ModeKind::Closed,
                 concurrency: Some(2),
                 rate: None,
                 schedule_secs: None,
@@ -908,7 +908,7 @@ mod tests {
                 stock: 1,
                 quantity: 1,
                 max_per_customer: None,
-                decisions: "poll",
+                decisions: Tracking::Poll,
                 poll_concurrency: 4,
                 max_attempts: 10,
                 decision_timeout_secs: 60,
@@ -927,7 +927,7 @@ mod tests {
             },
             goal: None,
             decisions: DecisionSummary {
-                tracking: "poll",
+                tracking: Tracking::Poll,
                 accepted_orders: 1,
                 decided: 1,
                 confirmed: 1,
@@ -1011,14 +1011,14 @@ mod tests {
     #[test]
     fn table_shows_open_mode_storms_and_many_products() {
         let mut report = sample_report();
-        report.scenario = "sold-out-storm";
-        report.config.mode = "open";
+        report.scenario = ScenarioKind::SoldOutStorm;
+        report.config.mode = ModeKind::Open;
         report.config.concurrency = None;
         report.config.rate = Some(40_000);
         report.config.schedule_secs = Some(2.0);
         report.config.max_in_flight = Some(10_000);
-        report.config.decisions = "db";
-        report.decisions.tracking = "db";
+        report.config.decisions = Tracking::Db;
+        report.decisions.tracking = Tracking::Db;
         report.responses.dropped = 17;
         report.sell_out = Some(SellOut {
             orders: 10,
@@ -1066,11 +1066,11 @@ mod tests {
     #[test]
     fn baseline_table_names_synchronous_answers() {
         let mut report = sample_report();
-        report.system = "baseline";
+        report.system = System::Baseline;
         report.product.as_mut().unwrap().partition = None;
-        report.config.decisions = "synchronous";
+        report.config.decisions = Tracking::Synchronous;
         report.config.baseline_pool = Some(32);
-        report.decisions.tracking = "synchronous";
+        report.decisions.tracking = Tracking::Synchronous;
         report.responses.sold_out_in_answer = 5;
         let table = flat(&report.render());
         for needle in [
@@ -1091,7 +1091,7 @@ mod tests {
     fn comparison_rows_and_table() {
         let checkline = sample_report();
         let mut baseline = sample_report();
-        baseline.system = "baseline";
+        baseline.system = System::Baseline;
         baseline.throughput.accepted_per_sec = 0.5;
         baseline.throughput.decided_per_sec = 0.0;
         baseline.latency_ms.accept.p50_ms = Some(8.0);
@@ -1120,7 +1120,7 @@ mod tests {
 
         // db tracking compares the server-side decision latency.
         let mut db = sample_report();
-        db.decisions.tracking = "db";
+        db.decisions.tracking = Tracking::Db;
         db.latency_ms.decision_server.p50_ms = Some(42.0);
         assert_eq!(db.decision_latency().p50_ms, Some(42.0));
         assert_eq!(sample_report().decision_latency().p50_ms, None);
@@ -1162,6 +1162,34 @@ mod tests {
         assert!(json["baseline"]["baseline"].is_null());
         assert_eq!(json["comparison"][0]["figure"], "answered/s");
         assert_eq!(json["comparison"][0]["ratio"], 1.0);
+    }
+
+    #[test]
+    fn names_in_the_text_are_the_json_values() {
+        fn json(value: impl Serialize) -> serde_json::Value {
+            serde_json::to_value(value).unwrap()
+        }
+        let mut pairs = Vec::new();
+        for kind in [
+            ScenarioKind::FlashSale,
+            ScenarioKind::HotProduct,
+            ScenarioKind::ManyProducts,
+            ScenarioKind::SoldOutStorm,
+        ] {
+            pairs.push((kind.name(), json(kind)));
+        }
+        for system in [System::Checkline, System::Baseline] {
+            pairs.push((system.name(), json(system)));
+        }
+        for mode in [ModeKind::Closed, ModeKind::Open] {
+            pairs.push((mode.name(), json(mode)));
+        }
+        for tracking in [Tracking::Poll, Tracking::Db, Tracking::Synchronous] {
+            pairs.push((tracking.name(), json(tracking)));
+        }
+        for (name, value) in pairs {
+            assert_eq!(value, name);
+        }
     }
 
     #[test]
