@@ -1,6 +1,7 @@
-//! Read-only PostgreSQL queries on checkline's tables: the invariant checks,
-//! and `--decisions db` (pending counts, decisions with their timestamps).
-//! The baseline's own schema is handled in [`crate::baseline`].
+//! Read-only PostgreSQL queries: the invariant checks, on checkline's tables
+//! or the baseline's ([`Tables`]), and `--decisions db` on checkline's
+//! (pending counts, decisions with their timestamps). The baseline's schema
+//! itself is created in [`crate::baseline`].
 //!
 //! Plain runtime queries (no compile-time checked macros): the load test is
 //! built without a database at hand.
@@ -54,95 +55,141 @@ pub fn sql_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> anyhow::E
     move |err| anyhow!("{context}: {err}")
 }
 
-/// Everything the checks need to know about `product_id`.
-pub async fn fetch_view(pool: &PgPool, product_id: Uuid) -> Result<DbView> {
-    let audit = sqlx::query(
-        "SELECT initial_stock, restocked, stock, confirmed_units, balanced \
-         FROM stock_audit WHERE product_id = $1",
-    )
-    .bind(product_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(sql_error("reading stock_audit"))?
-    .map(|row| -> Result<StockAudit, sqlx::Error> {
-        Ok(StockAudit {
-            initial_stock: row.try_get("initial_stock")?,
-            restocked: row.try_get("restocked")?,
-            stock: row.try_get("stock")?,
-            confirmed_units: row.try_get("confirmed_units")?,
-            balanced: row.try_get("balanced")?,
-        })
-    })
-    .transpose()
-    .map_err(sql_error("decoding the stock_audit row"))?;
+/// Where a system keeps what the checks read: checkline's tables
+/// ([`CHECKLINE`]), or the baseline's schema ([`crate::baseline::TABLES`]).
+/// The queries below name them as `{orders}` and `{stock_audit}`.
+#[derive(Debug, Clone, Copy)]
+pub struct Tables {
+    /// The orders, with checkline's `orders` columns for the checks.
+    pub orders: &'static str,
+    /// A relation with the columns of checkline's `stock_audit` view.
+    pub stock_audit: &'static str,
+    /// Whether the orders carry a queue position (`queue_sequence`,
+    /// `queue_index`), hence a FIFO boundary to read.
+    pub queued: bool,
+}
 
-    let duplicate_keys = sqlx::query(
-        "SELECT customer_id, idempotency_key, count(*) AS n \
-         FROM orders WHERE product_id = $1 \
-         GROUP BY customer_id, idempotency_key HAVING count(*) > 1 \
-         ORDER BY customer_id, idempotency_key",
-    )
-    .bind(product_id)
-    .fetch_all(pool)
-    .await
-    .map_err(sql_error("looking for idempotency keys used twice"))?
-    .into_iter()
-    .map(|row| {
-        Ok(DuplicateKey {
-            customer_id: row.try_get("customer_id")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            count: row.try_get("n")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()
-    .map_err(sql_error("decoding duplicate idempotency keys"))?;
+/// checkline's own tables.
+pub const CHECKLINE: Tables = Tables {
+    orders: "orders",
+    stock_audit: "stock_audit",
+    queued: true,
+};
 
-    let orders = sqlx::query(
-        "SELECT id, status, reason, quantity::bigint AS quantity, queue_sequence, \
-                queue_index::bigint AS queue_index \
-         FROM orders WHERE product_id = $1 \
-         ORDER BY queue_sequence NULLS LAST, queue_index NULLS FIRST, id",
-    )
-    .bind(product_id)
-    .fetch_all(pool)
-    .await
-    .map_err(sql_error("reading the product's orders"))?
-    .into_iter()
-    .map(|row| {
-        Ok(OrderRow {
-            id: row.try_get("id")?,
-            status: row.try_get("status")?,
-            reason: row.try_get("reason")?,
-            quantity: row.try_get("quantity")?,
-            queue_sequence: row.try_get("queue_sequence")?,
-            queue_index: row.try_get("queue_index")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()
-    .map_err(sql_error("decoding the product's orders"))?;
+impl Tables {
+    /// `template` with the tables named.
+    fn sql(&self, template: &str) -> String {
+        template
+            .replace("{orders}", self.orders)
+            .replace("{stock_audit}", self.stock_audit)
+    }
+}
 
-    let confirmed_per_customer = sqlx::query(
-        "SELECT customer_id, SUM(quantity)::bigint AS confirmed_quantity \
-         FROM orders WHERE product_id = $1 AND status = 'confirmed' \
-         GROUP BY customer_id ORDER BY customer_id",
-    )
-    .bind(product_id)
-    .fetch_all(pool)
-    .await
-    .map_err(sql_error("summing confirmed quantities per customer"))?
-    .into_iter()
-    .map(|row| {
-        Ok(CustomerTotal {
-            customer_id: row.try_get("customer_id")?,
-            confirmed_quantity: row.try_get("confirmed_quantity")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()
-    .map_err(sql_error("decoding per-customer totals"))?;
+/// The product's stock audit: `initial + restocked = stock + confirmed`.
+const STOCK_AUDIT: &str = "SELECT initial_stock, restocked, stock, confirmed_units, balanced \
+     FROM {stock_audit} WHERE product_id = $1";
 
-    let fifo = FifoBoundary {
-        last_confirmed: queue_boundary(pool, product_id, LAST_CONFIRMED).await?,
-        first_stock_rejection: queue_boundary(pool, product_id, FIRST_STOCK_REJECTION).await?,
+/// (customer, idempotency key) pairs found on more than one order.
+const DUPLICATE_KEYS: &str = "SELECT customer_id, idempotency_key, count(*) AS n \
+     FROM {orders} WHERE product_id = $1 \
+     GROUP BY customer_id, idempotency_key HAVING count(*) > 1 \
+     ORDER BY customer_id, idempotency_key";
+
+/// The product's orders, in queue order when they have one.
+const ORDERS: &str = "SELECT id, status, reason, quantity::bigint AS quantity, {queue} \
+     FROM {orders} WHERE product_id = $1 \
+     ORDER BY queue_sequence NULLS LAST, queue_index NULLS FIRST, id";
+const QUEUE_COLUMNS: &str = "queue_sequence, queue_index::bigint AS queue_index";
+const NO_QUEUE_COLUMNS: &str = "NULL::bigint AS queue_sequence, NULL::bigint AS queue_index";
+
+/// Confirmed quantity per customer (the per-customer limit).
+const CONFIRMED_PER_CUSTOMER: &str =
+    "SELECT customer_id, SUM(quantity)::bigint AS confirmed_quantity \
+     FROM {orders} WHERE product_id = $1 AND status = 'confirmed' \
+     GROUP BY customer_id ORDER BY customer_id";
+
+/// Everything the checks need to know about `product_id`, from `tables`.
+pub async fn fetch_view(pool: &PgPool, tables: &Tables, product_id: Uuid) -> Result<DbView> {
+    let audit = sqlx::query(&tables.sql(STOCK_AUDIT))
+        .bind(product_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(sql_error("reading stock_audit"))?
+        .map(|row| -> Result<StockAudit, sqlx::Error> {
+            Ok(StockAudit {
+                initial_stock: row.try_get("initial_stock")?,
+                restocked: row.try_get("restocked")?,
+                stock: row.try_get("stock")?,
+                confirmed_units: row.try_get("confirmed_units")?,
+                balanced: row.try_get("balanced")?,
+            })
+        })
+        .transpose()
+        .map_err(sql_error("decoding the stock_audit row"))?;
+
+    let duplicate_keys = sqlx::query(&tables.sql(DUPLICATE_KEYS))
+        .bind(product_id)
+        .fetch_all(pool)
+        .await
+        .map_err(sql_error("looking for idempotency keys used twice"))?
+        .into_iter()
+        .map(|row| {
+            Ok(DuplicateKey {
+                customer_id: row.try_get("customer_id")?,
+                idempotency_key: row.try_get("idempotency_key")?,
+                count: row.try_get("n")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(sql_error("decoding duplicate idempotency keys"))?;
+
+    let queue = if tables.queued {
+        QUEUE_COLUMNS
+    } else {
+        NO_QUEUE_COLUMNS
+    };
+    let orders = sqlx::query(&tables.sql(ORDERS).replace("{queue}", queue))
+        .bind(product_id)
+        .fetch_all(pool)
+        .await
+        .map_err(sql_error("reading the product's orders"))?
+        .into_iter()
+        .map(|row| {
+            Ok(OrderRow {
+                id: row.try_get("id")?,
+                status: row.try_get("status")?,
+                reason: row.try_get("reason")?,
+                quantity: row.try_get("quantity")?,
+                queue_sequence: row.try_get("queue_sequence")?,
+                queue_index: row.try_get("queue_index")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(sql_error("decoding the product's orders"))?;
+
+    let confirmed_per_customer = sqlx::query(&tables.sql(CONFIRMED_PER_CUSTOMER))
+        .bind(product_id)
+        .fetch_all(pool)
+        .await
+        .map_err(sql_error("summing confirmed quantities per customer"))?
+        .into_iter()
+        .map(|row| {
+            Ok(CustomerTotal {
+                customer_id: row.try_get("customer_id")?,
+                confirmed_quantity: row.try_get("confirmed_quantity")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(sql_error("decoding per-customer totals"))?;
+
+    let fifo = if tables.queued {
+        FifoBoundary {
+            last_confirmed: queue_boundary(pool, tables, LAST_CONFIRMED, product_id).await?,
+            first_stock_rejection: queue_boundary(pool, tables, FIRST_STOCK_REJECTION, product_id)
+                .await?,
+        }
+    } else {
+        FifoBoundary::default()
     };
 
     Ok(DbView {
@@ -159,20 +206,25 @@ pub async fn fetch_view(pool: &PgPool, product_id: Uuid) -> Result<DbView> {
 /// versions, so the boundary is the first row of an `ORDER BY ... LIMIT 1`.
 const LAST_CONFIRMED: &str =
     "SELECT queue_sequence, COALESCE(queue_index, 0)::bigint AS queue_index \
-     FROM orders \
+     FROM {orders} \
      WHERE product_id = $1 AND status = 'confirmed' AND queue_sequence IS NOT NULL \
      ORDER BY queue_sequence DESC, COALESCE(queue_index, 0) DESC LIMIT 1";
 
 /// The earliest queue position of an order rejected for stock reasons.
 const FIRST_STOCK_REJECTION: &str =
     "SELECT queue_sequence, COALESCE(queue_index, 0)::bigint AS queue_index \
-     FROM orders \
+     FROM {orders} \
      WHERE product_id = $1 AND status = 'rejected' \
        AND reason IN ('sold_out', 'insufficient_stock') AND queue_sequence IS NOT NULL \
      ORDER BY queue_sequence ASC, COALESCE(queue_index, 0) ASC LIMIT 1";
 
-async fn queue_boundary(pool: &PgPool, product_id: Uuid, sql: &str) -> Result<Option<QueuePos>> {
-    sqlx::query(sql)
+async fn queue_boundary(
+    pool: &PgPool,
+    tables: &Tables,
+    template: &str,
+    product_id: Uuid,
+) -> Result<Option<QueuePos>> {
+    sqlx::query(&tables.sql(template))
         .bind(product_id)
         .fetch_optional(pool)
         .await
@@ -226,4 +278,36 @@ pub async fn fetch_decisions(pool: &PgPool, product_ids: &[Uuid]) -> Result<Vec<
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()
     .map_err(sql_error("decoding the decisions"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_of_a_query_is_named() {
+        for tables in [CHECKLINE, crate::baseline::TABLES] {
+            for template in [
+                STOCK_AUDIT,
+                DUPLICATE_KEYS,
+                ORDERS,
+                CONFIRMED_PER_CUSTOMER,
+                LAST_CONFIRMED,
+                FIRST_STOCK_REJECTION,
+            ] {
+                let sql = tables.sql(template);
+                assert!(
+                    !sql.contains("{orders}") && !sql.contains("{stock_audit}"),
+                    "{sql}"
+                );
+            }
+        }
+        assert_eq!(
+            CHECKLINE.sql(DUPLICATE_KEYS),
+            "SELECT customer_id, idempotency_key, count(*) AS n \
+             FROM orders WHERE product_id = $1 \
+             GROUP BY customer_id, idempotency_key HAVING count(*) > 1 \
+             ORDER BY customer_id, idempotency_key"
+        );
+    }
 }

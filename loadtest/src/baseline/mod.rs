@@ -41,7 +41,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::checks::DbView;
-use crate::db::sql_error;
+use crate::db::{self, sql_error};
+pub use schema::TABLES;
 use server::AppState;
 pub use server::ORDERS_PATH;
 
@@ -129,7 +130,7 @@ impl BaselineServer {
     /// What the checks need to know about `product_id`, from the baseline's
     /// tables.
     pub async fn fetch_view(&self, product_id: Uuid) -> Result<DbView> {
-        schema::fetch_view(&self.pool, product_id).await
+        db::fetch_view(&self.pool, &TABLES, product_id).await
     }
 
     /// Stops serving and closes the pool.

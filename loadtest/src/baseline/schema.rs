@@ -1,13 +1,12 @@
 //! The baseline's own schema, `baseline`, in the load test's database: its
-//! tables (created if missing), the products a run creates in them, and what
-//! the checks read from them.
+//! tables (created if missing), the products a run creates in them, and
+//! where the checks' queries ([`crate::db`]) find its orders and stock.
 
 use anyhow::{ensure, Context, Result};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::checks::{DbView, DuplicateKey, OrderRow, StockAudit};
-use crate::db::sql_error;
+use crate::db::{sql_error, Tables};
 
 /// The baseline's tables, created if missing (under an advisory lock, so two
 /// load tests starting at once do not race on the DDL).
@@ -37,6 +36,22 @@ CREATE TABLE IF NOT EXISTS baseline.orders (
 CREATE INDEX IF NOT EXISTS baseline_orders_product_status
     ON baseline.orders (product_id, status);
 ";
+
+/// The baseline's tables as the checks read them ([`crate::db::fetch_view`]):
+/// its orders, and a stock audit with the columns of checkline's
+/// `stock_audit` view (nothing is ever restocked); no queue.
+pub const TABLES: Tables = Tables {
+    orders: "baseline.orders",
+    stock_audit: "(SELECT p.id AS product_id, p.initial_stock, 0::bigint AS restocked, p.stock, \
+                          c.units AS confirmed_units, \
+                          p.initial_stock = p.stock + c.units AS balanced \
+                   FROM baseline.products p, \
+                        LATERAL (SELECT COALESCE(SUM(quantity), 0)::bigint AS units \
+                                 FROM baseline.orders \
+                                 WHERE product_id = p.id AND status = 'confirmed') c) \
+                  AS stock_audit",
+    queued: false,
+};
 
 /// Key of the advisory lock held while the schema is created.
 const SCHEMA_LOCK: i64 = 0x6368_6b6c_6e62_6173;
@@ -118,83 +133,6 @@ pub(super) async fn stock(pool: &PgPool, product_id: Uuid) -> Result<i64> {
         .map_err(sql_error("reading the baseline product's stock"))
 }
 
-/// What the checks need to know about `product_id`, from the baseline's
-/// tables (no queue positions, no per-customer totals).
-pub(super) async fn fetch_view(pool: &PgPool, product_id: Uuid) -> Result<DbView> {
-    let audit = sqlx::query(
-        "SELECT p.initial_stock, p.stock, c.units AS confirmed_units, \
-                p.initial_stock = p.stock + c.units AS balanced \
-         FROM baseline.products p, \
-              LATERAL (SELECT COALESCE(SUM(quantity), 0)::bigint AS units \
-                       FROM baseline.orders \
-                       WHERE product_id = p.id AND status = 'confirmed') c \
-         WHERE p.id = $1",
-    )
-    .bind(product_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(sql_error("auditing the baseline product's stock"))?
-    .map(|row| -> Result<StockAudit, sqlx::Error> {
-        Ok(StockAudit {
-            initial_stock: row.try_get("initial_stock")?,
-            restocked: 0,
-            stock: row.try_get("stock")?,
-            confirmed_units: row.try_get("confirmed_units")?,
-            balanced: row.try_get("balanced")?,
-        })
-    })
-    .transpose()
-    .map_err(sql_error("decoding the baseline stock audit"))?;
-
-    let duplicate_keys = sqlx::query(
-        "SELECT customer_id, idempotency_key, count(*) AS n FROM baseline.orders \
-         WHERE product_id = $1 GROUP BY customer_id, idempotency_key HAVING count(*) > 1",
-    )
-    .bind(product_id)
-    .fetch_all(pool)
-    .await
-    .map_err(sql_error("looking for baseline keys used twice"))?
-    .into_iter()
-    .map(|row| {
-        Ok(DuplicateKey {
-            customer_id: row.try_get("customer_id")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            count: row.try_get("n")?,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()
-    .map_err(sql_error("decoding baseline duplicate keys"))?;
-
-    let orders = sqlx::query(
-        "SELECT id, status, reason, quantity::bigint AS quantity \
-         FROM baseline.orders WHERE product_id = $1",
-    )
-    .bind(product_id)
-    .fetch_all(pool)
-    .await
-    .map_err(sql_error("reading the baseline orders"))?
-    .into_iter()
-    .map(|row| {
-        Ok(OrderRow {
-            id: row.try_get("id")?,
-            status: row.try_get("status")?,
-            reason: row.try_get("reason")?,
-            quantity: row.try_get("quantity")?,
-            queue_sequence: None,
-            queue_index: None,
-        })
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()
-    .map_err(sql_error("decoding the baseline orders"))?;
-
-    Ok(DbView {
-        audit,
-        duplicate_keys,
-        orders,
-        ..DbView::default()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +143,9 @@ mod tests {
         for line in SCHEMA_SQL.lines().filter(|line| line.starts_with("CREATE")) {
             assert!(line.contains("baseline"), "{line}");
         }
+        // And the checks read only from it.
+        assert!(TABLES.orders.starts_with("baseline."));
+        assert!(TABLES.stock_audit.contains("FROM baseline.products p"));
+        assert!(!TABLES.stock_audit.contains(" orders"));
     }
 }

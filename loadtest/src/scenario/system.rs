@@ -173,7 +173,7 @@ impl<'a> SystemUnderTest<'a> {
         let db = match &self.target {
             Target::Checkline(harness) => {
                 client.api_stock = api_product(harness, product_id).await?.stock;
-                db::fetch_view(&harness.pool, product_id).await?
+                db::fetch_view(&harness.pool, &db::CHECKLINE, product_id).await?
             }
             Target::Baseline { server, .. } => {
                 let view = server.fetch_view(product_id).await?;
