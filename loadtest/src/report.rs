@@ -490,18 +490,28 @@ impl Report {
         }
     }
 
-    /// The load part of the report as a table (checks are printed apart).
+    /// The load part of the report as a table (checks are printed apart),
+    /// one section after the other.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let c = &self.config;
-        let r = &self.responses;
-        let d = &self.decisions;
-        let t = &self.throughput;
-        let limit = c
-            .max_per_customer
-            .map_or_else(|| "none".to_owned(), |m| m.to_string());
-        let baseline = self.system == System::Baseline;
+        self.render_setup(&mut out);
+        self.render_sell_out(&mut out);
+        self.render_responses(&mut out);
+        self.render_decisions(&mut out);
+        self.render_latencies(&mut out);
+        out
+    }
 
+    /// Whether the figures are the baseline's, whose rows are labelled for
+    /// its synchronous answers.
+    fn is_baseline(&self) -> bool {
+        self.system == System::Baseline
+    }
+
+    /// The title line, and what was run: products, load, how decisions were
+    /// learnt, how long it took.
+    fn render_setup(&self, out: &mut String) {
+        let c = &self.config;
         let _ = writeln!(
             out,
             "{} {} — run {} — {}",
@@ -510,24 +520,27 @@ impl Report {
             self.run_id,
             self.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
         );
-        row(&mut out, "api", &self.api_url);
+        row(out, "api", &self.api_url);
         match (&self.product, self.products.as_slice()) {
-            (Some(product), _) => row(&mut out, "product", describe_product(product)),
+            (Some(product), _) => row(out, "product", describe_product(product)),
             (None, [first, .., last]) => row(
-                &mut out,
+                out,
                 "products",
                 format!("{} ({} … {})", self.products.len(), first.sku, last.sku),
             ),
-            (None, _) => row(&mut out, "products", self.products.len()),
+            (None, _) => row(out, "products", self.products.len()),
         }
-        row(&mut out, "buyers", c.buyers);
+        row(out, "buyers", c.buyers);
         if c.products > 1 {
-            row(&mut out, "stock", format!("{} per product", c.stock));
+            row(out, "stock", format!("{} per product", c.stock));
         } else {
-            row(&mut out, "stock", c.stock);
+            row(out, "stock", c.stock);
         }
-        row(&mut out, "quantity per order", c.quantity);
-        row(&mut out, "max per customer", limit);
+        row(out, "quantity per order", c.quantity);
+        let limit = c
+            .max_per_customer
+            .map_or_else(|| "none".to_owned(), |m| m.to_string());
+        row(out, "max per customer", limit);
         let load = match (c.concurrency, c.rate) {
             (_, Some(rate)) => format!(
                 "open: {rate} orders/s for {:.3} s, at most {} in flight",
@@ -537,46 +550,56 @@ impl Report {
             (Some(users), None) => format!("closed: {users} virtual users"),
             (None, None) => c.mode.name().to_owned(),
         };
-        row(&mut out, "load", load);
-        let tracking = match d.tracking {
+        row(out, "load", load);
+        let tracking = match self.decisions.tracking {
             Tracking::Poll => format!("poll: up to {} long-polls at once", c.poll_concurrency),
             Tracking::Db => "db: PostgreSQL watched every 100 ms".to_owned(),
             Tracking::Synchronous => "synchronous: in the answer".to_owned(),
         };
-        row(&mut out, "decisions", tracking);
+        row(out, "decisions", tracking);
         if let Some(pool) = c.baseline_pool {
-            row(&mut out, "baseline pool", format!("{pool} connections"));
+            row(out, "baseline pool", format!("{pool} connections"));
         }
         row(
-            &mut out,
+            out,
             "duration",
             format!(
                 "{:.3} s (submission {:.3} s)",
                 self.duration_secs, self.submission_secs
             ),
         );
+    }
 
-        if let Some(sell_out) = &self.sell_out {
-            let _ = writeln!(out, "\nSell-out (before the storm)");
-            row(
-                &mut out,
-                "orders",
-                format!(
-                    "{} ({} accepted, {} decided, {} confirmed) in {:.3} s",
-                    sell_out.orders,
-                    sell_out.accepted,
-                    sell_out.decided,
-                    sell_out.confirmed,
-                    sell_out.secs
-                ),
-            );
-            row(&mut out, "stock after", sell_out.stock_after);
-        }
-
-        let _ = writeln!(out, "\nResponses");
-        row(&mut out, "answered", r.answered);
+    /// `sold-out-storm`: the phase that sold the product out.
+    fn render_sell_out(&self, out: &mut String) {
+        let Some(sell_out) = &self.sell_out else {
+            return;
+        };
+        let _ = writeln!(out, "\nSell-out (before the storm)");
         row(
-            &mut out,
+            out,
+            "orders",
+            format!(
+                "{} ({} accepted, {} decided, {} confirmed) in {:.3} s",
+                sell_out.orders,
+                sell_out.accepted,
+                sell_out.decided,
+                sell_out.confirmed,
+                sell_out.secs
+            ),
+        );
+        row(out, "stock after", sell_out.stock_after);
+    }
+
+    /// The buyers' final answers, retries, throughput and the goal.
+    fn render_responses(&self, out: &mut String) {
+        let r = &self.responses;
+        let t = &self.throughput;
+        let baseline = self.is_baseline();
+        let _ = writeln!(out, "\nResponses");
+        row(out, "answered", r.answered);
+        row(
+            out,
             if baseline {
                 "decided in the answer (200)"
             } else {
@@ -584,45 +607,41 @@ impl Report {
             },
             format!("{} (of which replayed 200: {})", r.accepted, r.replayed),
         );
-        row(&mut out, "sold out at once (409)", r.sold_out);
+        row(out, "sold out at once (409)", r.sold_out);
         if baseline {
-            row(
-                &mut out,
-                "sold out in the answer (200)",
-                r.sold_out_in_answer,
-            );
+            row(out, "sold out in the answer (200)", r.sold_out_in_answer);
         }
         for other in &r.other {
             let label = match &other.code {
                 Some(code) => format!("{} {code}", other.status),
                 None => format!("{} (no code)", other.status),
             };
-            row(&mut out, &label, other.count);
+            row(out, &label, other.count);
         }
         if r.unreadable > 0 {
-            row(&mut out, "2xx with unreadable body", r.unreadable);
+            row(out, "2xx with unreadable body", r.unreadable);
         }
         for (kind, n) in &r.transport_failures {
-            row(&mut out, &format!("no answer ({kind})"), n);
+            row(out, &format!("no answer ({kind})"), n);
         }
-        if c.rate.is_some() || r.dropped > 0 {
-            row(&mut out, "dropped (in-flight cap)", r.dropped);
+        if self.config.rate.is_some() || r.dropped > 0 {
+            row(out, "dropped (in-flight cap)", r.dropped);
         }
         row(
-            &mut out,
+            out,
             "retries",
             format!(
                 "{} (backpressure {}, network {})",
                 r.retries.total, r.retries.backpressure, r.retries.network
             ),
         );
-        row(&mut out, "answered/s", format!("{:.1}", t.answered_per_sec));
-        row(&mut out, "accepted/s", format!("{:.1}", t.accepted_per_sec));
-        row(&mut out, "decided/s", format!("{:.1}", t.decided_per_sec));
-        row(&mut out, "sold out/s", format!("{:.1}", t.sold_out_per_sec));
+        row(out, "answered/s", format!("{:.1}", t.answered_per_sec));
+        row(out, "accepted/s", format!("{:.1}", t.accepted_per_sec));
+        row(out, "decided/s", format!("{:.1}", t.decided_per_sec));
+        row(out, "sold out/s", format!("{:.1}", t.sold_out_per_sec));
         if let Some(goal) = &self.goal {
             row(
-                &mut out,
+                out,
                 "goal",
                 format!(
                     "{} {:.0}: {} ({:.1}%)",
@@ -637,16 +656,20 @@ impl Report {
                 ),
             );
         }
+    }
 
+    /// The decisions of the accepted orders, and failed polls.
+    fn render_decisions(&self, out: &mut String) {
+        let d = &self.decisions;
         let _ = writeln!(out, "\nDecisions ({})", d.tracking.name());
         row(
-            &mut out,
+            out,
             "decided",
             format!("{} of {} accepted orders", d.decided, d.accepted_orders),
         );
         if d.undecided > 0 || d.timed_out {
             row(
-                &mut out,
+                out,
                 "undecided",
                 format!(
                     "{}{}",
@@ -659,17 +682,21 @@ impl Report {
                 ),
             );
         }
-        row(&mut out, "confirmed", d.confirmed);
+        row(out, "confirmed", d.confirmed);
         for (reason, n) in &d.rejected {
-            row(&mut out, &format!("rejected {reason}"), n);
+            row(out, &format!("rejected {reason}"), n);
         }
         for (error, n) in &d.poll_errors {
-            row(&mut out, &format!("poll error {error}"), n);
+            row(out, &format!("poll error {error}"), n);
         }
         if d.abandoned_polls > 0 {
-            row(&mut out, "polls abandoned", d.abandoned_polls);
+            row(out, "polls abandoned", d.abandoned_polls);
         }
+    }
 
+    /// The latency table: one row per histogram.
+    fn render_latencies(&self, out: &mut String) {
+        let baseline = self.is_baseline();
         let _ = writeln!(
             out,
             "\n{:<width$}{:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -683,19 +710,23 @@ impl Report {
             width = LABEL_WIDTH + 3
         );
         let l = &self.latency_ms;
-        for (label, summary) in [
-            ("accept (202)", &l.accept),
-            ("sold out (409)", &l.sold_out),
-            ("decision (observed)", &l.decision_observed),
-            ("decision (server)", &l.decision_server),
-            ("order to decision", &l.order_to_decision),
+        // (checkline's label, the baseline's, figures)
+        for (label, baseline_label, summary) in [
+            ("accept (202)", "answer (200)", &l.accept),
+            ("sold out (409)", "sold out (200)", &l.sold_out),
+            (
+                "decision (observed)",
+                "decision (= answer)",
+                &l.decision_observed,
+            ),
+            ("decision (server)", "decision (server)", &l.decision_server),
+            (
+                "order to decision",
+                "order to decision",
+                &l.order_to_decision,
+            ),
         ] {
-            let label = match (baseline, label) {
-                (true, "accept (202)") => "answer (200)",
-                (true, "sold out (409)") => "sold out (200)",
-                (true, "decision (observed)") => "decision (= answer)",
-                _ => label,
-            };
+            let label = if baseline { baseline_label } else { label };
             let [p50, p90, p99, p999, max] = summary.columns();
             let _ = writeln!(
                 out,
@@ -703,7 +734,6 @@ impl Report {
                 summary.count
             );
         }
-        out
     }
 
     pub fn write_json(&self, path: &Path) -> Result<()> {
