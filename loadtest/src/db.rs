@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 use uuid::Uuid;
 
@@ -157,7 +157,7 @@ pub async fn fetch_view(pool: &PgPool, tables: &Tables, product_id: Uuid) -> Res
         .map(|row| {
             Ok(OrderRow {
                 id: row.try_get("id")?,
-                status: row.try_get("status")?,
+                status: decode_status(&row)?,
                 reason: row.try_get("reason")?,
                 quantity: row.try_get("quantity")?,
                 queue_sequence: row.try_get("queue_sequence")?,
@@ -265,12 +265,9 @@ pub async fn fetch_decisions(pool: &PgPool, product_ids: &[Uuid]) -> Result<Vec<
     .map_err(sql_error("reading the decisions"))?
     .into_iter()
     .map(|row| {
-        let status: String = row.try_get("status")?;
         Ok(Order {
             id: row.try_get("id")?,
-            status: OrderStatus::parse(&status).ok_or_else(|| {
-                sqlx::Error::Decode(format!("unknown order status {status:?}").into())
-            })?,
+            status: decode_status(&row)?,
             reason: row.try_get("reason")?,
             created_at: row.try_get("created_at")?,
             decided_at: row.try_get("decided_at")?,
@@ -278,6 +275,13 @@ pub async fn fetch_decisions(pool: &PgPool, product_ids: &[Uuid]) -> Result<Vec<
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()
     .map_err(sql_error("decoding the decisions"))
+}
+
+/// An order row's `status` column.
+fn decode_status(row: &PgRow) -> Result<OrderStatus, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    OrderStatus::parse(&status)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown order status {status:?}").into()))
 }
 
 #[cfg(test)]

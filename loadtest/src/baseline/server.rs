@@ -17,6 +17,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::auth::is_valid_subject;
+use crate::client::OrderStatus;
 
 /// Where the baseline takes orders.
 pub const ORDERS_PATH: &str = "/orders";
@@ -108,18 +109,23 @@ fn decide(
     stock: i64,
     quantity: i64,
     price_cents: i64,
-) -> (&'static str, Option<&'static str>, Option<i64>, Option<i64>) {
+) -> (OrderStatus, Option<&'static str>, Option<i64>, Option<i64>) {
     if stock >= quantity {
         (
-            "confirmed",
+            OrderStatus::Confirmed,
             None,
             Some(price_cents),
             Some(price_cents.saturating_mul(quantity)),
         )
     } else if stock == 0 {
-        ("rejected", Some("sold_out"), None, None)
+        (OrderStatus::Rejected, Some("sold_out"), None, None)
     } else {
-        ("rejected", Some("insufficient_stock"), None, None)
+        (
+            OrderStatus::Rejected,
+            Some("insufficient_stock"),
+            None,
+            None,
+        )
     }
 }
 
@@ -251,7 +257,7 @@ async fn decide_in_transaction(
         .bind(key)
         .bind(order.product_id)
         .bind(quantity)
-        .bind(status)
+        .bind(status.as_str())
         .bind(reason)
         .bind(unit_price)
         .bind(total)
@@ -262,7 +268,7 @@ async fn decide_in_transaction(
         tx.rollback().await?;
         return replay(state, customer, key, order).await;
     };
-    if status == "confirmed" {
+    if status == OrderStatus::Confirmed {
         sqlx::query(DECREMENT)
             .bind(order.product_id)
             .bind(order.quantity)
@@ -276,7 +282,7 @@ async fn decide_in_transaction(
             customer_id: customer,
             product_id: order.product_id,
             quantity: order.quantity,
-            status,
+            status: status.as_str(),
             reason,
             unit_price_cents: unit_price,
             total_cents: total,
@@ -431,16 +437,21 @@ mod tests {
     fn decisions_follow_the_stock() {
         assert_eq!(
             decide(5, 2, 1000),
-            ("confirmed", None, Some(1000), Some(2000))
+            (OrderStatus::Confirmed, None, Some(1000), Some(2000))
         );
-        assert_eq!(decide(2, 2, 1000).0, "confirmed");
+        assert_eq!(decide(2, 2, 1000).0, OrderStatus::Confirmed);
         assert_eq!(
             decide(1, 2, 1000),
-            ("rejected", Some("insufficient_stock"), None, None)
+            (
+                OrderStatus::Rejected,
+                Some("insufficient_stock"),
+                None,
+                None
+            )
         );
         assert_eq!(
             decide(0, 1, 1000),
-            ("rejected", Some("sold_out"), None, None)
+            (OrderStatus::Rejected, Some("sold_out"), None, None)
         );
     }
 

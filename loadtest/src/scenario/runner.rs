@@ -366,7 +366,7 @@ async fn gather_checks(
                 observed.insert(
                     *id,
                     ObservedDecision {
-                        status: order.status.as_str().to_owned(),
+                        status: order.status,
                         reason: order.reason.clone(),
                     },
                 );
