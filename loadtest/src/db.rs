@@ -57,7 +57,8 @@ pub fn sql_error(context: &'static str) -> impl FnOnce(sqlx::Error) -> anyhow::E
 
 /// Where a system keeps what the checks read: checkline's tables
 /// ([`CHECKLINE`]), or the baseline's schema ([`crate::baseline::TABLES`]).
-/// The queries below name them as `{orders}` and `{stock_audit}`.
+/// The queries below name them as `{orders}`, `{stock_audit}` and
+/// `{queue_columns}`.
 #[derive(Debug, Clone, Copy)]
 pub struct Tables {
     /// The orders, with checkline's `orders` columns for the checks.
@@ -79,9 +80,15 @@ pub const CHECKLINE: Tables = Tables {
 impl Tables {
     /// `template` with the tables named.
     fn sql(&self, template: &str) -> String {
+        let queue_columns = if self.queued {
+            QUEUE_COLUMNS
+        } else {
+            NO_QUEUE_COLUMNS
+        };
         template
             .replace("{orders}", self.orders)
             .replace("{stock_audit}", self.stock_audit)
+            .replace("{queue_columns}", queue_columns)
     }
 }
 
@@ -96,9 +103,10 @@ const DUPLICATE_KEYS: &str = "SELECT customer_id, idempotency_key, count(*) AS n
      ORDER BY customer_id, idempotency_key";
 
 /// The product's orders, in queue order when they have one.
-const ORDERS: &str = "SELECT id, status, reason, quantity::bigint AS quantity, {queue} \
+const ORDERS: &str = "SELECT id, status, reason, quantity::bigint AS quantity, {queue_columns} \
      FROM {orders} WHERE product_id = $1 \
      ORDER BY queue_sequence NULLS LAST, queue_index NULLS FIRST, id";
+/// The queue position of an order, or none where orders have no queue.
 const QUEUE_COLUMNS: &str = "queue_sequence, queue_index::bigint AS queue_index";
 const NO_QUEUE_COLUMNS: &str = "NULL::bigint AS queue_sequence, NULL::bigint AS queue_index";
 
@@ -110,12 +118,13 @@ const CONFIRMED_PER_CUSTOMER: &str =
 
 /// Everything the checks need to know about `product_id`, from `tables`.
 pub async fn fetch_view(pool: &PgPool, tables: &Tables, product_id: Uuid) -> Result<DbView> {
-    let audit = sqlx::query(&tables.sql(STOCK_AUDIT))
-        .bind(product_id)
-        .fetch_optional(pool)
-        .await
-        .map_err(sql_error("reading stock_audit"))?
-        .map(|row| -> Result<StockAudit, sqlx::Error> {
+    let product = ProductQuery {
+        pool,
+        tables,
+        product_id,
+    };
+    let audit = product
+        .fetch_optional(STOCK_AUDIT, "reading stock_audit", |row| {
             Ok(StockAudit {
                 initial_stock: row.try_get("initial_stock")?,
                 restocked: row.try_get("restocked")?,
@@ -124,74 +133,52 @@ pub async fn fetch_view(pool: &PgPool, tables: &Tables, product_id: Uuid) -> Res
                 balanced: row.try_get("balanced")?,
             })
         })
-        .transpose()
-        .map_err(sql_error("decoding the stock_audit row"))?;
-
-    let duplicate_keys = sqlx::query(&tables.sql(DUPLICATE_KEYS))
-        .bind(product_id)
-        .fetch_all(pool)
-        .await
-        .map_err(sql_error("looking for idempotency keys used twice"))?
-        .into_iter()
-        .map(|row| {
-            Ok(DuplicateKey {
-                customer_id: row.try_get("customer_id")?,
-                idempotency_key: row.try_get("idempotency_key")?,
-                count: row.try_get("n")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(sql_error("decoding duplicate idempotency keys"))?;
-
-    let queue = if tables.queued {
-        QUEUE_COLUMNS
-    } else {
-        NO_QUEUE_COLUMNS
-    };
-    let orders = sqlx::query(&tables.sql(ORDERS).replace("{queue}", queue))
-        .bind(product_id)
-        .fetch_all(pool)
-        .await
-        .map_err(sql_error("reading the product's orders"))?
-        .into_iter()
-        .map(|row| {
+        .await?;
+    let duplicate_keys = product
+        .fetch_all(
+            DUPLICATE_KEYS,
+            "looking for idempotency keys used twice",
+            |row| {
+                Ok(DuplicateKey {
+                    customer_id: row.try_get("customer_id")?,
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    count: row.try_get("n")?,
+                })
+            },
+        )
+        .await?;
+    let orders = product
+        .fetch_all(ORDERS, "reading the product's orders", |row| {
             Ok(OrderRow {
                 id: row.try_get("id")?,
-                status: decode_status(&row)?,
+                status: decode_status(row)?,
                 reason: row.try_get("reason")?,
                 quantity: row.try_get("quantity")?,
                 queue_sequence: row.try_get("queue_sequence")?,
                 queue_index: row.try_get("queue_index")?,
             })
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(sql_error("decoding the product's orders"))?;
-
-    let confirmed_per_customer = sqlx::query(&tables.sql(CONFIRMED_PER_CUSTOMER))
-        .bind(product_id)
-        .fetch_all(pool)
-        .await
-        .map_err(sql_error("summing confirmed quantities per customer"))?
-        .into_iter()
-        .map(|row| {
-            Ok(CustomerTotal {
-                customer_id: row.try_get("customer_id")?,
-                confirmed_quantity: row.try_get("confirmed_quantity")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(sql_error("decoding per-customer totals"))?;
-
+        .await?;
+    let confirmed_per_customer = product
+        .fetch_all(
+            CONFIRMED_PER_CUSTOMER,
+            "summing confirmed quantities per customer",
+            |row| {
+                Ok(CustomerTotal {
+                    customer_id: row.try_get("customer_id")?,
+                    confirmed_quantity: row.try_get("confirmed_quantity")?,
+                })
+            },
+        )
+        .await?;
     let fifo = if tables.queued {
         FifoBoundary {
-            last_confirmed: queue_boundary(pool, tables, LAST_CONFIRMED, product_id).await?,
-            first_stock_rejection: queue_boundary(pool, tables, FIRST_STOCK_REJECTION, product_id)
-                .await?,
+            last_confirmed: product.queue_boundary(LAST_CONFIRMED).await?,
+            first_stock_rejection: product.queue_boundary(FIRST_STOCK_REJECTION).await?,
         }
     } else {
         FifoBoundary::default()
     };
-
     Ok(DbView {
         audit,
         duplicate_keys,
@@ -218,27 +205,63 @@ const FIRST_STOCK_REJECTION: &str =
        AND reason IN ('sold_out', 'insufficient_stock') AND queue_sequence IS NOT NULL \
      ORDER BY queue_sequence ASC, COALESCE(queue_index, 0) ASC LIMIT 1";
 
-async fn queue_boundary(
-    pool: &PgPool,
-    tables: &Tables,
-    template: &str,
+/// The checks' queries about one product: each takes it as `$1`.
+struct ProductQuery<'a> {
+    pool: &'a PgPool,
+    tables: &'a Tables,
     product_id: Uuid,
-) -> Result<Option<QueuePos>> {
-    sqlx::query(&tables.sql(template))
-        .bind(product_id)
-        .fetch_optional(pool)
-        .await
-        .map_err(sql_error(
+}
+
+impl ProductQuery<'_> {
+    /// Every row of `template`, decoded; `what` says what failed.
+    async fn fetch_all<T>(
+        &self,
+        template: &str,
+        what: &'static str,
+        decode: impl Fn(&PgRow) -> Result<T, sqlx::Error>,
+    ) -> Result<Vec<T>> {
+        sqlx::query(&self.tables.sql(template))
+            .bind(self.product_id)
+            .fetch_all(self.pool)
+            .await
+            .map_err(sql_error(what))?
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql_error(what))
+    }
+
+    /// The row of `template`, if there is one, decoded.
+    async fn fetch_optional<T>(
+        &self,
+        template: &str,
+        what: &'static str,
+        decode: impl Fn(&PgRow) -> Result<T, sqlx::Error>,
+    ) -> Result<Option<T>> {
+        sqlx::query(&self.tables.sql(template))
+            .bind(self.product_id)
+            .fetch_optional(self.pool)
+            .await
+            .map_err(sql_error(what))?
+            .as_ref()
+            .map(decode)
+            .transpose()
+            .map_err(sql_error(what))
+    }
+
+    async fn queue_boundary(&self, template: &str) -> Result<Option<QueuePos>> {
+        self.fetch_optional(
+            template,
             "reading a FIFO boundary (queue_sequence, queue_index)",
-        ))?
-        .map(|row| -> Result<QueuePos, sqlx::Error> {
-            Ok(QueuePos::new(
-                row.try_get("queue_sequence")?,
-                row.try_get("queue_index")?,
-            ))
-        })
-        .transpose()
-        .map_err(sql_error("decoding a FIFO boundary"))
+            |row| {
+                Ok(QueuePos::new(
+                    row.try_get("queue_sequence")?,
+                    row.try_get("queue_index")?,
+                ))
+            },
+        )
+        .await
+    }
 }
 
 /// `--decisions db`: how many orders of `product_ids` are still pending.
@@ -289,7 +312,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_table_of_a_query_is_named() {
+    fn every_placeholder_of_a_query_is_filled() {
         for tables in [CHECKLINE, crate::baseline::TABLES] {
             for template in [
                 STOCK_AUDIT,
@@ -300,10 +323,7 @@ mod tests {
                 FIRST_STOCK_REJECTION,
             ] {
                 let sql = tables.sql(template);
-                assert!(
-                    !sql.contains("{orders}") && !sql.contains("{stock_audit}"),
-                    "{sql}"
-                );
+                assert!(!sql.contains('{'), "{sql}");
             }
         }
         assert_eq!(
