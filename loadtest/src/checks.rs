@@ -21,6 +21,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::client::OrderStatus;
+
 /// Rejection reasons caused by the stock level (as opposed to limits, an
 /// inactive product or a reused key).
 const STOCK_REASONS: [&str; 2] = ["sold_out", "insufficient_stock"];
@@ -53,14 +55,25 @@ impl Check {
     }
 }
 
-/// Which implementation the figures come from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which implementation the figures come from (the report's `system`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum System {
     /// checkline: every check.
     #[default]
     Checkline,
     /// The row-locking baseline: no queue to audit, no API stock to compare.
     Baseline,
+}
+
+impl System {
+    /// The name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Checkline => "checkline",
+            Self::Baseline => "baseline",
+        }
+    }
 }
 
 /// What the scenario set up, hence what the outcome must be.
@@ -77,7 +90,7 @@ pub struct Expectation {
 /// A decision as the buyer observed it through the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedDecision {
-    pub status: String,
+    pub status: OrderStatus,
     pub reason: Option<String>,
 }
 
@@ -92,26 +105,21 @@ pub struct ClientView {
     /// Decisions observed through the API (polling, or the synchronous
     /// answer); unused when they were learnt from the database.
     pub decisions: HashMap<Uuid, ObservedDecision>,
-    /// How the decisions were learnt.
-    pub tracking: TrackingView,
+    /// `--decisions db`: how the wait for the decisions ended; `None` when
+    /// they were observed through the API (poll, or the synchronous answer).
+    pub db_watch: Option<DbWatchView>,
     /// `stock` from `GET /v1/products/{id}`.
     pub api_stock: i64,
 }
 
-/// How the load generator learnt the decisions.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub enum TrackingView {
-    /// Through the API: [`ClientView::decisions`] holds what it said.
-    #[default]
-    Observed,
-    /// From PostgreSQL (`--decisions db`): whether the pending count reached
-    /// zero within the timeout.
-    Database {
-        drained: bool,
-        pending: i64,
-        waited_secs: f64,
-        timeout_secs: u64,
-    },
+/// `--decisions db`, over every phase: whether the pending count reached
+/// zero within the timeout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DbWatchView {
+    pub drained: bool,
+    pub pending: i64,
+    pub waited_secs: f64,
+    pub timeout_secs: u64,
 }
 
 /// The product's row of the `stock_audit` view.
@@ -136,7 +144,7 @@ pub struct DuplicateKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRow {
     pub id: Uuid,
-    pub status: String,
+    pub status: OrderStatus,
     pub reason: Option<String>,
     pub quantity: i64,
     pub queue_sequence: Option<i64>,
@@ -152,7 +160,7 @@ impl OrderRow {
 
     #[cfg(test)]
     fn is_stock_rejection(&self) -> bool {
-        self.status == "rejected" && self.reason.as_deref().is_some_and(is_stock_reason)
+        self.status == OrderStatus::Rejected && self.reason.as_deref().is_some_and(is_stock_reason)
     }
 }
 
@@ -208,7 +216,7 @@ impl FifoBoundary {
         Self {
             last_confirmed: rows
                 .iter()
-                .filter(|row| row.status == "confirmed")
+                .filter(|row| row.status == OrderStatus::Confirmed)
                 .filter_map(OrderRow::queue_position)
                 .max(),
             first_stock_rejection: rows
@@ -353,7 +361,7 @@ pub fn render(checks: &[Check]) -> String {
 fn confirmed_units(db: &DbView) -> i64 {
     db.orders
         .iter()
-        .filter(|row| row.status == "confirmed")
+        .filter(|row| row.status == OrderStatus::Confirmed)
         .map(|row| row.quantity)
         .sum()
 }
@@ -443,7 +451,7 @@ fn confirmed_count_check(expect: &Expectation, client: &ClientView, db: &DbView)
     let confirmed = to_i64(
         db.orders
             .iter()
-            .filter(|row| row.status == "confirmed")
+            .filter(|row| row.status == OrderStatus::Confirmed)
             .count(),
     );
     let quantity = expect.quantity.max(1);
@@ -557,7 +565,7 @@ fn decision_checks(client: &ClientView, db: &DbView, out: &mut Vec<Check>) {
                 missing += 1;
                 bad.push(*id);
             }
-            Some([row]) if row.status == "pending" => {
+            Some([row]) if row.status == OrderStatus::Pending => {
                 pending += 1;
                 bad.push(*id);
             }
@@ -582,12 +590,12 @@ fn decision_checks(client: &ClientView, db: &DbView, out: &mut Vec<Check>) {
         detail,
     ));
 
-    if let TrackingView::Database {
+    if let Some(DbWatchView {
         drained,
         pending,
         waited_secs,
         timeout_secs,
-    } = client.tracking
+    }) = client.db_watch
     {
         let detail = if drained {
             format!("no order pending after {waited_secs:.1} s (PostgreSQL watched every 100 ms)")
@@ -647,7 +655,7 @@ fn decision_checks(client: &ClientView, db: &DbView, out: &mut Vec<Check>) {
         let database = rows_by_id
             .get(first)
             .and_then(|rows| rows.first())
-            .map(|row| describe_status(&row.status, row.reason.as_deref()));
+            .map(|row| describe_status(row.status, row.reason.as_deref()));
         let _ = write!(
             detail,
             "; e.g. {first}: API said {}, database has {}",
@@ -667,7 +675,7 @@ fn fifo_checks(db: &DbView, out: &mut Vec<Check>) {
     let decided: Vec<&OrderRow> = db
         .orders
         .iter()
-        .filter(|row| row.status != "pending")
+        .filter(|row| row.status != OrderStatus::Pending)
         .collect();
     let unsequenced: Vec<Uuid> = decided
         .iter()
@@ -694,7 +702,7 @@ fn fifo_checks(db: &DbView, out: &mut Vec<Check>) {
         (Some(last_confirmed), Some(first_rejected)) => {
             let late = decided
                 .iter()
-                .filter(|row| row.status == "confirmed")
+                .filter(|row| row.status == OrderStatus::Confirmed)
                 .filter_map(|row| row.queue_position())
                 .filter(|position| *position > first_rejected)
                 .count();
@@ -756,7 +764,8 @@ fn limit_check(limit: i64, db: &DbView) -> Check {
     )
 }
 
-fn describe_status(status: &str, reason: Option<&str>) -> String {
+fn describe_status(status: OrderStatus, reason: Option<&str>) -> String {
+    let status = status.as_str();
     match reason {
         Some(reason) => format!("{status}/{reason}"),
         None => status.to_owned(),
@@ -764,7 +773,7 @@ fn describe_status(status: &str, reason: Option<&str>) -> String {
 }
 
 fn describe_decision(decision: &ObservedDecision) -> String {
-    describe_status(&decision.status, decision.reason.as_deref())
+    describe_status(decision.status, decision.reason.as_deref())
 }
 
 fn examples(ids: &[Uuid]) -> String {
@@ -805,28 +814,28 @@ mod tests {
             let id = Uuid::from_u128(seq as u128 + 1);
             let (status, reason) = if confirmed < stock {
                 confirmed += 1;
-                ("confirmed", None)
+                (OrderStatus::Confirmed, None)
             } else {
-                ("rejected", Some("sold_out".to_owned()))
+                (OrderStatus::Rejected, Some("sold_out".to_owned()))
             };
             client.accepted.insert(id);
             client.accepted_buyers += 1;
             client.decisions.insert(
                 id,
                 ObservedDecision {
-                    status: status.to_owned(),
+                    status,
                     reason: reason.clone(),
                 },
             );
             db.orders.push(OrderRow {
                 id,
-                status: status.to_owned(),
+                status,
                 reason,
                 quantity: 1,
                 queue_sequence: Some(100 + seq as i64),
                 queue_index: None,
             });
-            if status == "confirmed" {
+            if status == OrderStatus::Confirmed {
                 db.confirmed_per_customer.push(CustomerTotal {
                     customer_id: format!("buyer-run-{seq}"),
                     confirmed_quantity: 1,
@@ -908,12 +917,12 @@ mod tests {
             .db
             .orders
             .iter_mut()
-            .find(|row| row.status == "rejected")
+            .find(|row| row.status == OrderStatus::Rejected)
             .unwrap();
-        row.status = "confirmed".into();
+        row.status = OrderStatus::Confirmed;
         row.reason = None;
         let id = row.id;
-        world.client.decisions.get_mut(&id).unwrap().status = "confirmed".into();
+        world.client.decisions.get_mut(&id).unwrap().status = OrderStatus::Confirmed;
         world.client.decisions.get_mut(&id).unwrap().reason = None;
         let failed = world.failed();
         assert!(failed.contains(&"confirmed orders = first-come share of the stock".to_owned()));
@@ -928,22 +937,22 @@ mod tests {
         for seq in 0..5i64 {
             let id = Uuid::from_u128(seq as u128 + 1);
             let (status, reason) = if seq < 3 {
-                ("confirmed", None)
+                (OrderStatus::Confirmed, None)
             } else {
-                ("rejected", Some("insufficient_stock".to_owned()))
+                (OrderStatus::Rejected, Some("insufficient_stock".to_owned()))
             };
             world.client.accepted.insert(id);
             world.client.accepted_buyers += 1;
             world.client.decisions.insert(
                 id,
                 ObservedDecision {
-                    status: status.into(),
+                    status,
                     reason: reason.clone(),
                 },
             );
             world.db.orders.push(OrderRow {
                 id,
-                status: status.into(),
+                status,
                 reason,
                 quantity: 3,
                 queue_sequence: Some(seq),
@@ -1024,7 +1033,7 @@ mod tests {
         // An order the API refused to us but created anyway.
         world.db.orders.push(OrderRow {
             id: Uuid::from_u128(999),
-            status: "rejected".into(),
+            status: OrderStatus::Rejected,
             reason: Some("sold_out".into()),
             quantity: 1,
             queue_sequence: Some(10_000),
@@ -1054,7 +1063,7 @@ mod tests {
         let mut world = healthy(10, 20);
         let lost = Uuid::from_u128(5);
         world.db.orders.retain(|row| row.id != lost);
-        world.db.orders[0].status = "pending".into();
+        world.db.orders[0].status = OrderStatus::Pending;
         world.db.orders[0].reason = None;
         let checks = world.checks();
         let decided = by_name(&checks, "every accepted order decided exactly once");
@@ -1113,7 +1122,7 @@ mod tests {
         world.client.decisions.insert(
             id,
             ObservedDecision {
-                status: "confirmed".into(),
+                status: OrderStatus::Confirmed,
                 reason: None,
             },
         );
@@ -1257,12 +1266,12 @@ mod tests {
     fn database_tracking_replaces_the_observation_checks() {
         let mut world = healthy(10, 20);
         world.client.decisions.clear();
-        world.client.tracking = TrackingView::Database {
+        world.client.db_watch = Some(DbWatchView {
             drained: true,
             pending: 0,
             waited_secs: 0.3,
             timeout_secs: 60,
-        };
+        });
         let checks = world.checks();
         assert!(all_passed(&checks), "{checks:#?}");
         assert_eq!(checks.len(), 12);
@@ -1271,12 +1280,12 @@ mod tests {
         assert!(!names.contains(&"every buyer learned the decision in time"));
         assert!(!names.contains(&"observed decisions match the database"));
 
-        world.client.tracking = TrackingView::Database {
+        world.client.db_watch = Some(DbWatchView {
             drained: false,
             pending: 4,
             waited_secs: 60.0,
             timeout_secs: 60,
-        };
+        });
         let checks = world.checks();
         let timely = by_name(&checks, "every accepted order decided within the timeout");
         assert!(!timely.passed);

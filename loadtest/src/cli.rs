@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Url;
+use serde::Serialize;
 
 use crate::schedule;
 
@@ -87,9 +88,11 @@ pub enum Command {
     SoldOutStorm(SoldOutStormArgs),
 }
 
-/// How load is offered (`--mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
+/// How load is offered (`--mode`, and the report's `config.mode`); the
+/// validated shape with its figures is [`Mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeKind {
     /// `--concurrency` virtual users, each sending its next order when the
     /// previous one was answered.
     Closed,
@@ -97,22 +100,50 @@ pub enum ModeArg {
     Open,
 }
 
-/// How the decisions of accepted orders are learnt (`--decisions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DecisionsArg {
+impl ModeKind {
+    /// The name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+        }
+    }
+}
+
+/// How the decisions of accepted orders are learnt (`--decisions`, and the
+/// report's `config.decisions` and `decisions.tracking`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tracking {
     /// One long-poll `GET /v1/orders/{id}?wait=10` per accepted order.
+    #[default]
     Poll,
     /// Watch PostgreSQL until no accepted order is pending; latencies from
     /// the orders' own timestamps.
     Db,
+    /// The answer to the order carries its decision (the baseline; not a
+    /// choice on the command line).
+    #[value(skip)]
+    Synchronous,
+}
+
+impl Tracking {
+    /// The name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Poll => "poll",
+            Self::Db => "db",
+            Self::Synchronous => "synchronous",
+        }
+    }
 }
 
 /// Flags shared by every scenario: the load shape and how it is followed.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
     /// closed: --concurrency virtual users; open: a fixed arrival rate --rate.
-    #[arg(long, value_enum, default_value_t = ModeArg::Closed, help_heading = "Load")]
-    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = ModeKind::Closed, help_heading = "Load")]
+    pub mode: ModeKind,
 
     /// Closed mode: virtual users, i.e. order submissions in flight at once
     /// [default: 256].
@@ -150,8 +181,8 @@ pub struct LoadArgs {
 
     /// How decisions are learnt: poll (long-poll each accepted order through
     /// the API) or db (watch PostgreSQL; adds no HTTP load).
-    #[arg(long, value_enum, default_value_t = DecisionsArg::Poll, help_heading = "Load")]
-    pub decisions: DecisionsArg,
+    #[arg(long, value_enum, default_value_t = Tracking::Poll, help_heading = "Load")]
+    pub decisions: Tracking,
 
     /// How long to wait for the remaining decisions once every buyer has been
     /// answered.
@@ -343,8 +374,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 10_000;
 const MAX_BUYERS: u64 = 10_000_000;
 const MAX_STOCK: u64 = 1_000_000_000;
 
-/// The scenarios, by their command-line names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The scenarios, by their command-line names (also the report's `scenario`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ScenarioKind {
     FlashSale,
     HotProduct,
@@ -375,10 +407,10 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn name(self) -> &'static str {
+    pub fn kind(self) -> ModeKind {
         match self {
-            Self::Closed { .. } => "closed",
-            Self::Open { .. } => "open",
+            Self::Closed { .. } => ModeKind::Closed,
+            Self::Open { .. } => ModeKind::Open,
         }
     }
 
@@ -389,15 +421,6 @@ impl Mode {
             Self::Open { max_in_flight, .. } => max_in_flight,
         }
     }
-}
-
-/// How the decisions of the accepted orders are learnt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tracking {
-    /// Long-poll every accepted order through the API.
-    Poll,
-    /// Watch PostgreSQL; latencies from the orders' timestamps.
-    Db,
 }
 
 /// The load shape in the units the engine works with.
@@ -420,7 +443,7 @@ impl LoadSettings {
     /// (`default_buyers` in closed mode unless `--buyers` is given).
     pub fn from_args(args: &LoadArgs, default_buyers: u32) -> Result<Self> {
         let (mode, buyers) = match args.mode {
-            ModeArg::Closed => {
+            ModeKind::Closed => {
                 for (given, flag) in [
                     (args.rate.is_some(), "--rate"),
                     (args.duration_secs.is_some(), "--duration-secs"),
@@ -438,7 +461,7 @@ impl LoadSettings {
                     args.buyers.unwrap_or(default_buyers),
                 )
             }
-            ModeArg::Open => {
+            ModeKind::Open => {
                 if args.concurrency.is_some() {
                     bail!(
                         "--concurrency is only used with --mode closed; open mode caps \
@@ -476,10 +499,7 @@ impl LoadSettings {
             mode,
             buyers,
             quantity: args.quantity,
-            tracking: match args.decisions {
-                DecisionsArg::Poll => Tracking::Poll,
-                DecisionsArg::Db => Tracking::Db,
-            },
+            tracking: args.decisions,
             decision_timeout: Duration::from_secs(args.decision_timeout_secs),
             poll_concurrency: to_usize(args.poll_concurrency),
             max_attempts: args.max_attempts,
@@ -494,7 +514,7 @@ impl LoadSettings {
     pub fn http_pool_size(&self) -> usize {
         let polls = match self.tracking {
             Tracking::Poll => self.poll_concurrency,
-            Tracking::Db => 0,
+            Tracking::Db | Tracking::Synchronous => 0,
         };
         self.mode.max_outstanding().saturating_add(polls)
     }
@@ -641,7 +661,7 @@ mod tests {
         assert_eq!(load.buyers, None);
         assert_eq!(load.quantity, 1);
         assert_eq!(load.decision_timeout_secs, 60);
-        assert_eq!(load.decisions, DecisionsArg::Poll);
+        assert_eq!(load.decisions, Tracking::Poll);
         assert!(load.json_out.is_none());
 
         let settings = ScenarioSettings::from_command(&cli.command).unwrap();
@@ -852,6 +872,11 @@ mod tests {
             ),
             (&["hot-product", "--mode", "sideways"][..], "--mode"),
             (&["hot-product", "--decisions", "sse"][..], "--decisions"),
+            // The baseline's tracking is not a choice for checkline.
+            (
+                &["hot-product", "--decisions", "synchronous"][..],
+                "--decisions",
+            ),
             (&["many-products", "--products", "0"][..], "--products"),
             (&["sold-out-storm", "--stock", "1000001"][..], "--stock"),
             (

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::auth::{buyer_subject, TokenMinter};
 use crate::buyer::{self, Answer, OrderRequest, RetryPolicy, Submission};
 use crate::checks::is_stock_reason;
-use crate::cli::Mode;
+use crate::cli::{Mode, Tracking};
 use crate::client::{ApiClient, OrderStatus};
 use crate::decisions::{self, Accepted, Decisions};
 use crate::report::ResponseTally;
@@ -50,7 +50,8 @@ pub struct Plan {
     pub decision_timeout: Duration,
 }
 
-/// How the phase learns the decisions of accepted orders.
+/// How the phase learns the decisions of accepted orders: a [`Tracking`]
+/// with what it needs.
 #[derive(Clone)]
 pub enum Follow {
     /// Long-poll each accepted order, at most `concurrency` at once.
@@ -62,11 +63,11 @@ pub enum Follow {
 }
 
 impl Follow {
-    pub fn name(&self) -> &'static str {
+    pub fn tracking(&self) -> Tracking {
         match self {
-            Self::Poll { .. } => "poll",
-            Self::Db { .. } => "db",
-            Self::Synchronous => "synchronous",
+            Self::Poll { .. } => Tracking::Poll,
+            Self::Db { .. } => Tracking::Db,
+            Self::Synchronous => Tracking::Synchronous,
         }
     }
 }
@@ -190,7 +191,7 @@ pub async fn run_phase(
             _ => format!(
                 "waiting up to {} s for decisions ({})",
                 plan.decision_timeout.as_secs(),
-                follow.name()
+                follow.tracking().name()
             ),
         }
     );

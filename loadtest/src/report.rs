@@ -11,7 +11,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::checks::Check;
+use crate::checks::{Check, System};
+use crate::cli::{ModeKind, ScenarioKind, Tracking};
 use crate::client::{Order, OrderStatus};
 use crate::latency::{LatencyRecorder, LatencySummary};
 
@@ -20,9 +21,9 @@ use crate::latency::{LatencyRecorder, LatencySummary};
 /// side-by-side figures are in `comparison`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub scenario: &'static str,
+    pub scenario: ScenarioKind,
     /// `checkline`, or `baseline` for the row-locking comparison.
-    pub system: &'static str,
+    pub system: System,
     pub run_id: String,
     pub started_at: DateTime<Utc>,
     /// Base URL the orders were sent to.
@@ -70,7 +71,7 @@ pub struct ProductInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunConfig {
     /// `closed` or `open`.
-    pub mode: &'static str,
+    pub mode: ModeKind,
     /// Closed mode: virtual users.
     pub concurrency: Option<usize>,
     /// Open mode: orders started per second.
@@ -86,7 +87,7 @@ pub struct RunConfig {
     pub quantity: u32,
     pub max_per_customer: Option<u32>,
     /// `poll`, `db`, or `synchronous` (the baseline).
-    pub decisions: &'static str,
+    pub decisions: Tracking,
     pub poll_concurrency: usize,
     pub max_attempts: u32,
     pub decision_timeout_secs: u64,
@@ -196,7 +197,7 @@ pub struct Throughput {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DecisionSummary {
     /// How decisions were learnt: `poll`, `db` or `synchronous`.
-    pub tracking: &'static str,
+    pub tracking: Tracking,
     /// Distinct order ids accepted.
     pub accepted_orders: u64,
     pub decided: u64,
@@ -482,51 +483,64 @@ impl Report {
     /// The decision latency of the run: seen through the API (poll), from
     /// the server's timestamps (db), or the answer's (synchronous).
     pub fn decision_latency(&self) -> &LatencySummary {
-        if self.decisions.tracking == "db" {
+        if self.decisions.tracking == Tracking::Db {
             &self.latency_ms.decision_server
         } else {
             &self.latency_ms.decision_observed
         }
     }
 
-    /// The load part of the report as a table (checks are printed apart).
+    /// The load part of the report as a table (checks are printed apart),
+    /// one section after the other.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let c = &self.config;
-        let r = &self.responses;
-        let d = &self.decisions;
-        let t = &self.throughput;
-        let limit = c
-            .max_per_customer
-            .map_or_else(|| "none".to_owned(), |m| m.to_string());
-        let baseline = self.system == "baseline";
+        self.render_setup(&mut out);
+        self.render_sell_out(&mut out);
+        self.render_responses(&mut out);
+        self.render_decisions(&mut out);
+        self.render_latencies(&mut out);
+        out
+    }
 
+    /// Whether the figures are the baseline's, whose rows are labelled for
+    /// its synchronous answers.
+    fn is_baseline(&self) -> bool {
+        self.system == System::Baseline
+    }
+
+    /// The title line, and what was run: products, load, how decisions were
+    /// learnt, how long it took.
+    fn render_setup(&self, out: &mut String) {
+        let c = &self.config;
         let _ = writeln!(
             out,
             "{} {} — run {} — {}",
-            self.system,
-            self.scenario,
+            self.system.name(),
+            self.scenario.name(),
             self.run_id,
             self.started_at.to_rfc3339_opts(SecondsFormat::Secs, true)
         );
-        row(&mut out, "api", &self.api_url);
+        row(out, "api", &self.api_url);
         match (&self.product, self.products.as_slice()) {
-            (Some(product), _) => row(&mut out, "product", describe_product(product)),
+            (Some(product), _) => row(out, "product", describe_product(product)),
             (None, [first, .., last]) => row(
-                &mut out,
+                out,
                 "products",
                 format!("{} ({} … {})", self.products.len(), first.sku, last.sku),
             ),
-            (None, _) => row(&mut out, "products", self.products.len()),
+            (None, _) => row(out, "products", self.products.len()),
         }
-        row(&mut out, "buyers", c.buyers);
+        row(out, "buyers", c.buyers);
         if c.products > 1 {
-            row(&mut out, "stock", format!("{} per product", c.stock));
+            row(out, "stock", format!("{} per product", c.stock));
         } else {
-            row(&mut out, "stock", c.stock);
+            row(out, "stock", c.stock);
         }
-        row(&mut out, "quantity per order", c.quantity);
-        row(&mut out, "max per customer", limit);
+        row(out, "quantity per order", c.quantity);
+        let limit = c
+            .max_per_customer
+            .map_or_else(|| "none".to_owned(), |m| m.to_string());
+        row(out, "max per customer", limit);
         let load = match (c.concurrency, c.rate) {
             (_, Some(rate)) => format!(
                 "open: {rate} orders/s for {:.3} s, at most {} in flight",
@@ -534,49 +548,58 @@ impl Report {
                 c.max_in_flight.unwrap_or_default()
             ),
             (Some(users), None) => format!("closed: {users} virtual users"),
-            (None, None) => c.mode.to_owned(),
+            (None, None) => c.mode.name().to_owned(),
         };
-        row(&mut out, "load", load);
-        let tracking = match d.tracking {
-            "poll" => format!("poll: up to {} long-polls at once", c.poll_concurrency),
-            "db" => "db: PostgreSQL watched every 100 ms".to_owned(),
-            "synchronous" => "synchronous: in the answer".to_owned(),
-            other => other.to_owned(),
+        row(out, "load", load);
+        let tracking = match self.decisions.tracking {
+            Tracking::Poll => format!("poll: up to {} long-polls at once", c.poll_concurrency),
+            Tracking::Db => "db: PostgreSQL watched every 100 ms".to_owned(),
+            Tracking::Synchronous => "synchronous: in the answer".to_owned(),
         };
-        row(&mut out, "decisions", tracking);
+        row(out, "decisions", tracking);
         if let Some(pool) = c.baseline_pool {
-            row(&mut out, "baseline pool", format!("{pool} connections"));
+            row(out, "baseline pool", format!("{pool} connections"));
         }
         row(
-            &mut out,
+            out,
             "duration",
             format!(
                 "{:.3} s (submission {:.3} s)",
                 self.duration_secs, self.submission_secs
             ),
         );
+    }
 
-        if let Some(sell_out) = &self.sell_out {
-            let _ = writeln!(out, "\nSell-out (before the storm)");
-            row(
-                &mut out,
-                "orders",
-                format!(
-                    "{} ({} accepted, {} decided, {} confirmed) in {:.3} s",
-                    sell_out.orders,
-                    sell_out.accepted,
-                    sell_out.decided,
-                    sell_out.confirmed,
-                    sell_out.secs
-                ),
-            );
-            row(&mut out, "stock after", sell_out.stock_after);
-        }
-
-        let _ = writeln!(out, "\nResponses");
-        row(&mut out, "answered", r.answered);
+    /// `sold-out-storm`: the phase that sold the product out.
+    fn render_sell_out(&self, out: &mut String) {
+        let Some(sell_out) = &self.sell_out else {
+            return;
+        };
+        let _ = writeln!(out, "\nSell-out (before the storm)");
         row(
-            &mut out,
+            out,
+            "orders",
+            format!(
+                "{} ({} accepted, {} decided, {} confirmed) in {:.3} s",
+                sell_out.orders,
+                sell_out.accepted,
+                sell_out.decided,
+                sell_out.confirmed,
+                sell_out.secs
+            ),
+        );
+        row(out, "stock after", sell_out.stock_after);
+    }
+
+    /// The buyers' final answers, retries, throughput and the goal.
+    fn render_responses(&self, out: &mut String) {
+        let r = &self.responses;
+        let t = &self.throughput;
+        let baseline = self.is_baseline();
+        let _ = writeln!(out, "\nResponses");
+        row(out, "answered", r.answered);
+        row(
+            out,
             if baseline {
                 "decided in the answer (200)"
             } else {
@@ -584,45 +607,41 @@ impl Report {
             },
             format!("{} (of which replayed 200: {})", r.accepted, r.replayed),
         );
-        row(&mut out, "sold out at once (409)", r.sold_out);
+        row(out, "sold out at once (409)", r.sold_out);
         if baseline {
-            row(
-                &mut out,
-                "sold out in the answer (200)",
-                r.sold_out_in_answer,
-            );
+            row(out, "sold out in the answer (200)", r.sold_out_in_answer);
         }
         for other in &r.other {
             let label = match &other.code {
                 Some(code) => format!("{} {code}", other.status),
                 None => format!("{} (no code)", other.status),
             };
-            row(&mut out, &label, other.count);
+            row(out, &label, other.count);
         }
         if r.unreadable > 0 {
-            row(&mut out, "2xx with unreadable body", r.unreadable);
+            row(out, "2xx with unreadable body", r.unreadable);
         }
         for (kind, n) in &r.transport_failures {
-            row(&mut out, &format!("no answer ({kind})"), n);
+            row(out, &format!("no answer ({kind})"), n);
         }
-        if c.rate.is_some() || r.dropped > 0 {
-            row(&mut out, "dropped (in-flight cap)", r.dropped);
+        if self.config.rate.is_some() || r.dropped > 0 {
+            row(out, "dropped (in-flight cap)", r.dropped);
         }
         row(
-            &mut out,
+            out,
             "retries",
             format!(
                 "{} (backpressure {}, network {})",
                 r.retries.total, r.retries.backpressure, r.retries.network
             ),
         );
-        row(&mut out, "answered/s", format!("{:.1}", t.answered_per_sec));
-        row(&mut out, "accepted/s", format!("{:.1}", t.accepted_per_sec));
-        row(&mut out, "decided/s", format!("{:.1}", t.decided_per_sec));
-        row(&mut out, "sold out/s", format!("{:.1}", t.sold_out_per_sec));
+        row(out, "answered/s", format!("{:.1}", t.answered_per_sec));
+        row(out, "accepted/s", format!("{:.1}", t.accepted_per_sec));
+        row(out, "decided/s", format!("{:.1}", t.decided_per_sec));
+        row(out, "sold out/s", format!("{:.1}", t.sold_out_per_sec));
         if let Some(goal) = &self.goal {
             row(
-                &mut out,
+                out,
                 "goal",
                 format!(
                     "{} {:.0}: {} ({:.1}%)",
@@ -637,16 +656,20 @@ impl Report {
                 ),
             );
         }
+    }
 
-        let _ = writeln!(out, "\nDecisions ({})", d.tracking);
+    /// The decisions of the accepted orders, and failed polls.
+    fn render_decisions(&self, out: &mut String) {
+        let d = &self.decisions;
+        let _ = writeln!(out, "\nDecisions ({})", d.tracking.name());
         row(
-            &mut out,
+            out,
             "decided",
             format!("{} of {} accepted orders", d.decided, d.accepted_orders),
         );
         if d.undecided > 0 || d.timed_out {
             row(
-                &mut out,
+                out,
                 "undecided",
                 format!(
                     "{}{}",
@@ -659,17 +682,21 @@ impl Report {
                 ),
             );
         }
-        row(&mut out, "confirmed", d.confirmed);
+        row(out, "confirmed", d.confirmed);
         for (reason, n) in &d.rejected {
-            row(&mut out, &format!("rejected {reason}"), n);
+            row(out, &format!("rejected {reason}"), n);
         }
         for (error, n) in &d.poll_errors {
-            row(&mut out, &format!("poll error {error}"), n);
+            row(out, &format!("poll error {error}"), n);
         }
         if d.abandoned_polls > 0 {
-            row(&mut out, "polls abandoned", d.abandoned_polls);
+            row(out, "polls abandoned", d.abandoned_polls);
         }
+    }
 
+    /// The latency table: one row per histogram.
+    fn render_latencies(&self, out: &mut String) {
+        let baseline = self.is_baseline();
         let _ = writeln!(
             out,
             "\n{:<width$}{:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -683,19 +710,23 @@ impl Report {
             width = LABEL_WIDTH + 3
         );
         let l = &self.latency_ms;
-        for (label, summary) in [
-            ("accept (202)", &l.accept),
-            ("sold out (409)", &l.sold_out),
-            ("decision (observed)", &l.decision_observed),
-            ("decision (server)", &l.decision_server),
-            ("order to decision", &l.order_to_decision),
+        // (checkline's label, the baseline's, figures)
+        for (label, baseline_label, summary) in [
+            ("accept (202)", "answer (200)", &l.accept),
+            ("sold out (409)", "sold out (200)", &l.sold_out),
+            (
+                "decision (observed)",
+                "decision (= answer)",
+                &l.decision_observed,
+            ),
+            ("decision (server)", "decision (server)", &l.decision_server),
+            (
+                "order to decision",
+                "order to decision",
+                &l.order_to_decision,
+            ),
         ] {
-            let label = match (baseline, label) {
-                (true, "accept (202)") => "answer (200)",
-                (true, "sold out (409)") => "sold out (200)",
-                (true, "decision (observed)") => "decision (= answer)",
-                _ => label,
-            };
+            let label = if baseline { baseline_label } else { label };
             let [p50, p90, p99, p999, max] = summary.columns();
             let _ = writeln!(
                 out,
@@ -703,7 +734,6 @@ impl Report {
                 summary.count
             );
         }
-        out
     }
 
     pub fn write_json(&self, path: &Path) -> Result<()> {
@@ -890,15 +920,15 @@ mod tests {
             initial_stock: 1,
         };
         Report {
-            scenario: "flash-sale",
-            system: "checkline",
+            scenario: ScenarioKind::FlashSale,
+            system: System::Checkline,
             run_id: "ab12cd34".into(),
             started_at: Utc::now(),
             api_url: "http://127.0.0.1:8080".into(),
             product: Some(product.clone()),
             products: vec![product],
             config: RunConfig {
-                mode: "closed",
+                mode: ModeKind::Closed,
                 concurrency: Some(2),
                 rate: None,
                 schedule_secs: None,
@@ -908,7 +938,7 @@ mod tests {
                 stock: 1,
                 quantity: 1,
                 max_per_customer: None,
-                decisions: "poll",
+                decisions: Tracking::Poll,
                 poll_concurrency: 4,
                 max_attempts: 10,
                 decision_timeout_secs: 60,
@@ -927,7 +957,7 @@ mod tests {
             },
             goal: None,
             decisions: DecisionSummary {
-                tracking: "poll",
+                tracking: Tracking::Poll,
                 accepted_orders: 1,
                 decided: 1,
                 confirmed: 1,
@@ -1011,14 +1041,14 @@ mod tests {
     #[test]
     fn table_shows_open_mode_storms_and_many_products() {
         let mut report = sample_report();
-        report.scenario = "sold-out-storm";
-        report.config.mode = "open";
+        report.scenario = ScenarioKind::SoldOutStorm;
+        report.config.mode = ModeKind::Open;
         report.config.concurrency = None;
         report.config.rate = Some(40_000);
         report.config.schedule_secs = Some(2.0);
         report.config.max_in_flight = Some(10_000);
-        report.config.decisions = "db";
-        report.decisions.tracking = "db";
+        report.config.decisions = Tracking::Db;
+        report.decisions.tracking = Tracking::Db;
         report.responses.dropped = 17;
         report.sell_out = Some(SellOut {
             orders: 10,
@@ -1066,11 +1096,11 @@ mod tests {
     #[test]
     fn baseline_table_names_synchronous_answers() {
         let mut report = sample_report();
-        report.system = "baseline";
+        report.system = System::Baseline;
         report.product.as_mut().unwrap().partition = None;
-        report.config.decisions = "synchronous";
+        report.config.decisions = Tracking::Synchronous;
         report.config.baseline_pool = Some(32);
-        report.decisions.tracking = "synchronous";
+        report.decisions.tracking = Tracking::Synchronous;
         report.responses.sold_out_in_answer = 5;
         let table = flat(&report.render());
         for needle in [
@@ -1091,7 +1121,7 @@ mod tests {
     fn comparison_rows_and_table() {
         let checkline = sample_report();
         let mut baseline = sample_report();
-        baseline.system = "baseline";
+        baseline.system = System::Baseline;
         baseline.throughput.accepted_per_sec = 0.5;
         baseline.throughput.decided_per_sec = 0.0;
         baseline.latency_ms.accept.p50_ms = Some(8.0);
@@ -1120,7 +1150,7 @@ mod tests {
 
         // db tracking compares the server-side decision latency.
         let mut db = sample_report();
-        db.decisions.tracking = "db";
+        db.decisions.tracking = Tracking::Db;
         db.latency_ms.decision_server.p50_ms = Some(42.0);
         assert_eq!(db.decision_latency().p50_ms, Some(42.0));
         assert_eq!(sample_report().decision_latency().p50_ms, None);
@@ -1162,6 +1192,34 @@ mod tests {
         assert!(json["baseline"]["baseline"].is_null());
         assert_eq!(json["comparison"][0]["figure"], "answered/s");
         assert_eq!(json["comparison"][0]["ratio"], 1.0);
+    }
+
+    #[test]
+    fn names_in_the_text_are_the_json_values() {
+        fn json(value: impl Serialize) -> serde_json::Value {
+            serde_json::to_value(value).unwrap()
+        }
+        let mut pairs = Vec::new();
+        for kind in [
+            ScenarioKind::FlashSale,
+            ScenarioKind::HotProduct,
+            ScenarioKind::ManyProducts,
+            ScenarioKind::SoldOutStorm,
+        ] {
+            pairs.push((kind.name(), json(kind)));
+        }
+        for system in [System::Checkline, System::Baseline] {
+            pairs.push((system.name(), json(system)));
+        }
+        for mode in [ModeKind::Closed, ModeKind::Open] {
+            pairs.push((mode.name(), json(mode)));
+        }
+        for tracking in [Tracking::Poll, Tracking::Db, Tracking::Synchronous] {
+            pairs.push((tracking.name(), json(tracking)));
+        }
+        for (name, value) in pairs {
+            assert_eq!(value, name);
+        }
     }
 
     #[test]

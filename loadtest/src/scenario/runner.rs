@@ -7,14 +7,14 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use uuid::Uuid;
 
-use super::system::System;
+use super::system::SystemUnderTest;
 use super::{Harness, Verdict};
 use crate::baseline::{self, BaselineServer};
 use crate::buyer::RetryPolicy;
-use crate::checks::{self, Check, ClientView, Expectation, ObservedDecision, TrackingView};
-use crate::cli::{BaselineSettings, Connection, Mode, ScenarioKind, ScenarioSettings};
+use crate::checks::{self, Check, ClientView, DbWatchView, Expectation, ObservedDecision, System};
+use crate::cli::{BaselineSettings, Connection, Mode, ScenarioKind, ScenarioSettings, Tracking};
 use crate::client::ApiClient;
-use crate::load::{self, Follow, PhaseOutcome, Plan};
+use crate::load::{self, PhaseOutcome, Plan};
 use crate::report::{
     compare, per_second, render_comparison, seconds, summarize_decisions, Goal, Latencies,
     ProductInfo, Report, RunConfig, SellOut, Throughput,
@@ -39,7 +39,7 @@ pub async fn run(connection: &Connection, settings: ScenarioSettings) -> Result<
     )
     .await?;
 
-    let checkline = System::checkline(&harness, &settings);
+    let checkline = SystemUnderTest::checkline(&harness, &settings);
     let (mut report, checks) = execute(&checkline, &settings, &run_id).await?;
     let checks = match checks {
         Ok(checks) => checks,
@@ -117,7 +117,7 @@ async fn run_baseline(
         settings.load.request_timeout,
     )?
     .synchronous_at(baseline::ORDERS_PATH);
-    let system = System::baseline(&server, client, Arc::clone(&harness.minter));
+    let system = SystemUnderTest::baseline(&server, client, Arc::clone(&harness.minter));
     let outcome = execute(&system, settings, run_id).await;
     let first_error = server.first_error();
     let stopped = server.stop().await;
@@ -139,7 +139,7 @@ async fn run_baseline(
 /// and checks are printed; a failure to gather the checks is returned
 /// alongside the report so that the report can still be written.
 async fn execute(
-    system: &System<'_>,
+    system: &SystemUnderTest<'_>,
     settings: &ScenarioSettings,
     run_id: &str,
 ) -> Result<(Report, Result<Vec<Check>>)> {
@@ -157,7 +157,7 @@ async fn execute(
         let orders = u32::try_from(settings.stock).context("stock out of range")?;
         eprintln!(
             "{} {}: selling out {} ({} units) first",
-            system.name(),
+            system.kind().name(),
             settings.kind.name(),
             products[0].sku,
             settings.stock
@@ -198,7 +198,7 @@ async fn execute(
 
     eprintln!(
         "{} {} run {run_id}: {} buyers, {} product(s) with {} units each, {}",
-        system.name(),
+        system.kind().name(),
         settings.kind.name(),
         load.buyers,
         products.len(),
@@ -245,7 +245,7 @@ fn sell_out_concurrency(mode: Mode, orders: u32) -> usize {
 }
 
 fn build_report(
-    system: &System<'_>,
+    system: &SystemUnderTest<'_>,
     settings: &ScenarioSettings,
     run_id: &str,
     products: Vec<ProductInfo>,
@@ -255,7 +255,7 @@ fn build_report(
     let load = &settings.load;
     let responses = phase.tally.summary();
     let mut decisions = summarize_decisions(phase.accepted.keys(), &phase.decisions.orders);
-    decisions.tracking = system.follow.name();
+    decisions.tracking = system.follow.tracking();
     decisions.poll_errors = phase.decisions.poll_errors.clone();
     decisions.abandoned_polls = phase.decisions.abandoned;
     decisions.timed_out = phase.decisions.timed_out;
@@ -268,8 +268,8 @@ fn build_report(
             phase.submission,
         ),
     };
-    let goal =
-        (settings.kind == ScenarioKind::SoldOutStorm && system.name() == "checkline").then(|| {
+    let goal = (settings.kind == ScenarioKind::SoldOutStorm && system.kind() == System::Checkline)
+        .then(|| {
             Goal::new(
                 "sold_out_per_sec",
                 SOLD_OUT_GOAL_PER_SEC,
@@ -292,8 +292,8 @@ fn build_report(
         ),
     };
     Report {
-        scenario: settings.kind.name(),
-        system: system.name(),
+        scenario: settings.kind,
+        system: system.kind(),
         run_id: run_id.to_owned(),
         started_at: phase.started_at,
         api_url: system.client().base_url().to_owned(),
@@ -303,7 +303,7 @@ fn build_report(
         },
         products,
         config: RunConfig {
-            mode: load.mode.name(),
+            mode: load.mode.kind(),
             concurrency,
             rate,
             schedule_secs,
@@ -313,7 +313,7 @@ fn build_report(
             stock: settings.stock,
             quantity: load.quantity,
             max_per_customer: settings.max_per_customer,
-            decisions: system.follow.name(),
+            decisions: system.follow.tracking(),
             poll_concurrency: load.poll_concurrency,
             max_attempts: load.max_attempts,
             decision_timeout_secs: load.decision_timeout.as_secs(),
@@ -346,7 +346,7 @@ fn build_report(
 /// Evaluates the checks of every product over every phase's orders; several
 /// products are folded into one line per check.
 async fn gather_checks(
-    system: &System<'_>,
+    system: &SystemUnderTest<'_>,
     settings: &ScenarioSettings,
     products: &[ProductInfo],
     phases: &[PhaseOutcome],
@@ -361,19 +361,19 @@ async fn gather_checks(
         for (product, n) in &phase.accepted_buyers {
             *buyers.entry(*product).or_default() += n;
         }
-        if !matches!(system.follow, Follow::Db { .. }) {
+        if system.follow.tracking() != Tracking::Db {
             for (id, order) in &phase.decisions.orders {
                 observed.insert(
                     *id,
                     ObservedDecision {
-                        status: order.status.as_str().to_owned(),
+                        status: order.status,
                         reason: order.reason.clone(),
                     },
                 );
             }
         }
     }
-    let tracking = tracking_view(system, settings, phases);
+    let db_watch = db_watch_view(system, settings, phases);
     // The storm's only stock-taking orders are the sell-out's, of quantity 1.
     let quantity = match settings.kind {
         ScenarioKind::SoldOutStorm => 1,
@@ -391,11 +391,11 @@ async fn gather_checks(
             accepted: ids,
             accepted_buyers: buyers.get(&product.id).copied().unwrap_or(0),
             decisions,
-            tracking,
+            db_watch,
             api_stock: 0,
         };
         let expect = Expectation {
-            system: checks::System::Checkline,
+            system: System::Checkline,
             initial_stock: i64::try_from(settings.stock).unwrap_or(i64::MAX),
             quantity,
             max_per_customer: settings.max_per_customer.map(i64::from),
@@ -412,25 +412,25 @@ async fn gather_checks(
     })
 }
 
-/// How the decisions were learnt, across phases.
-fn tracking_view(
-    system: &System<'_>,
+/// `--decisions db`: how the waits for the decisions ended, across phases.
+fn db_watch_view(
+    system: &SystemUnderTest<'_>,
     settings: &ScenarioSettings,
     phases: &[PhaseOutcome],
-) -> TrackingView {
-    if !matches!(system.follow, Follow::Db { .. }) {
-        return TrackingView::Observed;
+) -> Option<DbWatchView> {
+    if system.follow.tracking() != Tracking::Db {
+        return None;
     }
     let watches: Vec<_> = phases
         .iter()
         .filter_map(|phase| phase.decisions.database)
         .collect();
-    TrackingView::Database {
+    Some(DbWatchView {
         drained: watches.iter().all(|watch| watch.drained),
         pending: watches.iter().map(|watch| watch.pending).sum(),
         waited_secs: watches.iter().map(|watch| watch.waited.as_secs_f64()).sum(),
         timeout_secs: settings.load.decision_timeout.as_secs(),
-    }
+    })
 }
 
 /// A short random run id (8 hex digits): names the buyers and the SKUs.

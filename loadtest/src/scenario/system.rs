@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::Harness;
 use crate::auth::TokenMinter;
 use crate::baseline::BaselineServer;
-use crate::checks::{self, Check, ClientView, Expectation};
+use crate::checks::{self, Check, ClientView, Expectation, System};
 use crate::cli::{ScenarioSettings, Tracking};
 use crate::client::{ApiClient, NewProduct, Product};
 use crate::db;
@@ -35,13 +35,13 @@ pub enum Target<'a> {
 }
 
 /// A system under test with what the engine needs to drive it.
-pub struct System<'a> {
+pub struct SystemUnderTest<'a> {
     pub target: Target<'a>,
     pub minter: Arc<TokenMinter>,
     pub follow: Follow,
 }
 
-impl<'a> System<'a> {
+impl<'a> SystemUnderTest<'a> {
     pub fn checkline(harness: &'a Harness, settings: &ScenarioSettings) -> Self {
         let follow = match settings.load.tracking {
             Tracking::Poll => Follow::Poll {
@@ -50,6 +50,7 @@ impl<'a> System<'a> {
             Tracking::Db => Follow::Db {
                 pool: harness.pool.clone(),
             },
+            Tracking::Synchronous => Follow::Synchronous,
         };
         Self {
             target: Target::Checkline(harness),
@@ -70,11 +71,11 @@ impl<'a> System<'a> {
         }
     }
 
-    /// `checkline` or `baseline`.
-    pub fn name(&self) -> &'static str {
+    /// Which system this is: checkline, or the baseline.
+    pub fn kind(&self) -> System {
         match self.target {
-            Target::Checkline(_) => "checkline",
-            Target::Baseline { .. } => "baseline",
+            Target::Checkline(_) => System::Checkline,
+            Target::Baseline { .. } => System::Baseline,
         }
     }
 
@@ -82,13 +83,6 @@ impl<'a> System<'a> {
         match &self.target {
             Target::Checkline(harness) => &harness.client,
             Target::Baseline { client, .. } => client,
-        }
-    }
-
-    fn check_system(&self) -> checks::System {
-        match self.target {
-            Target::Checkline(_) => checks::System::Checkline,
-            Target::Baseline { .. } => checks::System::Baseline,
         }
     }
 
@@ -175,11 +169,11 @@ impl<'a> System<'a> {
         mut expect: Expectation,
         mut client: ClientView,
     ) -> Result<Vec<Check>> {
-        expect.system = self.check_system();
+        expect.system = self.kind();
         let db = match &self.target {
             Target::Checkline(harness) => {
                 client.api_stock = api_product(harness, product_id).await?.stock;
-                db::fetch_view(&harness.pool, product_id).await?
+                db::fetch_view(&harness.pool, &db::CHECKLINE, product_id).await?
             }
             Target::Baseline { server, .. } => {
                 let view = server.fetch_view(product_id).await?;

@@ -1,35 +1,9 @@
-//! The baseline: the order endpoint as most flash-sale demos write it, to
-//! compare checkline against.
-//!
-//! An HTTP server (axum, in this process, on `127.0.0.1:0`) whose
-//! `POST /orders` runs one PostgreSQL transaction per request and answers
-//! `200` with the decision:
-//!
-//! ```sql
-//! BEGIN;
-//! SELECT stock, price_cents FROM baseline.products WHERE id = $1 FOR UPDATE;
-//! INSERT INTO baseline.orders (id, customer_id, idempotency_key, product_id, quantity,
-//!                              status, reason, unit_price_cents, total_cents)
-//!   VALUES (...)   -- 'confirmed' if stock >= quantity, else 'rejected'
-//!   ON CONFLICT (customer_id, idempotency_key) DO NOTHING RETURNING created_at;
-//! UPDATE baseline.products SET stock = stock - $2 WHERE id = $1;   -- if confirmed
-//! COMMIT;
-//! ```
-//!
-//! The order row is inserted before the decrement so that the unique
-//! constraint settles a retried key before any stock moves (a conflict rolls
-//! back and answers the stored order as a replay). It does the same
-//! per-request work as checkline's accept path where the two overlap: it
-//! verifies the HS256 bearer token, checks the `customer` role, validates the
-//! `Idempotency-Key` and parses the same JSON body.
-//!
-//! Its tables live in their own schema, `baseline`, of the same database,
-//! created by the load test if missing; every run creates a fresh product.
+//! The baseline's request handling: `POST /orders` verifies the token,
+//! validates the request like checkline's API does, and decides the order in
+//! one row-locking transaction (see the [module documentation](super)).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -38,54 +12,16 @@ use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use reqwest::Url;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::auth::is_valid_subject;
-use crate::checks::{DbView, DuplicateKey, OrderRow, StockAudit};
-use crate::db::sql_error;
+use crate::client::OrderStatus;
 
 /// Where the baseline takes orders.
 pub const ORDERS_PATH: &str = "/orders";
 
-/// The baseline's tables, created if missing (under an advisory lock, so two
-/// load tests starting at once do not race on the DDL).
-pub const SCHEMA_SQL: &str = "\
-CREATE SCHEMA IF NOT EXISTS baseline;
-CREATE TABLE IF NOT EXISTS baseline.products (
-    id            uuid        PRIMARY KEY,
-    sku           text        NOT NULL,
-    price_cents   bigint      NOT NULL CHECK (price_cents >= 0),
-    stock         bigint      NOT NULL CHECK (stock >= 0),
-    initial_stock bigint      NOT NULL CHECK (initial_stock >= 0),
-    created_at    timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS baseline.orders (
-    id               uuid        PRIMARY KEY,
-    customer_id      text        NOT NULL,
-    idempotency_key  text        NOT NULL,
-    product_id       uuid        NOT NULL REFERENCES baseline.products (id),
-    quantity         integer     NOT NULL CHECK (quantity > 0),
-    status           text        NOT NULL CHECK (status IN ('confirmed', 'rejected')),
-    reason           text,
-    unit_price_cents bigint,
-    total_cents      bigint,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT baseline_orders_customer_key UNIQUE (customer_id, idempotency_key)
-);
-CREATE INDEX IF NOT EXISTS baseline_orders_product_status
-    ON baseline.orders (product_id, status);
-";
-
-/// Key of the advisory lock held while the schema is created.
-const SCHEMA_LOCK: i64 = 0x6368_6b6c_6e62_6173;
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_QUANTITY: i64 = 100;
 const MAX_KEY_LEN: usize = 255;
 const JWT_LEEWAY_SECS: u64 = 5;
@@ -102,16 +38,8 @@ const SELECT_BY_KEY: &str = "SELECT id, product_id, quantity, status, reason, \
      unit_price_cents, total_cents, created_at \
      FROM baseline.orders WHERE customer_id = $1 AND idempotency_key = $2";
 
-/// The running baseline server.
-pub struct BaselineServer {
-    url: Url,
-    pool: PgPool,
-    state: Arc<AppState>,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-struct AppState {
+/// What every request needs, and what the server reports back.
+pub(super) struct AppState {
     pool: PgPool,
     key: DecodingKey,
     validation: Validation,
@@ -119,236 +47,32 @@ struct AppState {
     first_error: Mutex<Option<String>>,
 }
 
-impl BaselineServer {
-    /// Creates the schema if needed, opens (and warms) a pool of `pool_size`
-    /// connections, and starts serving on a free loopback port.
-    pub async fn start(database_url: &str, pool_size: u32, jwt_secret: &str) -> Result<Self> {
-        let options: PgConnectOptions = database_url
-            .parse()
-            .map_err(sql_error("--database-url is not a valid PostgreSQL URL"))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(pool_size)
-            .min_connections(pool_size)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
-        create_schema(&pool).await?;
-        check_connection_headroom(&pool, pool_size).await?;
-        // Open every connection now, so that the measured run does not pay
-        // for connection set-up (checkline's API has its pool warm too).
-        let warm = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            futures::future::try_join_all((0..pool_size).map(|_| pool.acquire())),
-        )
-        .await
-        .map_err(|_elapsed| anyhow!("opening the baseline's {pool_size} connections timed out"))?
-        .map_err(sql_error("opening the baseline's connections"))?;
-        drop(warm);
-
+impl AppState {
+    /// Tokens are verified like the API does: HS256 with `secret`, `exp`
+    /// and `sub` required.
+    pub(super) fn new(pool: PgPool, jwt_secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = JWT_LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let state = Arc::new(AppState {
-            pool: pool.clone(),
+        Self {
+            pool,
             key: DecodingKey::from_secret(jwt_secret.as_bytes()),
             validation,
             first_error: Mutex::new(None),
-        });
-        let app = Router::new()
-            .route(ORDERS_PATH, post(place_order))
-            .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the baseline server to 127.0.0.1:0")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the baseline's address")?;
-        let url = Url::parse(&format!("http://{addr}")).context("the baseline's URL")?;
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.await;
-                })
-                .await
-        });
-        Ok(Self {
-            url,
-            pool,
-            state,
-            shutdown,
-            task,
-        })
+        }
     }
 
-    pub fn url(&self) -> &Url {
-        &self.url
-    }
-
-    /// The first database error the server answered with a 503, if any.
-    pub fn first_error(&self) -> Option<String> {
-        self.state
-            .first_error
-            .lock()
-            .ok()
-            .and_then(|first| first.clone())
-    }
-
-    /// Inserts a fresh product with `stock` units.
-    pub async fn create_product(&self, sku: &str, stock: u64, price_cents: i64) -> Result<Uuid> {
-        let id = Uuid::new_v4();
-        let stock = i64::try_from(stock).context("stock out of range")?;
-        sqlx::query(
-            "INSERT INTO baseline.products (id, sku, price_cents, stock, initial_stock) \
-             VALUES ($1, $2, $3, $4, $4)",
-        )
-        .bind(id)
-        .bind(sku)
-        .bind(price_cents)
-        .bind(stock)
-        .execute(&self.pool)
-        .await
-        .map_err(sql_error("creating the baseline product"))?;
-        Ok(id)
-    }
-
-    pub async fn stock(&self, product_id: Uuid) -> Result<i64> {
-        sqlx::query_scalar("SELECT stock FROM baseline.products WHERE id = $1")
-            .bind(product_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(sql_error("reading the baseline product's stock"))
-    }
-
-    /// What the checks need to know about `product_id`, from the baseline's
-    /// tables (no queue positions, no per-customer totals).
-    pub async fn fetch_view(&self, product_id: Uuid) -> Result<DbView> {
-        let audit = sqlx::query(
-            "SELECT p.initial_stock, p.stock, c.units AS confirmed_units, \
-                    p.initial_stock = p.stock + c.units AS balanced \
-             FROM baseline.products p, \
-                  LATERAL (SELECT COALESCE(SUM(quantity), 0)::bigint AS units \
-                           FROM baseline.orders \
-                           WHERE product_id = p.id AND status = 'confirmed') c \
-             WHERE p.id = $1",
-        )
-        .bind(product_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(sql_error("auditing the baseline product's stock"))?
-        .map(|row| -> Result<StockAudit, sqlx::Error> {
-            Ok(StockAudit {
-                initial_stock: row.try_get("initial_stock")?,
-                restocked: 0,
-                stock: row.try_get("stock")?,
-                confirmed_units: row.try_get("confirmed_units")?,
-                balanced: row.try_get("balanced")?,
-            })
-        })
-        .transpose()
-        .map_err(sql_error("decoding the baseline stock audit"))?;
-
-        let duplicate_keys = sqlx::query(
-            "SELECT customer_id, idempotency_key, count(*) AS n FROM baseline.orders \
-             WHERE product_id = $1 GROUP BY customer_id, idempotency_key HAVING count(*) > 1",
-        )
-        .bind(product_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql_error("looking for baseline keys used twice"))?
-        .into_iter()
-        .map(|row| {
-            Ok(DuplicateKey {
-                customer_id: row.try_get("customer_id")?,
-                idempotency_key: row.try_get("idempotency_key")?,
-                count: row.try_get("n")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(sql_error("decoding baseline duplicate keys"))?;
-
-        let orders = sqlx::query(
-            "SELECT id, status, reason, quantity::bigint AS quantity \
-             FROM baseline.orders WHERE product_id = $1",
-        )
-        .bind(product_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql_error("reading the baseline orders"))?
-        .into_iter()
-        .map(|row| {
-            Ok(OrderRow {
-                id: row.try_get("id")?,
-                status: row.try_get("status")?,
-                reason: row.try_get("reason")?,
-                quantity: row.try_get("quantity")?,
-                queue_sequence: None,
-                queue_index: None,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(sql_error("decoding the baseline orders"))?;
-
-        Ok(DbView {
-            audit,
-            duplicate_keys,
-            orders,
-            ..DbView::default()
-        })
-    }
-
-    /// Stops serving and closes the pool.
-    pub async fn stop(self) -> Result<()> {
-        let _ = self.shutdown.send(());
-        let served = self.task.await.context("the baseline server task failed")?;
-        self.pool.close().await;
-        served.context("the baseline server failed")
+    /// The first database error answered with a 503, if any.
+    pub(super) fn first_error(&self) -> Option<String> {
+        self.first_error.lock().ok().and_then(|first| first.clone())
     }
 }
 
-/// Fails early, with the figures, when PostgreSQL cannot give the baseline
-/// `pool_size` connections (a pool would only report a timeout).
-async fn check_connection_headroom(pool: &PgPool, pool_size: u32) -> Result<()> {
-    let row = sqlx::query(
-        "SELECT current_setting('max_connections')::bigint AS max, \
-                (SELECT count(*) FROM pg_stat_activity) AS used",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(sql_error("reading PostgreSQL's connection limit"))?;
-    let max: i64 = row
-        .try_get("max")
-        .map_err(sql_error("decoding max_connections"))?;
-    let used: i64 = row
-        .try_get("used")
-        .map_err(sql_error("decoding the connection count"))?;
-    // One of the used connections is the pool's own.
-    let free = max - used + 1;
-    ensure!(
-        i64::from(pool_size) <= free,
-        "--baseline-pool {pool_size} needs {pool_size} PostgreSQL connections, but only {free} \
-         of max_connections {max} are free ({used} in use); lower --baseline-pool or raise \
-         max_connections"
-    );
-    Ok(())
-}
-
-async fn create_schema(pool: &PgPool) -> Result<()> {
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(sql_error("connecting for the baseline schema"))?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(SCHEMA_LOCK)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_error("locking for the baseline schema"))?;
-    sqlx::raw_sql(SCHEMA_SQL)
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_error("creating the baseline schema"))?;
-    tx.commit()
-        .await
-        .map_err(sql_error("committing the baseline schema"))
+/// The baseline's routes.
+pub(super) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(ORDERS_PATH, post(place_order))
+        .with_state(state)
 }
 
 #[derive(Deserialize)]
@@ -385,18 +109,23 @@ fn decide(
     stock: i64,
     quantity: i64,
     price_cents: i64,
-) -> (&'static str, Option<&'static str>, Option<i64>, Option<i64>) {
+) -> (OrderStatus, Option<&'static str>, Option<i64>, Option<i64>) {
     if stock >= quantity {
         (
-            "confirmed",
+            OrderStatus::Confirmed,
             None,
             Some(price_cents),
             Some(price_cents.saturating_mul(quantity)),
         )
     } else if stock == 0 {
-        ("rejected", Some("sold_out"), None, None)
+        (OrderStatus::Rejected, Some("sold_out"), None, None)
     } else {
-        ("rejected", Some("insufficient_stock"), None, None)
+        (
+            OrderStatus::Rejected,
+            Some("insufficient_stock"),
+            None,
+            None,
+        )
     }
 }
 
@@ -528,7 +257,7 @@ async fn decide_in_transaction(
         .bind(key)
         .bind(order.product_id)
         .bind(quantity)
-        .bind(status)
+        .bind(status.as_str())
         .bind(reason)
         .bind(unit_price)
         .bind(total)
@@ -539,7 +268,7 @@ async fn decide_in_transaction(
         tx.rollback().await?;
         return replay(state, customer, key, order).await;
     };
-    if status == "confirmed" {
+    if status == OrderStatus::Confirmed {
         sqlx::query(DECREMENT)
             .bind(order.product_id)
             .bind(order.quantity)
@@ -553,7 +282,7 @@ async fn decide_in_transaction(
             customer_id: customer,
             product_id: order.product_id,
             quantity: order.quantity,
-            status,
+            status: status.as_str(),
             reason,
             unit_price_cents: unit_price,
             total_cents: total,
@@ -702,49 +431,44 @@ impl IntoResponse for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
     #[test]
     fn decisions_follow_the_stock() {
         assert_eq!(
             decide(5, 2, 1000),
-            ("confirmed", None, Some(1000), Some(2000))
+            (OrderStatus::Confirmed, None, Some(1000), Some(2000))
         );
-        assert_eq!(decide(2, 2, 1000).0, "confirmed");
+        assert_eq!(decide(2, 2, 1000).0, OrderStatus::Confirmed);
         assert_eq!(
             decide(1, 2, 1000),
-            ("rejected", Some("insufficient_stock"), None, None)
+            (
+                OrderStatus::Rejected,
+                Some("insufficient_stock"),
+                None,
+                None
+            )
         );
         assert_eq!(
             decide(0, 1, 1000),
-            ("rejected", Some("sold_out"), None, None)
+            (OrderStatus::Rejected, Some("sold_out"), None, None)
         );
     }
 
     #[test]
-    fn schema_is_namespaced() {
-        // Every table and index the baseline creates lives in its own schema.
-        for line in SCHEMA_SQL.lines().filter(|line| line.starts_with("CREATE")) {
-            assert!(line.contains("baseline"), "{line}");
-        }
+    fn statements_stay_in_the_baseline_schema() {
         for sql in [SELECT_PRODUCT, INSERT_ORDER, DECREMENT, SELECT_BY_KEY] {
             assert!(sql.contains("baseline."), "{sql}");
         }
     }
 
     fn state(secret: &str) -> AppState {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = JWT_LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        AppState {
-            pool: PgPoolOptions::new().connect_lazy_with(
-                "postgres://u@127.0.0.1:1/db"
-                    .parse::<PgConnectOptions>()
-                    .unwrap(),
-            ),
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
-            first_error: Mutex::new(None),
-        }
+        let pool = PgPoolOptions::new().connect_lazy_with(
+            "postgres://u@127.0.0.1:1/db"
+                .parse::<PgConnectOptions>()
+                .unwrap(),
+        );
+        AppState::new(pool, secret)
     }
 
     fn bearer(token: &str) -> HeaderMap {
