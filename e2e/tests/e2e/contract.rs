@@ -1,11 +1,8 @@
 //! The contract's error cases, authentication and roles, products and the
 //! operations endpoints. Every refused request must leave nothing behind.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use base64::Engine;
-use common::{TestApp, SECRET};
+use checkline_e2e::{TestApp, SECRET};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

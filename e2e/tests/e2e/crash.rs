@@ -1,23 +1,19 @@
 //! The worker as a real process, killed with SIGKILL in the middle of a flash
 //! sale and started again: nothing accepted is lost, nothing is decided
 //! twice, and first-come first-served holds across the crash.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../../api/tests/common/mod.rs"]
-mod common;
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestApp;
+use checkline_e2e::TestApp;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
 fn spawn_worker(app: &TestApp, id: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
+    Command::new(checkline_e2e::process::worker_binary())
         .envs(app.worker_vars(id))
         // Small batches, so that a kill lands between and inside them.
         .env("CHECKLINE_BATCH_MAX", "7")
@@ -184,7 +180,7 @@ async fn crash_window(point: &str, committed_before_crash: bool) {
     let accepted = stampede(&app, &pid, 0, 20).await;
     assert_eq!(accepted.len(), 20);
 
-    let mut doomed = Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
+    let mut doomed = Command::new(checkline_e2e::process::worker_binary())
         .envs(app.worker_vars("doomed"))
         .env("CHECKLINE_CRASH_AT", point)
         .env("CHECKLINE_LOG", "error")

@@ -1,24 +1,20 @@
 //! Workers as real processes sharing the partitions: an even spread, failover
 //! after SIGKILL, fencing of a paused former owner, and graceful hand-over on
 //! SIGTERM.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../../api/tests/common/mod.rs"]
-mod common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use checkline_e2e::TestApp;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
 fn spawn_worker(app: &TestApp, id: &str, extra: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
+    Command::new(checkline_e2e::process::worker_binary())
         .envs(app.worker_vars(id))
         .envs(extra.iter().copied())
         .env("CHECKLINE_LOG", "warn")

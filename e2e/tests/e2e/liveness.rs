@@ -1,17 +1,13 @@
 //! Workers as real processes that stall: a worker frozen inside a batch
 //! transaction, or a partition task stuck in an await, must not freeze
 //! failover, lease renewal or hand-over anywhere else.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../../api/tests/common/mod.rs"]
-mod common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use checkline_e2e::TestApp;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -21,7 +17,7 @@ use tokio::process::{Child, Command};
 const TTL: Duration = Duration::from_millis(2000);
 
 fn spawn_worker(app: &TestApp, id: &str, extra: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
+    Command::new(checkline_e2e::process::worker_binary())
         .envs(app.worker_vars(id))
         .envs(extra.iter().copied())
         .env("CHECKLINE_LOG", "warn")

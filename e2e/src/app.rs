@@ -1,9 +1,6 @@
-//! Test harness: the real API (in process, on a random port) and a real
+//! The real API (in process, on a random port) and a real in-process
 //! worker, against the real PostgreSQL, NATS and Redis named by the
 //! `CHECKLINE_*` variables, isolated by a fresh database and prefix per test.
-//!
-//! Shared by `api/tests` and `worker/tests` (included with `#[path]`).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

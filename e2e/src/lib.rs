@@ -1,0 +1,19 @@
+//! The end-to-end test harness of checkline: what every test that runs the
+//! API and workers together starts from, compiled once as a library.
+//!
+//! # Layout
+//!
+//! - [`app`]: [`TestApp`], the API in process with an optional in-process
+//!   worker, on a fresh database and prefix; requests and checks the tests
+//!   share; [`read_events`] for server-sent events.
+//! - [`process`]: workers as real processes (the `checkline-worker` binary).
+//!
+//! The tests themselves are one integration-test binary, `tests/e2e/`, one
+//! module per subject.
+// A harness fails by panicking, with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod app;
+pub mod process;
+
+pub use app::{read_events, TestApp, SECRET};
