@@ -5,8 +5,10 @@
 //!
 //! - [`app`]: [`TestApp`], the API in process with an optional in-process
 //!   worker, on a fresh database and prefix; requests and checks the tests
-//!   share; [`read_events`] for server-sent events.
-//! - [`process`]: workers as real processes (the `checkline-worker` binary).
+//!   share; [`buy`], a crowd of buyers at once; [`read_events`] for
+//!   server-sent events.
+//! - [`process`]: workers as real processes (the `checkline-worker` binary),
+//!   signalled like an operator would, and who owns which partition.
 //!
 //! The tests themselves are one integration-test binary, `tests/e2e/`, one
 //! module per subject.
@@ -16,4 +18,4 @@
 pub mod app;
 pub mod process;
 
-pub use app::{read_events, TestApp, SECRET};
+pub use app::{buy, read_events, TestApp, SECRET};
