@@ -19,6 +19,18 @@ pub fn worker_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let mut build = std::process::Command::new(env!("CARGO"));
+        // Without the variables cargo set for this test (the package's name,
+        // version, manifest): build scripts that watch them would otherwise
+        // see them change, and every build after this one start over.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&&*name)
+            {
+                build.env_remove(&*name);
+            }
+        }
         build
             .args(["build", "--quiet", "--manifest-path"])
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))

@@ -1,23 +1,38 @@
 //! The contract's error cases, authentication and roles, products and the
 //! operations endpoints. Every refused request must leave nothing behind.
+//!
+//! The refusals are tables: (what the case is, the request, the status, the
+//! problem `code`), sent in order by [`expect_problems`].
 
 use base64::Engine;
 use checkline_e2e::{TestApp, SECRET};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 
-async fn expect_problem(response: reqwest::Response, status: StatusCode, code: &str) {
-    assert_eq!(response.status(), status, "expected {code}");
-    assert!(response.headers().contains_key("x-request-id"));
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json",
-        "expected {code}"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], code);
-    assert_eq!(body["status"], status.as_u16());
-    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
+/// A refused request: what it is, the request, its status and problem code.
+type Refusal = (String, RequestBuilder, u16, &'static str);
+
+/// Sends each request in turn; each must be answered with its status and a
+/// problem document carrying its code.
+async fn expect_problems(cases: Vec<Refusal>) {
+    for (what, request, status, code) in cases {
+        let status = StatusCode::from_u16(status).unwrap();
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{what}: expected {code}");
+        assert!(response.headers().contains_key("x-request-id"), "{what}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{what}: expected {code}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{what}");
+        assert_eq!(body["status"], status.as_u16(), "{what}");
+        assert!(
+            body["title"].is_string() && body["detail"].is_string() && body["type"].is_string(),
+            "{what}"
+        );
+    }
 }
 
 fn b64(data: &str) -> String {
@@ -42,6 +57,7 @@ async fn bad_order_requests_get_their_codes_and_move_nothing() {
     let product = app.create_product(10, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
     let alice = app.customer("alice");
+    // An order as alice, with the key and content type given.
     let post = |key: Option<&str>, content_type: Option<&str>, body: String| {
         let mut request = app
             .http
@@ -54,46 +70,30 @@ async fn bad_order_requests_get_their_codes_and_move_nothing() {
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
-        request.send()
+        request
+    };
+    let get = |path: String, status: u16, code: &'static str| -> Refusal {
+        let request = app.http.get(app.url(&path)).bearer_auth(&alice);
+        (format!("GET {path}"), request, status, code)
     };
     let good = json!({"product_id": pid, "quantity": 1}).to_string();
     let json_ct = Some("application/json");
-
-    expect_problem(
-        post(None, json_ct, good.clone()).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "missing_idempotency_key",
-    )
-    .await;
-    expect_problem(
-        post(Some("has space"), json_ct, good.clone())
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_idempotency_key",
-    )
-    .await;
     let long = "k".repeat(256);
-    expect_problem(
-        post(Some(&long), json_ct, good.clone()).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_idempotency_key",
-    )
-    .await;
-    expect_problem(
-        post(Some("k1"), None, good.clone()).await.unwrap(),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
-    expect_problem(
-        post(Some("k1"), Some("text/plain"), good.clone())
-            .await
-            .unwrap(),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    )
-    .await;
+    let missing = json!({"product_id": uuid::Uuid::new_v4(), "quantity": 1}).to_string();
+    let huge = format!(
+        "{{\"product_id\": \"{pid}\", \"quantity\": 1, \"pad\": \"{}\"}}",
+        "x".repeat(17 * 1024)
+    );
+    let unknown = uuid::Uuid::new_v4();
+
+    #[rustfmt::skip]
+    let mut cases: Vec<Refusal> = vec![
+        ("no key".into(), post(None, json_ct, good.clone()), 400, "missing_idempotency_key"),
+        ("a key with a space".into(), post(Some("has space"), json_ct, good.clone()), 400, "invalid_idempotency_key"),
+        ("a key of 256 bytes".into(), post(Some(&long), json_ct, good.clone()), 400, "invalid_idempotency_key"),
+        ("no content type".into(), post(Some("k1"), None, good.clone()), 415, "unsupported_media_type"),
+        ("text/plain".into(), post(Some("k1"), Some("text/plain"), good.clone()), 415, "unsupported_media_type"),
+    ];
     for body in [
         "{".to_string(),
         "[]".to_string(),
@@ -107,89 +107,26 @@ async fn bad_order_requests_get_their_codes_and_move_nothing() {
         json!({"product_id": "not-a-uuid", "quantity": 1}).to_string(),
         json!({"product_id": pid, "quantity": 1, "extra": true}).to_string(),
     ] {
-        expect_problem(
-            post(Some("k1"), json_ct, body).await.unwrap(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        )
-        .await;
+        let request = post(Some("k1"), json_ct, body.clone());
+        cases.push((body, request, 400, "invalid_request"));
     }
-    let missing = json!({"product_id": uuid::Uuid::new_v4(), "quantity": 1}).to_string();
-    expect_problem(
-        post(Some("k1"), json_ct, missing).await.unwrap(),
-        StatusCode::NOT_FOUND,
-        "product_not_found",
-    )
-    .await;
-    let huge = format!(
-        "{{\"product_id\": \"{pid}\", \"quantity\": 1, \"pad\": \"{}\"}}",
-        "x".repeat(17 * 1024)
-    );
-    expect_problem(
-        post(Some("k1"), json_ct, huge).await.unwrap(),
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-    )
-    .await;
-
-    // Reads with bad ids and queries.
-    let get = |path: String| app.http.get(app.url(&path)).bearer_auth(&alice).send();
-    expect_problem(
-        get("/v1/orders/nope".into()).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_id",
-    )
-    .await;
-    expect_problem(
-        get(format!("/v1/orders/{}", uuid::Uuid::new_v4()))
-            .await
-            .unwrap(),
-        StatusCode::NOT_FOUND,
-        "order_not_found",
-    )
-    .await;
-    expect_problem(
-        get(format!("/v1/orders/{}?wait=31", uuid::Uuid::new_v4()))
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    expect_problem(
-        get("/v1/orders?limit=0".into()).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    expect_problem(
-        get("/v1/products/nope".into()).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_id",
-    )
-    .await;
-    expect_problem(
-        get(format!("/v1/products/{}", uuid::Uuid::new_v4()))
-            .await
-            .unwrap(),
-        StatusCode::NOT_FOUND,
-        "product_not_found",
-    )
-    .await;
-    expect_problem(
-        get("/v1/products?cursor=zzz".into()).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    expect_problem(
-        get("/v1/nothing-here".into()).await.unwrap(),
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    let delete = app.http.delete(app.url("/v1/orders")).send().await.unwrap();
-    expect_problem(delete, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    let (orders, products) = ("/v1/orders", "/v1/products");
+    #[rustfmt::skip]
+    cases.extend([
+        ("an unknown product".into(), post(Some("k1"), json_ct, missing), 404, "product_not_found"),
+        ("a body over 16 KiB".into(), post(Some("k1"), json_ct, huge), 413, "payload_too_large"),
+        // Reads with bad ids and queries.
+        get(format!("{orders}/nope"), 400, "invalid_id"),
+        get(format!("{orders}/{unknown}"), 404, "order_not_found"),
+        get(format!("{orders}/{unknown}?wait=31"), 400, "invalid_request"),
+        get(format!("{orders}?limit=0"), 400, "invalid_request"),
+        get(format!("{products}/nope"), 400, "invalid_id"),
+        get(format!("{products}/{unknown}"), 404, "product_not_found"),
+        get(format!("{products}?cursor=zzz"), 400, "invalid_request"),
+        get("/v1/nothing-here".into(), 404, "not_found"),
+        ("DELETE /v1/orders".into(), app.http.delete(app.url(orders)), 405, "method_not_allowed"),
+    ]);
+    expect_problems(cases).await;
 
     assert_eq!(
         app.count_orders(&pid).await,
@@ -208,112 +145,65 @@ async fn tokens_are_checked_strictly_and_roles_enforced() {
     let now = jsonwebtoken::get_current_timestamp();
     let payload =
         json!({"sub": "alice", "exp": now + 600, "roles": ["customer", "admin"]}).to_string();
-
-    let alg_none = format!(
-        "{}.{}.",
-        b64(r#"{"alg":"none","typ":"JWT"}"#),
-        b64(&payload)
-    );
-    let wrong_key = hs256(
-        r#"{"alg":"HS256","typ":"JWT"}"#,
-        &payload,
-        b"some-other-key-some-other-key-123",
-    );
-    let expired = hs256(
-        r#"{"alg":"HS256","typ":"JWT"}"#,
-        &json!({"sub": "alice", "exp": now - 60, "roles": ["customer"]}).to_string(),
-        SECRET.as_bytes(),
-    );
-    let no_exp = hs256(
-        r#"{"alg":"HS256","typ":"JWT"}"#,
-        &json!({"sub": "alice", "roles": ["customer"]}).to_string(),
-        SECRET.as_bytes(),
-    );
-    let no_roles = hs256(
-        r#"{"alg":"HS256","typ":"JWT"}"#,
-        &json!({"sub": "alice", "exp": now + 600}).to_string(),
-        SECRET.as_bytes(),
-    );
-    let bad_sub = hs256(
-        r#"{"alg":"HS256","typ":"JWT"}"#,
-        &json!({"sub": "a b", "exp": now + 600, "roles": ["customer"]}).to_string(),
-        SECRET.as_bytes(),
-    );
+    let hs256_header = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let signed = |claims: Value| hs256(hs256_header, &claims.to_string(), SECRET.as_bytes());
     let hs512 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
         &json!({"sub": "alice", "exp": now + 600, "roles": ["customer"]}),
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap();
-    // An RS256 header over an HMAC signature: algorithm confusion.
-    let rs256 = hs256(
-        r#"{"alg":"RS256","typ":"JWT"}"#,
-        &payload,
-        SECRET.as_bytes(),
-    );
+    let alice = app.customer("alice");
     let body = json!({"product_id": pid, "quantity": 1});
-    for (name, token) in [
-        ("alg none", alg_none),
-        ("wrong key", wrong_key),
-        ("expired", expired),
-        ("missing exp", no_exp),
-        ("missing roles", no_roles),
-        ("bad sub", bad_sub),
-        ("HS512", hs512),
-        ("RS256", rs256),
-        ("garbage", "abc.def.ghi".into()),
-    ] {
-        let response = app
+    // An order, with the token given.
+    let post = |token: Option<&str>| {
+        let request = app
             .http
             .post(app.url("/v1/orders"))
-            .bearer_auth(&token)
             .header("idempotency-key", "k")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
-        expect_problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    }
-    let response = app
-        .http
-        .post(app.url("/v1/orders"))
-        .header("idempotency-key", "k")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    expect_problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+            .json(&body);
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    };
 
-    // Wrong roles.
-    let alice = app.customer("alice");
-    let admin_orders = app
-        .http
-        .post(app.url("/v1/orders"))
-        .bearer_auth(&app.admin)
-        .header("idempotency-key", "k")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    expect_problem(admin_orders, StatusCode::FORBIDDEN, "forbidden").await;
-    let customer_creates = app
-        .http
-        .post(app.url("/v1/products"))
-        .bearer_auth(&alice)
-        .json(&json!({"sku": "X", "name": "x", "price_cents": 1, "stock": 1}))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(customer_creates, StatusCode::FORBIDDEN, "forbidden").await;
-    let customer_stats = app
-        .http
-        .get(app.url("/v1/admin/stats"))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
-    expect_problem(customer_stats, StatusCode::FORBIDDEN, "forbidden").await;
+    let alg_none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&payload)
+    );
+    let other_key = b"some-other-key-some-other-key-123";
+    let rs256_header = r#"{"alg":"RS256","typ":"JWT"}"#;
+    #[rustfmt::skip]
+    let tokens = [
+        ("alg none", alg_none),
+        ("wrong key", hs256(hs256_header, &payload, other_key)),
+        ("expired", signed(json!({"sub": "alice", "exp": now - 60, "roles": ["customer"]}))),
+        ("missing exp", signed(json!({"sub": "alice", "roles": ["customer"]}))),
+        ("missing roles", signed(json!({"sub": "alice", "exp": now + 600}))),
+        ("bad sub", signed(json!({"sub": "a b", "exp": now + 600, "roles": ["customer"]}))),
+        ("HS512", hs512),
+        // An RS256 header over an HMAC signature: algorithm confusion.
+        ("RS256", hs256(rs256_header, &payload, SECRET.as_bytes())),
+        ("garbage", "abc.def.ghi".into()),
+    ];
+    let mut cases: Vec<Refusal> = tokens
+        .into_iter()
+        .map(|(name, token)| (name.into(), post(Some(&token)), 401, "unauthorized"))
+        .collect();
+    let new_product = json!({"sku": "X", "name": "x", "price_cents": 1, "stock": 1});
+    let create_product = app.http.post(app.url("/v1/products")).json(&new_product);
+    let read_stats = app.http.get(app.url("/v1/admin/stats"));
+    #[rustfmt::skip]
+    cases.extend([
+        ("no token".into(), post(None), 401, "unauthorized"),
+        // Wrong roles.
+        ("an admin ordering".into(), post(Some(&app.admin)), 403, "forbidden"),
+        ("a customer creating a product".into(), create_product.bearer_auth(&alice), 403, "forbidden"),
+        ("a customer reading the stats".into(), read_stats.bearer_auth(&alice), 403, "forbidden"),
+    ]);
+    expect_problems(cases).await;
     assert_eq!(app.count_orders(&pid).await, 0);
 
     // Another customer's order does not exist for bob; the admin sees it.
@@ -323,22 +213,15 @@ async fn tokens_are_checked_strictly_and_roles_enforced() {
         .unwrap()
         .to_owned();
     let bob = app.customer("bob");
-    let peek = app
-        .http
-        .get(app.url(&format!("/v1/orders/{id}")))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
-    expect_problem(peek, StatusCode::NOT_FOUND, "order_not_found").await;
-    let peek_events = app
-        .http
-        .get(app.url(&format!("/v1/orders/{id}/events")))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
-    expect_problem(peek_events, StatusCode::NOT_FOUND, "order_not_found").await;
+    let as_bob = |path: String| -> Refusal {
+        let request = app.http.get(app.url(&path)).bearer_auth(&bob);
+        (format!("bob: GET {path}"), request, 404, "order_not_found")
+    };
+    expect_problems(vec![
+        as_bob(format!("/v1/orders/{id}")),
+        as_bob(format!("/v1/orders/{id}/events")),
+    ])
+    .await;
     let admin_view = app
         .http
         .get(app.url(&format!("/v1/orders/{id}")))
@@ -369,10 +252,9 @@ async fn products_are_managed_by_admins() {
             .post(app.url("/v1/products"))
             .bearer_auth(&app.admin)
             .json(&body)
-            .send()
     };
 
-    let response = create(json!({"sku": "FLASH-1", "name": "Flash phone", "price_cents": 19900, "stock": 100, "max_per_customer": 2})).await.unwrap();
+    let response = create(json!({"sku": "FLASH-1", "name": "Flash phone", "price_cents": 19900, "stock": 100, "max_per_customer": 2})).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let product: Value = response.json().await.unwrap();
@@ -385,14 +267,29 @@ async fn products_are_managed_by_admins() {
     assert_eq!(product["active"], true);
     assert!(product["partition"].as_i64().unwrap() < 4);
 
-    expect_problem(
-        create(json!({"sku": "FLASH-1", "name": "again", "price_cents": 1, "stock": 1}))
-            .await
-            .unwrap(),
-        StatusCode::CONFLICT,
-        "sku_taken",
+    let id = product["id"].as_str().unwrap();
+    let patch = |id: &str, body: Value| {
+        app.http
+            .patch(app.url(&format!("/v1/products/{id}")))
+            .bearer_auth(&app.admin)
+            .json(&body)
+    };
+    let patched: Value = patch(
+        id,
+        json!({"name": "Flash phone 2", "max_per_customer": null}),
     )
-    .await;
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(patched["name"], "Flash phone 2");
+    assert!(patched["max_per_customer"].is_null());
+    assert_eq!(patched["price_cents"], 19900);
+
+    let taken = json!({"sku": "FLASH-1", "name": "again", "price_cents": 1, "stock": 1});
+    let mut cases: Vec<Refusal> = vec![("a taken sku".into(), create(taken), 409, "sku_taken")];
     for bad in [
         json!({"sku": "", "name": "x", "price_cents": 1, "stock": 1}),
         json!({"sku": "x".repeat(65), "name": "x", "price_cents": 1, "stock": 1}),
@@ -406,56 +303,21 @@ async fn products_are_managed_by_admins() {
         json!({"sku": "S2", "name": "x", "price_cents": 1}),
         json!({"sku": "S2", "name": "x", "price_cents": 1, "stock": 1, "color": "red"}),
     ] {
-        expect_problem(
-            create(bad.clone()).await.unwrap(),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        )
-        .await;
+        cases.push((format!("create {bad}"), create(bad), 400, "invalid_request"));
     }
-
-    let id = product["id"].as_str().unwrap();
-    let patch = |body: Value| {
-        app.http
-            .patch(app.url(&format!("/v1/products/{id}")))
-            .bearer_auth(&app.admin)
-            .json(&body)
-            .send()
-    };
-    let patched: Value = patch(json!({"name": "Flash phone 2", "max_per_customer": null}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(patched["name"], "Flash phone 2");
-    assert!(patched["max_per_customer"].is_null());
-    assert_eq!(patched["price_cents"], 19900);
-    expect_problem(
-        patch(json!({})).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    expect_problem(
-        patch(json!({"stock": 5})).await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-    )
-    .await;
-    let missing = app
-        .http
-        .patch(app.url(&format!("/v1/products/{}", uuid::Uuid::new_v4())))
-        .bearer_auth(&app.admin)
-        .json(&json!({"name": "x"}))
-        .send()
-        .await
-        .unwrap();
-    expect_problem(missing, StatusCode::NOT_FOUND, "product_not_found").await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    #[rustfmt::skip]
+    cases.extend([
+        ("an empty patch".into(), patch(id, json!({})), 400, "invalid_request"),
+        ("a patch of the stock".into(), patch(id, json!({"stock": 5})), 400, "invalid_request"),
+        ("a patch of an unknown product".into(), patch(&unknown, json!({"name": "x"})), 404, "product_not_found"),
+    ]);
+    expect_problems(cases).await;
 
     // Listing pages through everything, public.
     for i in 0..4 {
         create(json!({"sku": format!("P-{i}"), "name": "p", "price_cents": 1, "stock": 1}))
+            .send()
             .await
             .unwrap();
     }
