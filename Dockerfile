@@ -13,7 +13,7 @@ COPY . .
 # same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --workspace --bins \
+    cargo build --release --locked --workspace --exclude checkline-e2e --bins \
     && mkdir -p /out \
     && cp target/release/checkline-api target/release/checkline-worker \
           target/release/checkline-token target/release/checkline-loadtest /out/

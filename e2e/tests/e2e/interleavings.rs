@@ -3,18 +3,15 @@
 //! a lost acknowledgement, a failed publish racing a retry, a stranded order
 //! retried while NATS is slow. Each test states the promise it holds the API
 //! to; real PostgreSQL, NATS JetStream and Redis throughout.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
+use checkline_e2e::TestApp;
 use checkline_shared::domain::StockEvent;
 use checkline_shared::messages::{QueueMessage, QueuedOrder};
 use checkline_shared::partition::Partition;
 use checkline_shared::queue::{self, Publisher, StreamLimits};
 use checkline_shared::subjects::Subjects;
-use common::TestApp;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;

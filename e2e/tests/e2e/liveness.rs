@@ -1,44 +1,19 @@
 //! Workers as real processes that stall: a worker frozen inside a batch
 //! transaction, or a partition task stuck in an await, must not freeze
 //! failover, lease renewal or hand-over anywhere else.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../../api/tests/common/mod.rs"]
-mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestApp;
-use futures::future::join_all;
+use checkline_e2e::process::{owners, signal, spawn_worker, wait_owners};
+use checkline_e2e::{buy, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// The lease TTL the test harness gives workers.
 const TTL: Duration = Duration::from_millis(2000);
-
-fn spawn_worker(app: &TestApp, id: &str, extra: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
-        .envs(app.worker_vars(id))
-        .envs(extra.iter().copied())
-        .env("CHECKLINE_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker binary starts")
-}
-
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 /// True while the process is stopped (SIGSTOP), from /proc.
 fn stopped(child: &Child) -> bool {
@@ -49,42 +24,11 @@ fn stopped(child: &Child) -> bool {
         .is_some_and(|(_, rest)| rest.starts_with('T'))
 }
 
-async fn owners(app: &TestApp) -> BTreeMap<i32, Option<String>> {
-    sqlx::query_as::<_, (i32, Option<String>)>(
-        "SELECT partition, owner FROM partition_cursors ORDER BY partition",
-    )
-    .fetch_all(&app.env.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect()
-}
-
 async fn tokens(app: &TestApp) -> Vec<i64> {
     sqlx::query_scalar("SELECT fencing_token FROM partition_cursors ORDER BY partition")
         .fetch_all(&app.env.pool)
         .await
         .unwrap()
-}
-
-/// Waits until the owners satisfy `done`; returns how long it took.
-async fn wait_owners(
-    app: &TestApp,
-    limit: Duration,
-    done: impl Fn(&BTreeMap<i32, Option<String>>) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let current = owners(app).await;
-        if done(&current) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "ownership did not settle: {current:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn split_evenly(o: &BTreeMap<i32, Option<String>>, a: &str, b: &str) -> bool {
@@ -94,64 +38,11 @@ fn split_evenly(o: &BTreeMap<i32, Option<String>>, a: &str, b: &str) -> bool {
     })
 }
 
-/// One product per partition (creation assigns partitions round-robin).
-async fn products(app: &TestApp, n: usize, stock: i64) -> Vec<String> {
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(
-            app.create_product(stock, None).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    ids
-}
-
-async fn buy(
-    app: &Arc<TestApp>,
-    products: &[String],
-    from: usize,
-    n: usize,
-) -> Vec<(String, String)> {
-    let buyers = (from..from + n).map(|i| {
-        let app = app.clone();
-        let pid = products[i % products.len()].clone();
-        tokio::spawn(async move {
-            let token = app.customer(&format!("buyer-{i}"));
-            let response = app.order(&token, &format!("k-{i}"), &pid, 1).await;
-            match response.status() {
-                StatusCode::ACCEPTED => Some((
-                    token,
-                    response.json::<Value>().await.unwrap()["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
-                )),
-                StatusCode::CONFLICT => None,
-                other => panic!("unexpected {other}"),
-            }
-        })
-    });
-    join_all(buyers)
-        .await
-        .into_iter()
-        .filter_map(Result::unwrap)
-        .collect()
-}
-
-async fn pending(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
-        .fetch_one(&app.env.pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_worker_paused_mid_batch_does_not_freeze_failover() {
     let app = Arc::new(TestApp::spawn_without_worker().await);
     let stock = 50;
-    let products = products(&app, 4, stock).await;
+    let products = app.create_products(4, stock).await;
     let mut paused = spawn_worker(&app, "live-a", &[("CHECKLINE_FAULTS", "mid_batch:stop")]);
     let mut other = spawn_worker(&app, "live-b", &[]);
     wait_owners(&app, Duration::from_secs(20), |o| {
@@ -178,7 +69,7 @@ async fn a_worker_paused_mid_batch_does_not_freeze_failover() {
     // and decides all their orders within the lease TTL and a few seconds.
     let limit = TTL + Duration::from_secs(5);
     loop {
-        let left = pending(&app).await;
+        let left = app.count_pending().await;
         if left == 0 {
             break;
         }
@@ -209,7 +100,7 @@ async fn a_worker_paused_mid_batch_does_not_freeze_failover() {
     for (token, id) in &accepted {
         app.decided(token, id).await;
     }
-    assert_eq!(pending(&app).await, 0);
+    assert_eq!(app.count_pending().await, 0);
     for pid in &products {
         assert!(
             app.balanced(pid).await,
@@ -246,7 +137,7 @@ async fn a_worker_paused_mid_batch_does_not_freeze_failover() {
 #[tokio::test]
 async fn a_partition_stuck_in_an_await_is_handed_over_within_the_deadline() {
     let app = Arc::new(TestApp::spawn_without_worker().await);
-    let products = products(&app, 4, 10).await;
+    let products = app.create_products(4, 10).await;
     // Long leases: only the hand-over deadline can move the stuck partition
     // quickly; waiting for its lease to expire would take 20 s.
     let settings = [

@@ -1,16 +1,15 @@
-//! Test harness: the real API (in process, on a random port) and a real
+//! The real API (in process, on a random port) and a real in-process
 //! worker, against the real PostgreSQL, NATS and Redis named by the
 //! `CHECKLINE_*` variables, isolated by a fresh database and prefix per test.
-//!
-//! Shared by `api/tests` and `worker/tests` (included with `#[path]`).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use checkline_api::{ApiConfig, Application};
 use checkline_shared::config::Env;
 use checkline_shared::testing::TestEnv;
 use checkline_worker::WorkerConfig;
+use futures::future::join_all;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -223,6 +222,29 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Creates `n` products with `stock` each; creation assigns partitions
+    /// round-robin, so `n` = partitions puts one on each.
+    pub async fn create_products(&self, n: usize, stock: i64) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(
+                self.create_product(stock, None).await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        ids
+    }
+
+    /// Orders not decided yet, over every product.
+    pub async fn count_pending(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+            .fetch_one(&self.env.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn count_orders(&self, product_id: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM orders WHERE product_id = $1::uuid")
             .bind(product_id)
@@ -230,6 +252,37 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// Buyers `from..from + n`, all at once, each ordering one unit of one of
+/// `products` (in turn) with its own token and key. Returns the accepted
+/// orders as (buyer's token, order id); a buyer told "sold out" is left out.
+pub async fn buy(
+    app: &Arc<TestApp>,
+    products: &[String],
+    from: usize,
+    n: usize,
+) -> Vec<(String, String)> {
+    let buyers = (from..from + n).map(|i| {
+        let app = app.clone();
+        let pid = products[i % products.len()].clone();
+        tokio::spawn(async move {
+            let token = app.customer(&format!("buyer-{i}"));
+            let response = app.order(&token, &format!("k-{i}"), &pid, 1).await;
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            match status {
+                StatusCode::ACCEPTED => Some((token, body["id"].as_str().unwrap().to_owned())),
+                StatusCode::CONFLICT => None,
+                other => panic!("unexpected {other}: {body}"),
+            }
+        })
+    });
+    join_all(buyers)
+        .await
+        .into_iter()
+        .filter_map(Result::unwrap)
+        .collect()
 }
 
 /// Reads server-sent events `(event, data)` until the stream ends or

@@ -1,11 +1,8 @@
 //! Server-sent events: order decisions and stock changes reach subscribers.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::{read_events, TestApp};
+use checkline_e2e::{read_events, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 

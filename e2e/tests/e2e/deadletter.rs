@@ -1,13 +1,9 @@
 //! A message that can never be processed is dead-lettered with its reason
 //! and does not block its partition; ops can list and inspect it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../api/tests/common/mod.rs"]
-mod common;
-
+use checkline_e2e::TestApp;
 use checkline_shared::partition::Partition;
 use checkline_shared::subjects::Subjects;
-use common::TestApp;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -89,7 +85,7 @@ async fn poison_is_dead_lettered_and_the_partition_moves_on() {
     );
 
     // The ops command sees it too.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
+    let output = tokio::process::Command::new(checkline_e2e::process::worker_binary())
         .args(["dead-letters", "list"])
         .envs(app.worker_vars("ops"))
         .env_remove("CHECKLINE_WORKER_METRICS_ADDR")

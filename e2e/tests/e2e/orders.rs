@@ -1,14 +1,11 @@
 //! The order path end to end: real API, real worker, real PostgreSQL, NATS
 //! JetStream and Redis.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestApp;
+use checkline_e2e::TestApp;
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -2,16 +2,13 @@
 //! `api/openapi.json`, and listing exactly the routes the router serves.
 //!
 //! After changing an annotation, refresh the copy with
-//! `UPDATE_OPENAPI=1 cargo test -p checkline-api --test openapi`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `UPDATE_OPENAPI=1 cargo test -p checkline-e2e openapi::`.
 
-mod common;
-
-use common::TestApp;
+use checkline_e2e::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-const COPY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+const COPY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../api/openapi.json");
 
 #[tokio::test]
 async fn the_served_document_is_the_contract_and_covers_every_route() {
@@ -29,7 +26,7 @@ async fn the_served_document_is_the_contract_and_covers_every_route() {
     let copy: Value = serde_json::from_str(&std::fs::read_to_string(COPY).unwrap()).unwrap();
     assert!(
         copy == doc,
-        "api/openapi.json is stale: run UPDATE_OPENAPI=1 cargo test -p checkline-api --test openapi"
+        "api/openapi.json is stale: run UPDATE_OPENAPI=1 cargo test -p checkline-e2e openapi::"
     );
 
     // Structurally an OpenAPI 3.1 document.

@@ -2,13 +2,10 @@
 //! through. Rate limits (per customer, per address, Redis down), header
 //! size, slow clients, the connection cap, the event stream cap, and tokens
 //! (rotation, issuer and audience) through the real server.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestApp, SECRET};
+use checkline_e2e::{TestApp, SECRET};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;

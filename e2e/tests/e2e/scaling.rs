@@ -1,72 +1,13 @@
 //! Workers as real processes sharing the partitions: an even spread, failover
 //! after SIGKILL, fencing of a paused former owner, and graceful hand-over on
 //! SIGTERM.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../../api/tests/common/mod.rs"]
-mod common;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::TestApp;
-use futures::future::join_all;
-use reqwest::StatusCode;
-use serde_json::Value;
-use tokio::process::{Child, Command};
-
-fn spawn_worker(app: &TestApp, id: &str, extra: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
-        .envs(app.worker_vars(id))
-        .envs(extra.iter().copied())
-        .env("CHECKLINE_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker binary starts")
-}
-
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-async fn owners(app: &TestApp) -> BTreeMap<i32, Option<String>> {
-    sqlx::query_as::<_, (i32, Option<String>)>(
-        "SELECT partition, owner FROM partition_cursors ORDER BY partition",
-    )
-    .fetch_all(&app.env.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect()
-}
-
-/// Waits until the owners satisfy `done`; returns how long it took.
-async fn wait_owners(
-    app: &TestApp,
-    limit: Duration,
-    done: impl Fn(&BTreeMap<i32, Option<String>>) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let current = owners(app).await;
-        if done(&current) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "ownership did not settle: {current:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use checkline_e2e::process::{signal, spawn_worker, wait_owners};
+use checkline_e2e::{buy, TestApp};
 
 fn counts(owners: &BTreeMap<i32, Option<String>>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -74,52 +15,6 @@ fn counts(owners: &BTreeMap<i32, Option<String>>) -> BTreeMap<String, usize> {
         *counts.entry(owner.clone()).or_insert(0) += 1;
     }
     counts
-}
-
-/// One product per partition (creation assigns partitions round-robin).
-async fn products(app: &TestApp, n: usize, stock: i64) -> Vec<String> {
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(
-            app.create_product(stock, None).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    ids
-}
-
-async fn buy(
-    app: &Arc<TestApp>,
-    products: &[String],
-    from: usize,
-    n: usize,
-) -> Vec<(String, String)> {
-    let buyers = (from..from + n).map(|i| {
-        let app = app.clone();
-        let pid = products[i % products.len()].clone();
-        tokio::spawn(async move {
-            let token = app.customer(&format!("buyer-{i}"));
-            let response = app.order(&token, &format!("k-{i}"), &pid, 1).await;
-            match response.status() {
-                StatusCode::ACCEPTED => Some((
-                    token,
-                    response.json::<Value>().await.unwrap()["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
-                )),
-                StatusCode::CONFLICT => None,
-                other => panic!("unexpected {other}"),
-            }
-        })
-    });
-    join_all(buyers)
-        .await
-        .into_iter()
-        .filter_map(Result::unwrap)
-        .collect()
 }
 
 async fn all_decided_and_balanced(
@@ -136,17 +31,13 @@ async fn all_decided_and_balanced(
             "product {pid}: stock conserved, nothing decided twice"
         );
     }
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
-        .fetch_one(&app.env.pool)
-        .await
-        .unwrap();
-    assert_eq!(pending, 0);
+    assert_eq!(app.count_pending().await, 0);
 }
 
 #[tokio::test]
 async fn three_workers_share_evenly_and_survive_losing_two() {
     let app = Arc::new(TestApp::spawn_without_worker().await);
-    let products = products(&app, 4, 1000).await;
+    let products = app.create_products(4, 1000).await;
     let mut a = spawn_worker(&app, "worker-a", &[]);
     let mut b = spawn_worker(&app, "worker-b", &[]);
     let mut c = spawn_worker(&app, "worker-c", &[]);
@@ -187,7 +78,7 @@ async fn three_workers_share_evenly_and_survive_losing_two() {
 #[tokio::test]
 async fn a_paused_former_owner_never_commits_again() {
     let app = Arc::new(TestApp::spawn_without_worker().await);
-    let products = products(&app, 4, 1000).await;
+    let products = app.create_products(4, 1000).await;
     let mut old = spawn_worker(&app, "worker-old", &[]);
     wait_owners(&app, Duration::from_secs(20), |o| {
         o.values().all(|w| w.as_deref() == Some("worker-old"))
@@ -251,7 +142,7 @@ async fn a_paused_former_owner_never_commits_again() {
 #[tokio::test]
 async fn sigterm_hands_partitions_over_without_waiting_for_expiry() {
     let app = Arc::new(TestApp::spawn_without_worker().await);
-    let products = products(&app, 4, 1000).await;
+    let products = app.create_products(4, 1000).await;
     // Long leases: only an explicit release can make the hand-over quick.
     let long = [("CHECKLINE_LEASE_TTL_MS", "20000")];
     let mut leaving = spawn_worker(&app, "worker-leaving", &long);

@@ -1,32 +1,17 @@
 //! The worker as a real process, killed with SIGKILL in the middle of a flash
 //! sale and started again: nothing accepted is lost, nothing is decided
 //! twice, and first-come first-served holds across the crash.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../../api/tests/common/mod.rs"]
-mod common;
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestApp;
-use futures::future::join_all;
-use reqwest::StatusCode;
-use serde_json::Value;
-use tokio::process::{Child, Command};
+use checkline_e2e::process::{spawn_worker, worker_binary};
+use checkline_e2e::{buy, TestApp};
+use tokio::process::Command;
 
-fn spawn_worker(app: &TestApp, id: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
-        .envs(app.worker_vars(id))
-        // Small batches, so that a kill lands between and inside them.
-        .env("CHECKLINE_BATCH_MAX", "7")
-        .env("CHECKLINE_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("worker binary starts")
-}
+/// Small batches, so that a kill lands between and inside them.
+const SMALL_BATCHES: &[(&str, &str)] = &[("CHECKLINE_BATCH_MAX", "7")];
 
 async fn decided_count(app: &TestApp, product_id: &str) -> i64 {
     sqlx::query_scalar(
@@ -36,36 +21,6 @@ async fn decided_count(app: &TestApp, product_id: &str) -> i64 {
     .fetch_one(&app.env.pool)
     .await
     .unwrap()
-}
-
-/// Places `n` orders from distinct buyers, concurrently; returns the
-/// accepted order ids with their buyers' tokens.
-async fn stampede(
-    app: &Arc<TestApp>,
-    product_id: &str,
-    from: usize,
-    n: usize,
-) -> Vec<(String, String)> {
-    let buyers = (from..from + n).map(|i| {
-        let app = app.clone();
-        let pid = product_id.to_owned();
-        tokio::spawn(async move {
-            let token = app.customer(&format!("buyer-{i}"));
-            let response = app.order(&token, &format!("k-{i}"), &pid, 1).await;
-            let status = response.status();
-            let body: Value = response.json().await.unwrap();
-            match status {
-                StatusCode::ACCEPTED => Some((token, body["id"].as_str().unwrap().to_owned())),
-                StatusCode::CONFLICT => None,
-                other => panic!("unexpected {other}: {body}"),
-            }
-        })
-    });
-    join_all(buyers)
-        .await
-        .into_iter()
-        .filter_map(Result::unwrap)
-        .collect()
 }
 
 async fn check_invariants(
@@ -126,11 +81,11 @@ async fn a_killed_worker_loses_nothing_and_decides_nothing_twice() {
     let product = app.create_product(100, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
 
-    let mut worker = spawn_worker(&app, "crash-1");
+    let mut worker = spawn_worker(&app, "crash-1", SMALL_BATCHES);
     let first = tokio::spawn({
         let app = app.clone();
         let pid = pid.clone();
-        async move { stampede(&app, &pid, 0, 300).await }
+        async move { buy(&app, std::slice::from_ref(&pid), 0, 300).await }
     });
     // Kill the worker once it has decided some, but not all, of the orders.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -147,10 +102,10 @@ async fn a_killed_worker_loses_nothing_and_decides_nothing_twice() {
 
     // Orders keep being accepted while no worker runs.
     let mut accepted = first.await.unwrap();
-    accepted.extend(stampede(&app, &pid, 300, 100).await);
+    accepted.extend(buy(&app, std::slice::from_ref(&pid), 300, 100).await);
     assert!(killed_at < accepted.len() as i64, "the kill landed mid-run");
 
-    let mut worker = spawn_worker(&app, "crash-2");
+    let mut worker = spawn_worker(&app, "crash-2", SMALL_BATCHES);
     check_invariants(&app, &pid, 100, &accepted).await;
     worker.start_kill().unwrap();
     worker.wait().await.unwrap();
@@ -164,9 +119,9 @@ async fn two_workers_starting_together_never_double_decide() {
     let app = Arc::new(TestApp::spawn_without_worker().await);
     let product = app.create_product(60, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
-    let mut a = spawn_worker(&app, "twin-a");
-    let mut b = spawn_worker(&app, "twin-b");
-    let accepted = stampede(&app, &pid, 0, 200).await;
+    let mut a = spawn_worker(&app, "twin-a", SMALL_BATCHES);
+    let mut b = spawn_worker(&app, "twin-b", SMALL_BATCHES);
+    let accepted = buy(&app, std::slice::from_ref(&pid), 0, 200).await;
     check_invariants(&app, &pid, 60, &accepted).await;
     for worker in [&mut a, &mut b] {
         worker.start_kill().unwrap();
@@ -181,10 +136,10 @@ async fn crash_window(point: &str, committed_before_crash: bool) {
     let app = Arc::new(TestApp::spawn_without_worker().await);
     let product = app.create_product(10, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
-    let accepted = stampede(&app, &pid, 0, 20).await;
+    let accepted = buy(&app, std::slice::from_ref(&pid), 0, 20).await;
     assert_eq!(accepted.len(), 20);
 
-    let mut doomed = Command::new(env!("CARGO_BIN_EXE_checkline-worker"))
+    let mut doomed = Command::new(worker_binary())
         .envs(app.worker_vars("doomed"))
         .env("CHECKLINE_FAULTS", format!("{point}:crash"))
         .env("CHECKLINE_LOG", "error")
@@ -205,7 +160,7 @@ async fn crash_window(point: &str, committed_before_crash: bool) {
         assert_eq!(decided, 0, "{point}: nothing was committed");
     }
 
-    let mut healthy = spawn_worker(&app, "healthy");
+    let mut healthy = spawn_worker(&app, "healthy", SMALL_BATCHES);
     check_invariants(&app, &pid, 10, &accepted).await;
     healthy.start_kill().unwrap();
     healthy.wait().await.unwrap();

@@ -1,0 +1,17 @@
+//! Every test that runs the API and workers together, in one binary (one
+//! link of the whole stack), against the real PostgreSQL, NATS JetStream and
+//! Redis named by the `CHECKLINE_*` variables. The harness is the
+//! `checkline_e2e` library.
+// A test fails by panicking, with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod contract;
+mod crash;
+mod deadletter;
+mod edge;
+mod events;
+mod interleavings;
+mod liveness;
+mod openapi;
+mod orders;
+mod scaling;
