@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::env::TestEnv;
 use checkline_api::{ApiConfig, Application};
 use checkline_shared::config::Env;
-use checkline_shared::testing::TestEnv;
 use checkline_worker::WorkerConfig;
 use futures::future::join_all;
 use futures::StreamExt;

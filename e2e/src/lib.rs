@@ -7,15 +7,19 @@
 //!   worker, on a fresh database and prefix; requests and checks the tests
 //!   share; [`buy`], a crowd of buyers at once; [`read_events`] for
 //!   server-sent events.
-//! - [`process`]: workers as real processes (the `checkline-worker` binary),
-//!   signalled like an operator would, and who owns which partition.
+//! - [`env`]: [`env::TestEnv`], a fresh PostgreSQL database and a unique
+//!   NATS and Redis prefix per test, on the servers the `CHECKLINE_*`
+//!   variables name.
+//! - `src/bin/worker.rs`: the worker's program, built by this package so
+//!   that its tests can start workers as real processes.
 //!
 //! The tests themselves are one integration-test binary, `tests/e2e/`, one
-//! module per subject.
+//! module per subject, with `tests/e2e/process.rs` starting, signalling and
+//! watching worker processes.
 // A harness fails by panicking, with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod app;
-pub mod process;
+pub mod env;
 
 pub use app::{buy, read_events, TestApp, SECRET};

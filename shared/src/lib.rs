@@ -29,5 +29,3 @@ pub mod queue;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;

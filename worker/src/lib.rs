@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the command line (run, or inspect dead letters).
 //! - [`config`]: `CHECKLINE_*` settings of the worker.
 //! - [`lease`] and [`coordinator`]: which partitions this worker runs
 //!   (leases in NATS KV, fencing tokens in PostgreSQL, even spread).
@@ -19,6 +20,7 @@
 //! - [`deadletter`]: messages that can never be processed, kept for ops.
 //! - [`metrics`]: the worker's Prometheus metrics.
 
+pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod deadletter;

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkline_e2e::process::{spawn_worker, worker_binary};
+use crate::process::{spawn_worker, worker_binary};
 use checkline_e2e::{buy, TestApp};
 use tokio::process::Command;
 

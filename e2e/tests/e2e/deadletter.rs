@@ -85,7 +85,7 @@ async fn poison_is_dead_lettered_and_the_partition_moves_on() {
     );
 
     // The ops command sees it too.
-    let output = tokio::process::Command::new(checkline_e2e::process::worker_binary())
+    let output = tokio::process::Command::new(crate::process::worker_binary())
         .args(["dead-letters", "list"])
         .envs(app.worker_vars("ops"))
         .env_remove("CHECKLINE_WORKER_METRICS_ADDR")

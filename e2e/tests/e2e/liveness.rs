@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use checkline_e2e::process::{owners, signal, spawn_worker, wait_owners};
+use crate::process::{owners, signal, spawn_worker, wait_owners};
 use checkline_e2e::{buy, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;

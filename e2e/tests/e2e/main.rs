@@ -14,4 +14,5 @@ mod interleavings;
 mod liveness;
 mod openapi;
 mod orders;
+mod process;
 mod scaling;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkline_e2e::process::{signal, spawn_worker, wait_owners};
+use crate::process::{signal, spawn_worker, wait_owners};
 use checkline_e2e::{buy, TestApp};
 
 fn counts(owners: &BTreeMap<i32, Option<String>>) -> BTreeMap<String, usize> {

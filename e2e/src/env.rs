@@ -5,8 +5,8 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::config::{CommonConfig, Env};
-use crate::db::{self, PoolSettings};
+use checkline_shared::config::{CommonConfig, Env};
+use checkline_shared::db::{self, PoolSettings};
 
 /// One isolated test environment.
 pub struct TestEnv {
@@ -90,7 +90,7 @@ impl TestEnv {
         self.pool.close().await;
         if let Ok(client) = async_nats::connect(self.config.nats_url.as_str()).await {
             let js = async_nats::jetstream::new(client);
-            let subjects = crate::subjects::Subjects::new(&self.config.prefix);
+            let subjects = checkline_shared::subjects::Subjects::new(&self.config.prefix);
             for name in [
                 subjects.stream_name(),
                 subjects.dead_letter_stream(),
