@@ -90,6 +90,23 @@ pub fn page(query: &HashMap<String, String>) -> Result<(i64, Option<Uuid>), ApiE
     Ok((limit, cursor))
 }
 
+/// The page out of rows fetched with `LIMIT limit + 1` (see [`page`]): at
+/// most `limit` items, and the cursor to the next page when there is one
+/// (the last item's id).
+pub fn split_page<T>(
+    mut items: Vec<T>,
+    limit: i64,
+    id: impl Fn(&T) -> Uuid,
+) -> (Vec<T>, Option<String>) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if items.len() <= limit {
+        return (items, None);
+    }
+    items.truncate(limit);
+    let next = items.last().map(|item| id(item).to_string());
+    (items, next)
+}
+
 /// `wait` of a long poll, the only query parameter of `GET /v1/orders/{id}`:
 /// seconds from 0 to `max_secs`; absent, 0.
 pub fn wait(query: &HashMap<String, String>, max_secs: u64) -> Result<Duration, ApiError> {
@@ -125,6 +142,16 @@ mod tests {
     use super::*;
     use crate::error::ProblemCode;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn a_page_names_the_next_only_when_there_is_more() {
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let (items, next) = split_page(ids.clone(), 2, |id| *id);
+        assert_eq!(items, ids[..2]);
+        assert_eq!(next, Some(ids[1].to_string()));
+        let (items, next) = split_page(ids.clone(), 3, |id| *id);
+        assert_eq!((items.len(), next), (3, None));
+    }
 
     #[test]
     fn media_type_and_syntax() {

@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::accept::{self, Accepted};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
+use crate::extract::{idempotency_key, json_body, page, path_id, request_id, split_page};
 use crate::hub::Watch;
 use crate::state::AppState;
 
@@ -310,13 +310,8 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
-    let mut items: Vec<Order> = rows.into_iter().map(Order::from).collect();
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|o| o.id.to_string())
-    } else {
-        None
-    };
+    let items: Vec<Order> = rows.into_iter().map(Order::from).collect();
+    let (items, next_cursor) = split_page(items, limit, |o| o.id);
     Ok(Json(OrderPage { items, next_cursor }))
 }
 

@@ -20,7 +20,7 @@ use crate::auth::Caller;
 use crate::catalog;
 use crate::db::{ProductRow, PRODUCT_COLUMNS};
 use crate::error::ApiError;
-use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
+use crate::extract::{idempotency_key, json_body, page, path_id, request_id, split_page};
 use crate::restock::{self, Restocked};
 use crate::state::AppState;
 
@@ -242,13 +242,8 @@ pub async fn list(
     .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
-    let mut items: Vec<Product> = rows.into_iter().map(Product::from).collect();
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|p| p.id.to_string())
-    } else {
-        None
-    };
+    let items: Vec<Product> = rows.into_iter().map(Product::from).collect();
+    let (items, next_cursor) = split_page(items, limit, |p| p.id);
     Ok(Json(ProductPage { items, next_cursor }))
 }
 
