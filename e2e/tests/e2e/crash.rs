@@ -78,7 +78,10 @@ async fn check_invariants(
 #[tokio::test]
 async fn a_killed_worker_loses_nothing_and_decides_nothing_twice() {
     let app = Arc::new(TestApp::spawn_without_worker().await);
-    let product = app.create_product(100, None).await;
+    // More stock than the first wave of buyers: the product cannot sell out
+    // before the kill, so the second wave is accepted while no worker runs
+    // and the kill always lands with orders left to decide.
+    let product = app.create_product(350, None).await;
     let pid = product["id"].as_str().unwrap().to_owned();
 
     let mut worker = spawn_worker(&app, "crash-1", SMALL_BATCHES);
@@ -106,7 +109,7 @@ async fn a_killed_worker_loses_nothing_and_decides_nothing_twice() {
     assert!(killed_at < accepted.len() as i64, "the kill landed mid-run");
 
     let mut worker = spawn_worker(&app, "crash-2", SMALL_BATCHES);
-    check_invariants(&app, &pid, 100, &accepted).await;
+    check_invariants(&app, &pid, 350, &accepted).await;
     worker.start_kill().unwrap();
     worker.wait().await.unwrap();
     Arc::into_inner(app).unwrap().shutdown().await;
