@@ -1,9 +1,11 @@
-//! Row mappings only the API reads (those both binaries read are in
+//! Rows only the API reads (those both binaries read are in
 //! `checkline_shared::db`).
 
-use checkline_shared::domain::Product;
+use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
+use checkline_shared::domain::{Order, Product};
 use checkline_shared::partition::Partition;
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Columns selected for a [`Product`], in [`ProductRow`]'s order.
@@ -37,4 +39,14 @@ impl From<ProductRow> for Product {
             updated_at: row.updated_at,
         }
     }
+}
+
+/// Reads one order.
+pub async fn fetch_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let row: Option<OrderRow> =
+        sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(Order::from))
 }

@@ -17,7 +17,7 @@
 //! - [`metrics`]: the counters behind `GET /metrics`.
 //! - [`extract`]: strict parsing of bodies, headers, ids and queries.
 //! - [`auth`]: HS256 bearer tokens (key rotation, `iss`/`aud`) and roles.
-//! - [`db`]: row mappings only the API reads.
+//! - [`db`]: rows only the API reads (a product, one order).
 //! - [`redis`]: the Redis connection set-up, every Redis key, the order cache.
 //! - [`ratelimit`]: GCRA rate limits in Redis, with an in-process fallback.
 //! - [`streams`]: the cap on open event streams.

@@ -262,16 +262,6 @@ impl From<OrderRow> for Order {
     }
 }
 
-/// Reads one order.
-pub async fn fetch_order(pool: &PgPool, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    let row: Option<OrderRow> =
-        sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(Order::from))
-}
-
 /// The same server URL with another database name (query parameters kept).
 pub fn with_database(url: &str, database: &str) -> String {
     let authority_start = url.find("://").map_or(0, |i| i + 3);

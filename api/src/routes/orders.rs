@@ -163,7 +163,7 @@ async fn load_visible(state: &AppState, caller: &Caller, id: Uuid) -> Result<Ord
     let order = match state.cache.order(id).await {
         Some(order) => order,
         None => {
-            let order = checkline_shared::db::fetch_order(&state.pool, id)
+            let order = crate::db::fetch_order(&state.pool, id)
                 .await?
                 .ok_or(ApiError::OrderNotFound)?;
             if order.status.is_decided() {
@@ -207,8 +207,7 @@ async fn wait_subscribed(
     loop {
         // Also re-read periodically: a lost event must not leave us waiting.
         if reread {
-            if let Some(current) = checkline_shared::db::fetch_order(&state.pool, latest.id).await?
-            {
+            if let Some(current) = crate::db::fetch_order(&state.pool, latest.id).await? {
                 latest = current;
             }
         }
