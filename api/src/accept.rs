@@ -326,23 +326,22 @@ async fn answer_known_keys(
     Ok(())
 }
 
-/// A retried order that is still pending long after it was written may never
-/// have reached the queue: publish it again, in the background (a duplicate
-/// is harmless).
+/// A retried order that is still pending may never have reached the queue
+/// (see [`Requeuer::submit_if_stranded`]).
 fn requeue_if_stranded(
     deps: &Deps,
     order: &Order,
     partition: Partition,
     request_id: Option<String>,
 ) {
-    let age = (chrono::Utc::now() - order.created_at)
-        .to_std()
-        .unwrap_or_default();
-    if order.status.is_decided() || age <= deps.config.common.requeue_after {
-        return;
+    if !order.status.is_decided() {
+        deps.requeuer.submit_if_stranded(
+            partition,
+            QueueMessage::lone_order(order),
+            order.created_at,
+            request_id,
+        );
     }
-    deps.requeuer
-        .submit(partition, QueueMessage::lone_order(order), request_id);
 }
 
 /// Reads the products the catalog does not know, or whose "sold out" is too

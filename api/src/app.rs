@@ -86,6 +86,7 @@ impl Application {
                 stream_limits: StreamLimits::from_config(common),
                 faults: common.faults.clone(),
                 metrics: metrics.clone(),
+                requeue_after: common.requeue_after,
             },
             config.requeue_queue_max,
         );

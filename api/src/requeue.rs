@@ -38,6 +38,7 @@ struct Item {
 pub struct Requeuer {
     tx: mpsc::Sender<Item>,
     metrics: Arc<Metrics>,
+    requeue_after: Duration,
 }
 
 /// What the requeue task publishes with.
@@ -49,14 +50,41 @@ pub struct Deps {
     pub stream_limits: StreamLimits,
     pub faults: Arc<Faults>,
     pub metrics: Arc<Metrics>,
+    /// How long a pending row may be unqueued before a retry that finds it
+    /// publishes it again (`CHECKLINE_REQUEUE_AFTER_MS`).
+    pub requeue_after: Duration,
 }
 
 impl Requeuer {
     pub fn start(deps: Deps, capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity);
-        let metrics = deps.metrics.clone();
+        let (metrics, requeue_after) = (deps.metrics.clone(), deps.requeue_after);
         tokio::spawn(run(rx, Arc::new(deps)));
-        Self { tx, metrics }
+        Self {
+            tx,
+            metrics,
+            requeue_after,
+        }
+    }
+
+    /// What a retry does with a row it finds still pending: one written
+    /// longer than `CHECKLINE_REQUEUE_AFTER_MS` ago may never have reached
+    /// the queue, so it is [`submit`](Self::submit)ted again (a copy of a
+    /// message that is queued after all is harmless); a younger one is left
+    /// to its own publish.
+    pub fn submit_if_stranded(
+        &self,
+        partition: Partition,
+        message: QueueMessage,
+        written_at: chrono::DateTime<chrono::Utc>,
+        request_id: Option<String>,
+    ) {
+        let age = (chrono::Utc::now() - written_at)
+            .to_std()
+            .unwrap_or_default();
+        if age > self.requeue_after {
+            self.submit(partition, message, request_id);
+        }
     }
 
     /// Queues `message` for publishing on `partition`; never waits. When the

@@ -6,10 +6,8 @@
 //! written as a pending row (the unique (caller, key) constraint settles
 //! races between identical requests), announced to every API instance (so
 //! none keeps answering "sold out"), published to the product's queue
-//! (through the one `Publisher`) and, should that fail, published again in the background. Then it
-//! waits a bounded time for the worker to apply it.
-
-use std::time::Duration;
+//! (through the one `Publisher`) and, should that fail, published again in
+//! the background. Then it waits a bounded time for the worker to apply it.
 
 use checkline_shared::domain::{request_hash, CustomerId, IdempotencyKey, RestockResult};
 use checkline_shared::messages::QueueMessage;
@@ -91,13 +89,12 @@ pub async fn restock(state: &AppState, request: Request<'_>) -> Result<Restocked
                 product_id,
                 quantity,
             };
-            // Pending long past its publish: it may never have reached the
-            // queue. Publish it again in the background (a copy is harmless).
-            if age(created_at) > state.config.common.requeue_after {
-                state
-                    .requeuer
-                    .submit(partition, message, request_id.map(str::to_owned));
-            }
+            state.requeuer.submit_if_stranded(
+                partition,
+                message,
+                created_at,
+                request_id.map(str::to_owned),
+            );
             return wait_for_restock(state, restock_id, product_id).await;
         }
 
@@ -191,12 +188,6 @@ async fn enqueue(
             ))
         }
     }
-}
-
-fn age(created_at: chrono::DateTime<chrono::Utc>) -> Duration {
-    (chrono::Utc::now() - created_at)
-        .to_std()
-        .unwrap_or_default()
 }
 
 /// Waits, up to `CHECKLINE_RESTOCK_WAIT_MS`, for the worker to apply the
