@@ -13,7 +13,8 @@
 //!    (customer, key) constraint settles every race and finds the retries,
 //!    which are answered from the stored order: one more query, if any),
 //! 3. publishes one queue message per product holding its orders in arrival
-//!    order, and waits for JetStream's fsynced acknowledgements,
+//!    order, all of them as one atomic JetStream batch (one fsynced write and
+//!    one acknowledgement however many products the batch spans),
 //! 4. answers each request: 202, 200 replayed, or its error.
 //!
 //! A request waits at most for its own batch. Every bound is a setting.
@@ -496,43 +497,90 @@ struct OrderRowWithPartition {
     partition: Partition,
 }
 
-/// One message per product, published concurrently; each request is
-/// answered when its product's message is acknowledged.
+/// The orders of one product in one accept batch, in arrival order: one
+/// queue message.
+struct Group {
+    product_id: Uuid,
+    partition: Partition,
+    orders: Vec<Written>,
+}
+
+impl Group {
+    fn message(&self) -> (Partition, QueueMessage) {
+        let message = QueueMessage::Orders {
+            product_id: self.product_id,
+            orders: self
+                .orders
+                .iter()
+                .map(|w| QueuedOrder {
+                    order_id: w.order.id,
+                    customer_id: w.order.customer_id.clone(),
+                    quantity: w.order.quantity,
+                })
+                .collect(),
+        };
+        (self.partition, message)
+    }
+}
+
+/// One message per product, all of them one atomic queue write (one fsync,
+/// one acknowledgement, whatever the number of products): each request is
+/// answered when that write is acknowledged, or told 503 with the rest of
+/// its write when it is not. Only a batch spanning more products than
+/// `CHECKLINE_QUEUE_BATCH_MAX` is cut into several writes, published
+/// concurrently; an order is always inside exactly one of them.
 async fn publish(deps: &Deps, written: Vec<Written>) {
     if written.is_empty() {
         return;
     }
-    let mut groups: Vec<(Uuid, Partition, Vec<Written>)> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<Uuid, usize> = HashMap::new();
     for w in written {
-        match groups.iter_mut().find(|(p, _, _)| *p == w.order.product_id) {
-            Some((_, _, group)) => group.push(w),
-            None => groups.push((w.order.product_id, w.partition, vec![w])),
+        let product_id = w.order.product_id;
+        match index.get(&product_id) {
+            Some(&i) => groups[i].orders.push(w),
+            None => {
+                index.insert(product_id, groups.len());
+                groups.push(Group {
+                    product_id,
+                    partition: w.partition,
+                    orders: vec![w],
+                });
+            }
         }
     }
-    let sends = groups
-        .into_iter()
-        .map(|(product_id, partition, group)| async move {
-            let result = publish_group(deps, product_id, partition, &group).await;
-            (group, result)
-        });
-    for (group, result) in futures::future::join_all(sends).await {
+    let mut writes: Vec<Vec<Group>> = Vec::new();
+    for group in groups {
+        match writes.last_mut() {
+            Some(write) if write.len() < deps.publisher.batch_max() => write.push(group),
+            _ => writes.push(vec![group]),
+        }
+    }
+    let sends = writes.into_iter().map(|write| async move {
+        let result = publish_write(deps, &write).await;
+        (write, result)
+    });
+    for (write, result) in futures::future::join_all(sends).await {
         match result {
             Ok(()) => {
-                deps.backlog.add(group[0].partition, group.len() as i64);
-                for w in group {
-                    deps.metrics.orders_accepted.inc();
-                    let _ = w.reply.send(Ok(Accepted::New(w.order)));
+                for group in write {
+                    deps.backlog.add(group.partition, group.orders.len() as i64);
+                    for w in group.orders {
+                        deps.metrics.orders_accepted.inc();
+                        let _ = w.reply.send(Ok(Accepted::New(w.order)));
+                    }
                 }
             }
             Err(err) => {
                 deps.metrics.publish_failures.inc();
-                tracing::warn!(error = %err, orders = group.len(), "queue publish failed; requeueing in the background");
-                // The rows stay: the message may be in the queue after all
+                let orders: usize = write.iter().map(|g| g.orders.len()).sum();
+                tracing::warn!(error = %err, orders, "queue publish failed; requeueing in the background");
+                // The rows stay: the messages may be in the queue after all
                 // (a lost acknowledgement), and taking them back would race
                 // the worker deciding them. Each order is published again on
                 // its own; the worker decides only pending rows, so a copy is
                 // harmless, and the sweep catches whatever this misses.
-                for w in group {
+                for w in write.into_iter().flat_map(|g| g.orders) {
                     deps.requeuer.submit(
                         w.partition,
                         QueueMessage::lone_order(&w.order),
@@ -549,38 +597,19 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
     }
 }
 
-async fn publish_group(
-    deps: &Deps,
-    product_id: Uuid,
-    partition: Partition,
-    group: &[Written],
-) -> Result<(), queue::PublishError> {
-    let message = QueueMessage::Orders {
-        product_id,
-        orders: group
-            .iter()
-            .map(|w| QueuedOrder {
-                order_id: w.order.id,
-                customer_id: w.order.customer_id.clone(),
-                quantity: w.order.quantity,
-            })
-            .collect(),
-    };
-    let request_id = group.first().and_then(|w| w.request_id.as_deref());
-    let published = deps
-        .publisher
-        .publish(partition, &message, request_id)
-        .await?;
+/// Publishes one atomic write. Its messages are published once, by the
+/// batch that wrote their orders: a duplicate means JetStream dropped them,
+/// and the write fails.
+async fn publish_write(deps: &Deps, write: &[Group]) -> Result<(), queue::PublishError> {
+    let messages: Vec<(Partition, QueueMessage)> = write.iter().map(Group::message).collect();
+    let request_id = write
+        .first()
+        .and_then(|g| g.orders.first())
+        .and_then(|w| w.request_id.as_deref());
+    deps.publisher.publish_atomic(&messages, request_id).await?;
     if deps.config.common.faults.fail("accept_ack_lost") {
         return Err(queue::PublishError::Timeout(
             deps.config.common.publish_timeout,
-        ));
-    }
-    // A group is published once, by the batch that wrote its orders: a
-    // duplicate means JetStream dropped it, and its orders are not queued.
-    if published.duplicate {
-        return Err(queue::PublishError::Failed(
-            "JetStream dropped the group as a duplicate".into(),
         ));
     }
     Ok(())

@@ -132,6 +132,10 @@ pub struct CommonConfig {
     pub duplicate_window: Duration,
     /// How long a queue publish may wait for JetStream's acknowledgement.
     pub publish_timeout: Duration,
+    /// Messages written to the queue as one atomic JetStream batch (one
+    /// stored write, one acknowledgement). JetStream refuses batches above
+    /// 1,000 messages; 1 publishes every message on its own.
+    pub queue_batch_max: usize,
     /// How long a request may wait for a free PostgreSQL connection.
     pub db_acquire_timeout: Duration,
     /// A pending order older than this is taken as possibly never queued: the
@@ -178,6 +182,7 @@ impl CommonConfig {
                 86_400,
             )?),
             publish_timeout: env.millis("CHECKLINE_PUBLISH_TIMEOUT_MS", 5_000, 10, 60_000)?,
+            queue_batch_max: env.number("CHECKLINE_QUEUE_BATCH_MAX", 1_000, 1, 1_000)?,
             db_acquire_timeout: env.millis(
                 "CHECKLINE_DB_ACQUIRE_TIMEOUT_MS",
                 5_000,

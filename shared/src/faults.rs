@@ -20,7 +20,9 @@
 //!
 //! Points: the API's `accept_batch_start`, `accept_after_door`,
 //! `accept_second_lookup`, `accept_ack_lost`, `restock_before_enqueue`,
-//! `restock_publish`, `requeue_publish`; the worker's, in the order a batch
+//! `restock_publish`, `requeue_publish`; the queue publisher's `queue_batch_gap`
+//! (one message in the middle of an atomic batch never sent, so that the
+//! server refuses the batch); the worker's, in the order a batch
 //! passes them, `mid_batch` (decisions written, not committed),
 //! `before_commit`, `after_commit` (committed, nothing published: the moment
 //! a queue ack would be lost), `publish` (before the result events) and

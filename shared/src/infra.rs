@@ -66,7 +66,7 @@ pub async fn connect(
         first_sequence,
     )
     .await?;
-    let publisher = Publisher::new(js.clone(), subjects.clone(), config.publish_timeout);
+    let publisher = Publisher::from_config(js.clone(), subjects.clone(), config);
     Ok(Infra {
         pool,
         subjects,

@@ -646,3 +646,158 @@ async fn a_running_worker_follows_a_stream_created_anew() {
     assert!(app.balanced(&pid).await);
     app.shutdown().await;
 }
+
+/// Every `Nats-Msg-Id` stored in the queue stream, oldest first.
+async fn queued_message_ids(app: &TestApp) -> Vec<String> {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    use futures::StreamExt;
+    let client = async_nats::connect(app.env.config.nats_url.as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subjects = Subjects::new(&app.env.config.prefix);
+    let stream = js.get_stream(subjects.stream_name()).await.unwrap();
+    if stream.cached_info().state.messages == 0 {
+        return Vec::new();
+    }
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subjects.orders_all(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut ids = Vec::new();
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+    {
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        ids.push(id);
+    }
+    ids
+}
+
+/// Messages for several products are one atomic write: a write holding a
+/// message JetStream refuses (here a duplicate of one already stored) is
+/// refused whole, and none of its other messages is stored.
+#[tokio::test]
+async fn an_atomic_queue_write_is_stored_whole_or_not_at_all() {
+    let app = TestApp::spawn_without_worker().await;
+    let products = app.create_products(3, 5).await;
+    let client = async_nats::connect(app.env.config.nats_url.as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subjects = Subjects::new(&app.env.config.prefix);
+    let publisher = Publisher::new(js.clone(), subjects.clone(), Duration::from_secs(5));
+    let partition = Partition::new(0);
+    let group = |product: &str| QueueMessage::Orders {
+        product_id: product.parse().unwrap(),
+        orders: vec![QueuedOrder {
+            order_id: Uuid::now_v7(),
+            customer_id: "ivy".into(),
+            quantity: 1,
+        }],
+    };
+    let stored = group(&products[0]);
+    publisher
+        .publish_atomic(&[(partition, stored.clone())], None)
+        .await
+        .unwrap();
+    let last = |js: async_nats::jetstream::Context| {
+        let name = subjects.stream_name();
+        async move {
+            let mut stream = js.get_stream(name).await.unwrap();
+            stream.info().await.unwrap().state.last_sequence
+        }
+    };
+    let before = last(js.clone()).await;
+
+    let fresh = [group(&products[1]), group(&products[2])];
+    let refused = publisher
+        .publish_atomic(
+            &[
+                (partition, fresh[0].clone()),
+                (partition, stored.clone()),
+                (partition, fresh[1].clone()),
+            ],
+            None,
+        )
+        .await;
+    assert!(refused.is_err(), "a write with a duplicate is refused");
+    assert_eq!(last(js.clone()).await, before, "nothing of it was stored");
+
+    let written: Vec<_> = fresh.iter().map(|m| (partition, m.clone())).collect();
+    publisher.publish_atomic(&written, None).await.unwrap();
+    assert_eq!(last(js.clone()).await, before + 2, "stored together");
+    let ids = queued_message_ids(&app).await;
+    let expected: Vec<String> = std::iter::once(&stored)
+        .chain(&fresh)
+        .map(QueueMessage::message_id)
+        .collect();
+    assert_eq!(ids, expected);
+    app.shutdown().await;
+}
+
+/// An accept batch spanning several products is queued as one atomic
+/// write. When that write fails in the middle (one of its messages never
+/// reaches the server), the server refuses all of it: no order of the batch
+/// is answered 202 while another is lost, every client is told 503, and
+/// every order is still queued again, decided once and returned to its
+/// retry.
+#[tokio::test]
+async fn an_accept_batch_whose_queue_write_fails_midway_is_answered_as_one() {
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_ACCEPT_PIPELINES", "1"),
+        ("CHECKLINE_FAULTS", "accept_batch_start:700,queue_batch_gap"),
+    ])
+    .await;
+    let products = app.create_products(5, 10).await;
+    let (lone, products) = products.split_first().unwrap();
+    let erin = app.customer("erin");
+    // The first request holds the only pipeline; the next four, one per
+    // product, form the second batch: one write of four messages.
+    let first = spawn_order(&app, erin.clone(), "e0", lone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest: Vec<_> = products
+        .iter()
+        .enumerate()
+        .map(|(i, p)| spawn_order(&app, erin.clone(), &format!("e{}", i + 1), p))
+        .collect();
+    assert_eq!(first.await.unwrap().status(), StatusCode::ACCEPTED);
+    for answer in rest {
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(answer.headers().contains_key("retry-after"));
+    }
+    // The refused write left none of its group messages in the queue; its
+    // orders are there only as the lone copies the requeuer published.
+    let mut orders = Vec::new();
+    for (i, p) in products.iter().enumerate() {
+        let retry = app.order(&erin, &format!("e{}", i + 1), p, 1).await;
+        assert_eq!(retry.status(), StatusCode::OK, "the order was recorded");
+        let retry: Value = retry.json().await.unwrap();
+        orders.push(retry["id"].as_str().unwrap().to_owned());
+    }
+    let ids = queued_message_ids(&app).await;
+    for id in &orders {
+        assert!(!ids.contains(&format!("g.{id}")), "{ids:?}");
+    }
+    app.start_worker().await;
+    for id in &orders {
+        let decided = app.decided(&erin, id).await;
+        assert_eq!(decided["status"], "confirmed");
+    }
+    for p in products {
+        assert_eq!(app.count_orders(p).await, 1);
+        assert_eq!(stock_becomes(&app, p, 9, Duration::from_secs(5)).await, 9);
+        assert!(app.balanced(p).await);
+    }
+    app.shutdown().await;
+}
