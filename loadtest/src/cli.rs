@@ -281,6 +281,9 @@ pub struct ManyProductsArgs {
     #[arg(long, value_name = "S",
           value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub stock: Option<u64>,
+
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -593,7 +596,7 @@ impl ScenarioSettings {
                     products: args.products,
                     stock,
                     max_per_customer: None,
-                    baseline: None,
+                    baseline: BaselineSettings::from_args(&args.baseline),
                 })
             }
             Command::SoldOutStorm(args) => Ok(Self {
@@ -840,13 +843,34 @@ mod tests {
 
     #[test]
     fn baseline_is_offered_where_it_applies() {
-        assert!(parse(&["many-products", "--baseline"]).is_err());
         let err = settings(&["flash-sale", "--baseline", "--max-per-customer", "1"])
             .unwrap_err()
             .to_string();
         assert!(err.contains("--max-per-customer"), "{err}");
         let s = settings(&["flash-sale", "--baseline"]).unwrap();
         assert_eq!(s.baseline, Some(BaselineSettings { pool_size: 32 }));
+    }
+
+    #[test]
+    fn many_products_compares_with_the_baseline_over_the_same_products() {
+        let s = settings(&[
+            "many-products",
+            "--products",
+            "100",
+            "--buyers",
+            "2000",
+            "--baseline",
+            "--baseline-pool",
+            "16",
+        ])
+        .unwrap();
+        assert_eq!(s.baseline, Some(BaselineSettings { pool_size: 16 }));
+        assert_eq!((s.products, s.stock), (100, 2000), "none sells out");
+        assert!(settings(&["many-products"]).unwrap().baseline.is_none());
+        let err = parse(&["many-products", "--baseline-pool", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--baseline-pool"), "{err}");
     }
 
     #[test]
