@@ -86,6 +86,10 @@ pub enum Command {
     /// Sell a product out, then send a storm of buyers at it and measure how
     /// fast the API answers `409 sold_out`.
     SoldOutStorm(SoldOutStormArgs),
+    /// Print bearer tokens signed with the API's secret, one per line, for
+    /// driving the API with another load generator (`scripts/bench-wrk.sh`).
+    /// Sends no load.
+    Tokens(TokensArgs),
 }
 
 /// How load is offered (`--mode`, and the report's `config.mode`); the
@@ -299,6 +303,23 @@ pub struct SoldOutStormArgs {
 
     #[command(flatten)]
     pub baseline: BaselineArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokensArgs {
+    /// Customer tokens to print, for the customers `<PREFIX>-0` …
+    /// `<PREFIX>-<N-1>`, in that order.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub customers: u32,
+
+    /// Customer id prefix.
+    #[arg(long, value_name = "PREFIX", default_value = "wrk")]
+    pub prefix: String,
+
+    /// Print one administrator token (`loadtest-admin`) instead.
+    #[arg(long, conflicts_with_all = ["customers", "prefix"])]
+    pub admin: bool,
 }
 
 /// Validated connection settings.
@@ -599,6 +620,7 @@ impl ScenarioSettings {
                     baseline: BaselineSettings::from_args(&args.baseline),
                 })
             }
+            Command::Tokens(_) => bail!("`tokens` prints tokens; it is not a load scenario"),
             Command::SoldOutStorm(args) => Ok(Self {
                 kind: ScenarioKind::SoldOutStorm,
                 load: LoadSettings::from_args(&args.load, SOLD_OUT_STORM_BUYERS)?,
