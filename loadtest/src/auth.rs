@@ -4,6 +4,8 @@ use anyhow::{ensure, Context, Result};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
+use crate::cli::TokensArgs;
+
 /// Subject of the administrator that creates the sale's product.
 pub const ADMIN_SUBJECT: &str = "loadtest-admin";
 
@@ -69,6 +71,26 @@ pub fn buyer_subject(run_id: &str, index: u32) -> String {
     format!("buyer-{run_id}-{index}")
 }
 
+/// The tokens `checkline-loadtest tokens` prints, in order: one
+/// administrator token with `admin`, else customer tokens for
+/// `<prefix>-0` … `<prefix>-<customers - 1>`. Every subject is checked
+/// before any token is signed.
+pub fn token_list(minter: &TokenMinter, args: &TokensArgs) -> Result<Vec<String>> {
+    if args.admin {
+        return Ok(vec![minter.admin()?]);
+    }
+    let last = format!("{}-{}", args.prefix, args.customers.saturating_sub(1));
+    ensure!(
+        is_valid_subject(&last),
+        "--prefix {:?}: customer ids such as {last:?} must be 1-64 characters of \
+         [A-Za-z0-9_.@-]",
+        args.prefix
+    );
+    (0..args.customers)
+        .map(|index| minter.customer(&format!("{}-{index}", args.prefix)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +137,50 @@ mod tests {
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::HS256);
         assert!(decode_with("other-secret", &token).is_err());
+    }
+
+    fn tokens_args(customers: u32, prefix: &str, admin: bool) -> TokensArgs {
+        TokensArgs {
+            customers,
+            prefix: prefix.to_owned(),
+            admin,
+        }
+    }
+
+    #[test]
+    fn token_list_names_each_customer_in_order() {
+        let minter = TokenMinter::new("secret");
+        let tokens = token_list(&minter, &tokens_args(3, "wrk-ab12", false)).unwrap();
+        let subjects: Vec<_> = tokens
+            .iter()
+            .map(|token| decode_with("secret", token).unwrap())
+            .map(|claims| {
+                assert_eq!(claims.roles, ["customer"]);
+                claims.sub
+            })
+            .collect();
+        assert_eq!(subjects, ["wrk-ab12-0", "wrk-ab12-1", "wrk-ab12-2"]);
+
+        let admin = token_list(&minter, &tokens_args(1, "wrk", true)).unwrap();
+        assert_eq!(admin.len(), 1);
+        let claims = decode_with("secret", &admin[0]).unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.roles),
+            (ADMIN_SUBJECT, vec!["admin".to_owned()])
+        );
+    }
+
+    #[test]
+    fn token_list_refuses_a_prefix_that_makes_bad_subjects() {
+        let minter = TokenMinter::new("secret");
+        for prefix in ["has space", "a/b", &"x".repeat(60)] {
+            let err = token_list(&minter, &tokens_args(2000, prefix, false))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--prefix"), "{prefix}: {err}");
+        }
+        // The longest id is the last one: 59 characters + "-1999" fit in 64, 60 do not.
+        assert!(token_list(&minter, &tokens_args(2000, &"x".repeat(59), false)).is_ok());
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub enum Command {
     /// Sell a product out, then send a storm of buyers at it and measure how
     /// fast the API answers `409 sold_out`.
     SoldOutStorm(SoldOutStormArgs),
+    /// Print bearer tokens signed with the API's secret, one per line, for
+    /// driving the API with another load generator (`scripts/bench-wrk.sh`).
+    /// Sends no load.
+    Tokens(TokensArgs),
 }
 
 /// How load is offered (`--mode`, and the report's `config.mode`); the
@@ -281,6 +285,9 @@ pub struct ManyProductsArgs {
     #[arg(long, value_name = "S",
           value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub stock: Option<u64>,
+
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -296,6 +303,23 @@ pub struct SoldOutStormArgs {
 
     #[command(flatten)]
     pub baseline: BaselineArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokensArgs {
+    /// Customer tokens to print, for the customers `<PREFIX>-0` …
+    /// `<PREFIX>-<N-1>`, in that order.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub customers: u32,
+
+    /// Customer id prefix.
+    #[arg(long, value_name = "PREFIX", default_value = "wrk")]
+    pub prefix: String,
+
+    /// Print one administrator token (`loadtest-admin`) instead.
+    #[arg(long, conflicts_with_all = ["customers", "prefix"])]
+    pub admin: bool,
 }
 
 /// Validated connection settings.
@@ -593,9 +617,10 @@ impl ScenarioSettings {
                     products: args.products,
                     stock,
                     max_per_customer: None,
-                    baseline: None,
+                    baseline: BaselineSettings::from_args(&args.baseline),
                 })
             }
+            Command::Tokens(_) => bail!("`tokens` prints tokens; it is not a load scenario"),
             Command::SoldOutStorm(args) => Ok(Self {
                 kind: ScenarioKind::SoldOutStorm,
                 load: LoadSettings::from_args(&args.load, SOLD_OUT_STORM_BUYERS)?,
@@ -840,13 +865,34 @@ mod tests {
 
     #[test]
     fn baseline_is_offered_where_it_applies() {
-        assert!(parse(&["many-products", "--baseline"]).is_err());
         let err = settings(&["flash-sale", "--baseline", "--max-per-customer", "1"])
             .unwrap_err()
             .to_string();
         assert!(err.contains("--max-per-customer"), "{err}");
         let s = settings(&["flash-sale", "--baseline"]).unwrap();
         assert_eq!(s.baseline, Some(BaselineSettings { pool_size: 32 }));
+    }
+
+    #[test]
+    fn many_products_compares_with_the_baseline_over_the_same_products() {
+        let s = settings(&[
+            "many-products",
+            "--products",
+            "100",
+            "--buyers",
+            "2000",
+            "--baseline",
+            "--baseline-pool",
+            "16",
+        ])
+        .unwrap();
+        assert_eq!(s.baseline, Some(BaselineSettings { pool_size: 16 }));
+        assert_eq!((s.products, s.stock), (100, 2000), "none sells out");
+        assert!(settings(&["many-products"]).unwrap().baseline.is_none());
+        let err = parse(&["many-products", "--baseline-pool", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--baseline-pool"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //!   late send or a retry shows in them (no coordinated omission).
 //!
 //! Every buyer is a distinct customer (`buyer-<run>-<i>`) with its own token
-//! and Idempotency-Key, ordering one of the phase's products (picked
-//! uniformly at random when there are several).
+//! and Idempotency-Key, ordering one of the phase's products (spread
+//! uniformly when there are several, by a hash of the run id and the buyer's
+//! index, so that checkline and the baseline take the same orders).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -43,7 +43,7 @@ pub struct Plan {
     pub run_id: String,
     pub buyers: u32,
     pub quantity: u32,
-    /// Each buyer orders one of these, picked uniformly at random.
+    /// Each buyer orders one of these ([`product_index`]).
     pub products: Arc<[Uuid]>,
     pub mode: Mode,
     pub retry: RetryPolicy,
@@ -296,17 +296,37 @@ async fn open_schedule(
     }
 }
 
-/// Buyer `index`'s order: its own customer id and token, a fresh key, and a
-/// product picked uniformly at random.
+/// Buyer `index`'s order: its own customer id and token, a fresh key, and
+/// its product ([`product_index`]).
 fn prepare(minter: &TokenMinter, plan: &Plan, index: u32) -> Result<OrderRequest> {
     let customer = buyer_subject(&plan.run_id, index);
     let token = minter.customer(&customer)?;
-    let product = if plan.products.len() == 1 {
-        plan.products[0]
-    } else {
-        plan.products[rand::thread_rng().gen_range(0..plan.products.len())]
-    };
+    let product = plan.products[product_index(&plan.run_id, index, plan.products.len())];
     Ok(OrderRequest::new(customer, token, product, plan.quantity))
+}
+
+/// Which of `count` products buyer `index` of run `run_id` orders: spread
+/// uniformly over the products, and a function of the run id and the index
+/// alone, so that the same run against checkline and against the baseline
+/// sends every buyer to the same product (the `n`-th created of each).
+pub fn product_index(run_id: &str, index: u32, count: usize) -> usize {
+    if count <= 1 {
+        return 0;
+    }
+    // FNV-1a of the run id seeds SplitMix64, stepped to the buyer's index.
+    let seed = run_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let mut z = seed.wrapping_add((u64::from(index) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // Multiply-shift maps the 64-bit value onto 0..count without a modulo's bias.
+    let count = u64::try_from(count).unwrap_or(u64::MAX);
+    let picked = (u128::from(z) * u128::from(count)) >> 64;
+    usize::try_from(picked).unwrap_or(0)
 }
 
 /// Tallies answers as they arrive and hands accepted orders on.
@@ -417,5 +437,55 @@ impl Collector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buyer_orders_the_same_product_index_in_every_run_of_the_plan() {
+        for index in [0, 1, 7, 4_999, u32::MAX] {
+            let first = product_index("9bfe8300", index, 100);
+            assert!(first < 100);
+            assert_eq!(product_index("9bfe8300", index, 100), first);
+        }
+        assert_eq!(product_index("9bfe8300", 3, 1), 0);
+        assert_eq!(product_index("9bfe8300", 3, 0), 0);
+        // Another run spreads its buyers differently.
+        let picks = |run: &str| {
+            (0..200)
+                .map(|i| product_index(run, i, 100))
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(picks("9bfe8300"), picks("9bfe8301"));
+    }
+
+    #[test]
+    fn buyers_spread_uniformly_over_the_products() {
+        let products = 100;
+        let buyers = 100_000;
+        let mut counts = vec![0_u32; products];
+        for index in 0..buyers {
+            counts[product_index("ab12cd34", index, products)] += 1;
+        }
+        // 1,000 expected each; a uniform draw stays well within ±20%.
+        let (min, max) = (
+            counts.iter().copied().min().unwrap(),
+            counts.iter().copied().max().unwrap(),
+        );
+        assert!(min > 800 && max < 1_200, "min {min}, max {max}");
+        // Neighbouring buyers do not walk the products in order.
+        let runs = (1..1_000)
+            .filter(|&i| {
+                product_index("ab12cd34", i, products)
+                    == (product_index("ab12cd34", i - 1, products) + 1) % products
+            })
+            .count();
+        assert!(
+            runs < 50,
+            "{runs} buyers followed their neighbour's product"
+        );
     }
 }

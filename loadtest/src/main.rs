@@ -35,6 +35,15 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let cli::Command::Tokens(args) = &cli.command {
+        return match print_tokens(&cli.connection, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("checkline-loadtest: error: {err:#}");
+                ExitCode::from(scenario::EXIT_NOT_RUN)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,4 +61,18 @@ fn main() -> ExitCode {
             ExitCode::from(scenario::EXIT_NOT_RUN)
         }
     }
+}
+
+/// `checkline-loadtest tokens`: the tokens, one per line, on stdout.
+fn print_tokens(connection: &cli::ConnectionArgs, args: &cli::TokensArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    let secret = cli::Connection::from_args(connection)?.jwt_secret;
+    let tokens = auth::token_list(&auth::TokenMinter::new(&secret), args)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for token in tokens {
+        writeln!(out, "{token}")?;
+    }
+    out.flush()?;
+    Ok(())
 }
