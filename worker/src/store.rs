@@ -1,5 +1,13 @@
 //! PostgreSQL side of the worker: one transaction per batch that advances the
 //! partition cursor, decides the batch and writes every effect, or nothing.
+//!
+//! A batch may span any number of products (a store's drop puts dozens in
+//! one partition's batch): every step is one statement over arrays, so a
+//! batch costs the same round trips whether it holds one product or a
+//! hundred: the cursor, the pending orders (and restocks, when it holds
+//! any), the products, the customers' purchases, then one write each for
+//! stock, orders, purchases and restocks (those with something to write),
+//! and the commit: at most ten, whatever the batch.
 
 use std::collections::{HashMap, HashSet};
 
@@ -208,13 +216,18 @@ pub async fn apply_batch(
     .bind(&order_ids)
     .fetch_all(&mut *tx)
     .await?;
-    let pending_restocks: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
-        "SELECT id, product_id, quantity FROM restocks \
-         WHERE id = ANY($1) AND status = 'pending' FOR NO KEY UPDATE",
-    )
-    .bind(&restock_ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    // Restocks are rare: most batches skip this round trip.
+    let pending_restocks: Vec<(Uuid, Uuid, i64)> = if restock_ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT id, product_id, quantity FROM restocks \
+             WHERE id = ANY($1) AND status = 'pending' FOR NO KEY UPDATE",
+        )
+        .bind(&restock_ids)
+        .fetch_all(&mut *tx)
+        .await?
+    };
     let orders: HashMap<Uuid, (String, Uuid, i32)> = pending_orders
         .into_iter()
         .map(|(id, c, p, q)| (id, (c, p, q)))
@@ -315,16 +328,20 @@ pub async fn apply_batch(
         .collect::<HashSet<_>>()
         .into_iter()
         .unzip();
-    let purchase_rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
-        "SELECT cp.customer_id, cp.product_id, cp.confirmed_quantity \
+    let purchase_rows: Vec<(String, Uuid, i64)> = if pair_customers.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT cp.customer_id, cp.product_id, cp.confirmed_quantity \
          FROM customer_purchases cp \
          JOIN unnest($1::text[], $2::uuid[]) AS k(customer_id, product_id) \
            ON cp.customer_id = k.customer_id AND cp.product_id = k.product_id",
-    )
-    .bind(&pair_customers)
-    .bind(&pair_products)
-    .fetch_all(&mut *tx)
-    .await?;
+        )
+        .bind(&pair_customers)
+        .bind(&pair_products)
+        .fetch_all(&mut *tx)
+        .await?
+    };
     let mut purchases: Purchases = purchase_rows
         .into_iter()
         .map(|(c, p, q)| ((c, p), q))
