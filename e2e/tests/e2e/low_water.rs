@@ -267,3 +267,45 @@ async fn the_mark_never_passes_a_pending_order_under_concurrent_writes() {
     );
     env.cleanup().await;
 }
+
+/// The decision stays a HOT update only while no index of `orders` covers,
+/// computes or is predicated on a column it sets: a later migration that
+/// indexes one of them fails here, not in a benchmark.
+#[tokio::test]
+async fn no_index_of_orders_involves_a_column_the_decision_sets() {
+    let env = TestEnv::new(1).await;
+    let decided = [
+        "status",
+        "reason",
+        "unit_price_cents",
+        "total_cents",
+        "decided_at",
+        "queue_sequence",
+        "queue_index",
+    ];
+    let offending: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.indexrelid::regclass::text, a.attname::text \
+         FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+         WHERE i.indrelid = 'orders'::regclass AND a.attname = ANY($1) \
+           AND (a.attnum = ANY(i.indkey) \
+                OR COALESCE(pg_get_expr(i.indexprs, i.indrelid), '') ~ ('\\m' || a.attname || '\\M') \
+                OR COALESCE(pg_get_expr(i.indpred, i.indrelid), '') ~ ('\\m' || a.attname || '\\M'))",
+    )
+    .bind(&decided[..])
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        offending.is_empty(),
+        "indexes on columns the decision sets: {offending:?}"
+    );
+    let fillfactor: Option<String> = sqlx::query_scalar(
+        "SELECT option_value FROM pg_options_to_table((SELECT reloptions FROM pg_class \
+         WHERE oid = 'orders'::regclass)) WHERE option_name = 'fillfactor'",
+    )
+    .fetch_optional(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(fillfactor.as_deref(), Some("45"), "room for the decision");
+    env.cleanup().await;
+}
