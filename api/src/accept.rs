@@ -657,16 +657,18 @@ impl Backlog {
         }
     }
 
-    /// Re-measures every partition's backlog until the process ends.
+    /// Re-measures every partition's backlog until the process ends. Each
+    /// measure also raises the partitions' low-water marks, which keeps the
+    /// next one (and the worker's sweep) to the orders of the last interval
+    /// and the backlog (`checkline_shared::pending`).
     pub async fn monitor(self: Arc<Self>, pool: PgPool, interval: std::time::Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let partitions: Vec<Partition> =
+            Partition::all(u32::try_from(self.pending.len()).unwrap_or(u32::MAX)).collect();
         loop {
             ticker.tick().await;
-            let counts: Result<Vec<(Partition, i64)>, _> =
-                sqlx::query_as("SELECT partition, count(*) FROM orders WHERE status = 'pending' GROUP BY partition")
-                    .fetch_all(&pool)
-                    .await;
+            let counts = checkline_shared::pending::measure(&pool, &partitions).await;
             let Ok(counts) = counts else { continue };
             let mut fresh = vec![0; self.pending.len()];
             for (partition, count) in counts {

@@ -9,6 +9,8 @@
 //!   and the result events published after a decision.
 //! - [`subjects`]: every NATS subject, stream name and bucket, in one place.
 //! - [`db`]: PostgreSQL pool, database creation and migrations.
+//! - [`pending`]: finding undecided orders without a status index (the
+//!   per-partition low-water mark).
 //! - [`partition`]: the queue partition number, as the database and subjects
 //!   write it.
 //! - [`queue`]: NATS connection, the JetStream stream definition and the
@@ -25,6 +27,7 @@ pub mod faults;
 pub mod infra;
 pub mod messages;
 pub mod partition;
+pub mod pending;
 pub mod queue;
 pub mod shutdown;
 pub mod subjects;

@@ -643,13 +643,20 @@ pub async fn stranded(
     limit: i64,
 ) -> Result<Stranded, sqlx::Error> {
     let age = before.age.map_or(0.0, |a| a.as_secs_f64());
+    // No index knows which orders are pending (the decision is a HOT
+    // update): the rows at or above the partition's low-water mark are
+    // read, so raise it first. Every pending row is at or above it
+    // (`checkline_shared::pending` has the argument), whatever its
+    // created_at, so the sweep still finds every stranded order.
+    checkline_shared::pending::measure(pool, &[partition]).await?;
     let orders: Vec<OrderRow> = sqlx::query_as(&format!(
         "SELECT {} FROM orders o \
-         WHERE o.partition = $1 AND o.status = 'pending' \
+         WHERE o.partition = $1 AND {} \
            AND o.created_at < now() - make_interval(secs => $2) \
            AND ($4::timestamptz IS NULL OR o.created_at < $4) \
          ORDER BY o.created_at LIMIT $3",
-        order_columns("o")
+        order_columns("o"),
+        checkline_shared::pending::pending_in_partition("$1")
     ))
     .bind(partition)
     .bind(age)

@@ -101,13 +101,16 @@ pub async fn stats(
     )
     .fetch_all(&state.pool)
     .await?;
-    let partitions: Vec<PartitionStats> = sqlx::query_as(
+    // Pending orders are read from the partition's low-water mark on: no
+    // index covers the status (checkline_shared::pending).
+    let partitions: Vec<PartitionStats> = sqlx::query_as(&format!(
         "SELECT c.partition, \
-             (SELECT COUNT(*) FROM orders o WHERE o.partition = c.partition AND o.status = 'pending') \
+             (SELECT COUNT(*) FROM orders o WHERE o.partition = c.partition AND {pending}) \
              + (SELECT COUNT(*) FROM restocks r WHERE r.partition = c.partition AND r.status = 'pending') AS pending, \
              c.owner, c.last_decided_at \
          FROM partition_cursors c ORDER BY c.partition",
-    )
+        pending = checkline_shared::pending::pending_in_partition("c.partition")
+    ))
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(Stats {

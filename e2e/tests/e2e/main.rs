@@ -12,6 +12,7 @@ mod edge;
 mod events;
 mod interleavings;
 mod liveness;
+mod low_water;
 mod openapi;
 mod orders;
 mod process;
