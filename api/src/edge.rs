@@ -32,10 +32,24 @@ use crate::state::AppState;
 /// Bytes of a request's head as it came on the wire, near enough: the
 /// request line and every header line.
 pub fn head_size(method: &Method, uri: &Uri, headers: &HeaderMap) -> usize {
-    let line = method.as_str().len() + uri.to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    let line = method.as_str().len() + uri_len(uri) + " HTTP/1.1\r\n".len() + 1;
     headers.iter().fold(line, |total, (name, value)| {
         total + name.as_str().len() + value.len() + 4
     }) + 2
+}
+
+/// The length of `uri` as text, without writing it out.
+fn uri_len(uri: &Uri) -> usize {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = std::fmt::Write::write_fmt(&mut count, format_args!("{uri}"));
+    count.0
 }
 
 /// Refuses oversized heads (`431 headers_too_large`), then charges the
@@ -284,6 +298,19 @@ mod tests {
         headers.insert("x-a", "b".repeat(100).parse().unwrap());
         let size = head_size(&Method::GET, &"/v1/products".parse().unwrap(), &headers);
         assert!((100 + 3 + 12..200).contains(&size), "{size}");
+    }
+
+    #[test]
+    fn uri_len_is_the_length_of_the_uri_as_text() {
+        for uri in [
+            "/",
+            "/v1/orders?wait=1.5",
+            "http://example.com:8080/v1/x?y=%FF",
+            "*",
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(uri_len(&uri), uri.to_string().len());
+        }
     }
 
     proptest! {

@@ -5,6 +5,9 @@
 //! [`ApiError::code`] one exhaustive match onto it, so an error without a
 //! code does not compile and a code cannot have two spellings or statuses.
 
+use std::sync::OnceLock;
+
+use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -170,6 +173,45 @@ impl ApiError {
     pub fn internal(err: impl std::fmt::Display) -> Self {
         Self::Internal(err.to_string())
     }
+
+    /// The problem document, serialized.
+    fn problem_json(&self) -> Vec<u8> {
+        let status = self.status();
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: self.code(),
+        };
+        serde_json::to_vec(&problem).unwrap_or_default()
+    }
+
+    /// The problem document of an error whose every part is fixed (no
+    /// detail that varies), serialized once per process: a storm of
+    /// `409 sold_out` answers the same bytes thousands of times a second.
+    fn fixed_body(&self) -> Option<&'static [u8]> {
+        static BODIES: [OnceLock<Vec<u8>>; ProblemCode::ALL.len()] =
+            [const { OnceLock::new() }; ProblemCode::ALL.len()];
+        match self {
+            Self::InvalidId
+            | Self::MissingIdempotencyKey
+            | Self::InvalidIdempotencyKey
+            | Self::IdempotencyKeyReused
+            | Self::ProductNotFound
+            | Self::OrderNotFound
+            | Self::SkuTaken
+            | Self::SoldOut
+            | Self::UnsupportedMediaType
+            | Self::NotFound
+            | Self::MethodNotAllowed => {
+                // Each of these variants is the only one with its code.
+                let index = ProblemCode::ALL.iter().position(|c| *c == self.code())?;
+                Some(BODIES[index].get_or_init(|| self.problem_json()).as_slice())
+            }
+            _ => None,
+        }
+    }
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -192,14 +234,10 @@ impl IntoResponse for ApiError {
         if let Self::Internal(cause) = &self {
             tracing::error!(cause = %cause, "internal error");
         }
-        let problem = Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            detail: self.to_string(),
-            code: self.code(),
+        let body = match self.fixed_body() {
+            Some(body) => Body::from(Bytes::from_static(body)),
+            None => Body::from(self.problem_json()),
         };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -289,6 +327,52 @@ mod tests {
         for code in ProblemCode::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
+    }
+
+    #[test]
+    fn fixed_bodies_are_the_problem_documents() {
+        let all = [
+            ApiError::InvalidRequest("x".into()),
+            ApiError::InvalidId,
+            ApiError::MissingIdempotencyKey,
+            ApiError::InvalidIdempotencyKey,
+            ApiError::IdempotencyKeyReused,
+            ApiError::Unauthorized("u"),
+            ApiError::Forbidden("f"),
+            ApiError::ProductNotFound,
+            ApiError::OrderNotFound,
+            ApiError::SkuTaken,
+            ApiError::SoldOut,
+            ApiError::PayloadTooLarge(5),
+            ApiError::UnsupportedMediaType,
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::Unavailable("u".into()),
+            ApiError::Overloaded("o".into()),
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
+            ApiError::HeadersTooLarge(1),
+            ApiError::Timeout(1),
+            ApiError::Internal("i".into()),
+        ];
+        let mut fixed = 0;
+        for err in &all {
+            if let Some(body) = err.fixed_body() {
+                fixed += 1;
+                // Twice: the second answer is the stored one.
+                assert_eq!(body, err.problem_json().as_slice(), "{err:?}");
+                assert_eq!(err.fixed_body(), Some(body), "{err:?}");
+            }
+        }
+        assert_eq!(fixed, 11);
+        let json: serde_json::Value =
+            serde_json::from_slice(ApiError::SoldOut.fixed_body().unwrap()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "about:blank", "title": "Conflict", "status": 409,
+                "detail": "the product is sold out", "code": "sold_out"})
+        );
     }
 
     #[test]

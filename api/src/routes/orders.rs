@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -123,10 +122,14 @@ fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response
 )]
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // The extractors `Caller`, `HeaderMap` and `Bytes` in that order, by
+    // hand: a `HeaderMap` extractor would copy every header of every order.
+    let (mut parts, body) = request.into_parts();
+    let caller = Caller::from_request_parts(&mut parts, &state).await?;
+    let headers = std::mem::take(&mut parts.headers);
+    let body = Bytes::from_request(Request::from_parts(parts, body), &state).await;
     let customer = caller.require_customer()?.clone();
     let key = idempotency_key(&headers)?;
     let input: CreateOrder = json_body(&headers, body, state.config.body_max_bytes)?;
