@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PostgreSQL cost per order of three write paths, side by side.
+"""PostgreSQL cost per order of several write paths, side by side.
 
     scripts/pg-cost/measure.py [--rounds N] [--secs S] [--clients C]
                                [--preload N] [--fillfactors 50,70,80,90]
@@ -12,6 +12,8 @@ reports over the measured window:
 
   a     today's schema: accept.sql (insert pending) then decide.sql
   b<FF> HOT schema, fillfactor FF: the same two scripts
+  u<FF> as b<FF>, but the decision reads the pending rows without locking
+        them (FOR NO KEY UPDATE dropped)
   c     write once, today's schema: write-once.sql (insert decided)
 
 orders/s, WAL bytes per order (pg_current_wal_lsn() difference: the whole
@@ -148,7 +150,7 @@ def main():
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--preload", type=int, default=1000000)
     ap.add_argument("--fillfactors", default="50,70,80,90")
-    ap.add_argument("--variants", default="a,b,c", help="subset of a,b,c")
+    ap.add_argument("--variants", default="a,b,c", help="subset of a,b,c,u")
     ap.add_argument("--rebuild", action="store_true")
     args = ap.parse_args()
     migrations = sorted(m for m in os.listdir(os.path.join(ROOT, "migrations")) if m.endswith(".sql"))
@@ -162,6 +164,14 @@ def main():
         for part in ("accept.sql", "decide.sql"):
             with open(os.path.join(HERE, part)) as src:
                 f.write(src.read())
+    # The same decision without locking the order rows it reads (the
+    # partition's cursor row already serializes every decider of them).
+    unlocked = os.path.join("/tmp", f"pgcost-unlocked-{os.getpid()}.sql")
+    with open(two_step) as src, open(unlocked, "w") as f:
+        text = src.read()
+        locked = "AND status = 'pending' FOR NO KEY UPDATE;"
+        assert locked in text
+        f.write(text.replace(locked, "AND status = 'pending';"))
     plan = []
     chosen = args.variants.split(",")
     if "a" in chosen:
@@ -169,6 +179,9 @@ def main():
     if "b" in chosen:
         for ff in args.fillfactors.split(","):
             plan.append((f"b{ff}", "pgcost_tpl_b", two_step, int(ff)))
+    if "u" in chosen:
+        for ff in args.fillfactors.split(","):
+            plan.append((f"u{ff}", "pgcost_tpl_b", unlocked, int(ff)))
     if "c" in chosen:
         plan.append(("c", "pgcost_tpl_a", os.path.join(HERE, "write-once.sql"), None))
     print("| round | variant | orders/s | WAL B/order | backend CPU µs/order | all postgres CPU µs/order | HOT share | heap B/order |")
@@ -180,6 +193,7 @@ def main():
             print(f"| {r + 1} | {variant} | {x['orders_per_s']:.0f} | {x['wal_per_order']:.0f} | "
                   f"{x['backend_us']:.1f} | {x['all_pg_us']:.1f} | {hot} | {x['heap_per_order']:.0f} |", flush=True)
     os.unlink(two_step)
+    os.unlink(unlocked)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,11 @@ pub enum StoreError {
     /// oversell.
     #[error("stock guard refused the batch for product {product_id}")]
     StockGuard { product_id: Uuid },
+    /// Some of the batch's orders were no longer pending when their
+    /// decisions were written: something other than this partition's owner
+    /// decided them. Nothing was written; the batch is read again.
+    #[error("{decided} of {expected} orders were still pending at the decision")]
+    DecidedElsewhere { expected: usize, decided: usize },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -47,7 +52,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Db(err) => checkline_shared::db::is_transient(err),
-            Self::CursorMoved { .. } | Self::Fenced { .. } | Self::StockGuard { .. } => false,
+            Self::CursorMoved { .. }
+            | Self::Fenced { .. }
+            | Self::StockGuard { .. }
+            | Self::DecidedElsewhere { .. } => false,
         }
     }
 }
@@ -208,10 +216,17 @@ pub async fn apply_batch(
 
     // Only still-pending rows are decided: a redelivered or republished
     // message of a decided order finds nothing here, which is what makes
-    // deciding exactly-once.
+    // deciding exactly-once. The rows are read without a row lock: only a
+    // batch of this partition ever decides its orders, and the cursor row
+    // locked above lets one such batch at a time past this point (a second
+    // waits for the first to commit, then finds the cursor moved). A lock per
+    // order would write a lock record to each row (WAL and a dirtied page
+    // per order) to guard against a writer that cannot exist; the decision's
+    // `WHERE status = 'pending'` and the count check after it stay as the
+    // backstop.
     let pending_orders: Vec<(Uuid, String, Uuid, i32)> = sqlx::query_as(
         "SELECT id, customer_id, product_id, quantity FROM orders \
-         WHERE id = ANY($1) AND status = 'pending' FOR NO KEY UPDATE",
+         WHERE id = ANY($1) AND status = 'pending'",
     )
     .bind(&order_ids)
     .fetch_all(&mut *tx)
@@ -507,8 +522,15 @@ async fn write_orders(
     .bind(&indexes)
     .fetch_all(&mut **tx)
     .await?;
-    // The rows were locked pending at the start of the transaction.
-    debug_assert_eq!(rows.len(), ids.len());
+    // Every row read pending at the start of the transaction is still
+    // pending (see `apply_batch`); if one was not, the stock taken for it
+    // must not stand: the whole batch rolls back.
+    if rows.len() != ids.len() {
+        return Err(StoreError::DecidedElsewhere {
+            expected: ids.len(),
+            decided: rows.len(),
+        });
+    }
     Ok(rows.into_iter().map(Order::from).collect())
 }
 
