@@ -9,7 +9,7 @@ use rand::Rng;
 use reqwest::StatusCode;
 use uuid::Uuid;
 
-use crate::client::{error_chain, transport_error_kind, ApiClient, Order};
+use crate::client::{error_chain, ApiClient, Order};
 
 /// Delay used when a 429/503 carries no usable `Retry-After`.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -67,9 +67,18 @@ impl OrderRequest {
             token: token.into(),
             product_id,
             quantity,
-            idempotency_key: Uuid::new_v4().to_string(),
+            idempotency_key: random_key(),
         }
     }
+}
+
+/// A fresh Idempotency-Key: a random (version 4) UUID from the thread's
+/// generator, not the operating system's (a system call per key).
+fn random_key() -> String {
+    let bytes: [u8; 16] = rand::thread_rng().gen();
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// The final answer a buyer got.
@@ -113,15 +122,14 @@ pub async fn submit(client: ApiClient, request: OrderRequest, policy: RetryPolic
     let mut backpressure_retries = 0u32;
     let mut network_retries = 0u32;
     let mut attempt = 1u32;
+    let bytes = client.order_request(
+        &request.token,
+        &request.idempotency_key,
+        request.product_id,
+        request.quantity,
+    );
     let answer = loop {
-        let result = client
-            .place_order(
-                &request.token,
-                &request.idempotency_key,
-                request.product_id,
-                request.quantity,
-            )
-            .await;
+        let result = client.place_order(&bytes).await;
         let may_retry = attempt < policy.max_attempts;
         attempt += 1;
         match result {
@@ -131,7 +139,7 @@ pub async fn submit(client: ApiClient, request: OrderRequest, policy: RetryPolic
             }
             Err(err) => {
                 break Answer::Unreachable {
-                    kind: transport_error_kind(&err),
+                    kind: err.kind(),
                     error: error_chain(&err),
                 }
             }
@@ -220,6 +228,9 @@ mod tests {
         let a = OrderRequest::new("c".into(), "t".into(), Uuid::nil(), 1);
         let b = OrderRequest::new("c".into(), "t".into(), Uuid::nil(), 1);
         assert_ne!(a.idempotency_key, b.idempotency_key);
+        let key = Uuid::parse_str(&a.idempotency_key).unwrap();
+        assert_eq!(key.get_version(), Some(uuid::Version::Random));
+        assert_eq!(key.get_variant(), uuid::Variant::RFC4122);
         assert!(a
             .idempotency_key
             .bytes()

@@ -363,8 +363,9 @@ impl Connection {
 fn parse_api_url(raw: &str) -> Result<Url> {
     let url = Url::parse(raw.trim())
         .with_context(|| format!("--api-url (CHECKLINE_API_URL) {raw:?} is not a valid URL"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        bail!("--api-url (CHECKLINE_API_URL) must be an http:// or https:// URL, got {raw:?}");
+    // The load speaks plain HTTP/1.1 (no TLS is built in).
+    if url.scheme() != "http" {
+        bail!("--api-url (CHECKLINE_API_URL) must be an http:// URL, got {raw:?}");
     }
     if url.host_str().is_none() {
         bail!("--api-url (CHECKLINE_API_URL) {raw:?} has no host");
@@ -967,6 +968,8 @@ mod tests {
         assert!(empty.to_string().contains("--jwt-secret"));
         let scheme = Connection::from_args(&connection_args("ftp://x", Some("k"), db)).unwrap_err();
         assert!(scheme.to_string().contains("--api-url"));
+        let tls = Connection::from_args(&connection_args("https://x", Some("k"), db)).unwrap_err();
+        assert!(tls.to_string().contains("http://"), "{tls}");
         let garbage =
             Connection::from_args(&connection_args("not a url", Some("k"), db)).unwrap_err();
         assert!(garbage.to_string().contains("--api-url"));

@@ -15,9 +15,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+use crate::wire;
+
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const USER_AGENT: &str = concat!("checkline-loadtest/", env!("CARGO_PKG_VERSION"));
 /// How much of a non-problem error body goes into a message.
 const BODY_SNIPPET_CHARS: usize = 200;
 
@@ -165,9 +167,13 @@ impl Reply {
 }
 
 /// Shared, cheaply cloneable API client (one connection pool for every task).
+///
+/// Orders go through [`wire::Endpoint`], the load's own HTTP/1.1 client
+/// (see there why); everything else through reqwest.
 #[derive(Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
+    orders: Arc<wire::Endpoint>,
     base: Arc<str>,
     request_timeout: Duration,
     /// Path orders are placed at: `/v1/orders` for checkline.
@@ -186,11 +192,13 @@ impl ApiClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .user_agent(concat!("checkline-loadtest/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .build()
             .context("building the HTTP client")?;
+        let orders = wire::Endpoint::new(base_url, pool_size, CONNECT_TIMEOUT, USER_AGENT)?;
         Ok(Self {
             http,
+            orders: Arc::new(orders),
             base: base_url.as_str().trim_end_matches('/').into(),
             request_timeout,
             orders_path: "/v1/orders",
@@ -244,21 +252,48 @@ impl ApiClient {
         self.execute(request, self.request_timeout).await
     }
 
-    /// `POST /v1/orders` (customer), or the synchronous endpoint's path.
-    pub async fn place_order(
+    /// The bytes of a buyer's `POST /v1/orders` (customer), or of the
+    /// synchronous endpoint's: built once, sent by every attempt with
+    /// [`ApiClient::place_order`].
+    pub fn order_request(
         &self,
         token: &str,
         idempotency_key: &str,
         product_id: Uuid,
         quantity: u32,
-    ) -> Result<Reply, reqwest::Error> {
-        let request = self
-            .http
-            .post(self.url(self.orders_path))
-            .header(AUTHORIZATION, bearer(token))
-            .header(IDEMPOTENCY_KEY, idempotency_key)
-            .json(&serde_json::json!({ "product_id": product_id, "quantity": quantity }));
-        self.execute(request, self.request_timeout).await
+    ) -> Vec<u8> {
+        self.orders.order_request(
+            self.orders_path,
+            token,
+            idempotency_key,
+            product_id,
+            quantity,
+        )
+    }
+
+    /// Sends an order built by [`ApiClient::order_request`]: one attempt,
+    /// bounded by the request timeout like every other call.
+    pub async fn place_order(&self, request: &[u8]) -> Result<Reply, OrderError> {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(self.request_timeout, self.orders.send(request))
+            .await
+            .map_err(|_| OrderError::Timeout)?
+            .map_err(OrderError::Wire)?;
+        let received_at = Instant::now();
+        let status = StatusCode::from_u16(answer.status)
+            .map_err(|_| OrderError::Wire(wire::WireError::invalid_status(answer.status)))?;
+        Ok(Reply {
+            status,
+            retry_after: answer
+                .retry_after
+                .as_deref()
+                .and_then(|value| parse_retry_after(value, Utc::now())),
+            replayed: answer.replayed,
+            body: answer.body,
+            latency: received_at.saturating_duration_since(started),
+            sent_at: started,
+            received_at,
+        })
     }
 
     /// `GET /v1/orders/{id}?wait=<wait_secs>` (owner): a long-poll that returns
@@ -302,6 +337,42 @@ impl ApiClient {
             sent_at: started,
             received_at,
         })
+    }
+}
+
+/// Why an order got no HTTP answer.
+#[derive(Debug)]
+pub enum OrderError {
+    /// No answer within the request timeout.
+    Timeout,
+    Wire(wire::WireError),
+}
+
+impl OrderError {
+    /// The same labels as [`transport_error_kind`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Wire(err) => err.kind(),
+        }
+    }
+}
+
+impl std::fmt::Display for OrderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("no answer within the request timeout"),
+            Self::Wire(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for OrderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Timeout => None,
+            Self::Wire(err) => err.source(),
+        }
     }
 }
 

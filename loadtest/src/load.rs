@@ -161,11 +161,18 @@ pub async fn run_phase(
     }
     drop(events_tx);
 
+    // The collector is a task of the runtime's workers, which send it every
+    // answer: woken there, not on the thread that awaits the phase (the
+    // runtime's main thread, parked: a futex wake-up and a context switch
+    // per answer).
     let mut collector = Collector::new(follow, accepted_tx);
-    while let Some(event) = events.recv().await {
-        collector.absorb(event)?;
-    }
-    let submission = released.elapsed();
+    let collecting = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            collector.absorb(event)?;
+        }
+        anyhow::Ok((collector, released.elapsed()))
+    });
+    let (collector, submission) = collecting.await.context("the answer collector failed")??;
     while let Some(done) = drivers.join_next().await {
         done.context("a load task failed")?;
     }

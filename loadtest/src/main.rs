@@ -28,6 +28,7 @@ mod load;
 mod report;
 mod scenario;
 mod schedule;
+mod wire;
 
 use std::process::ExitCode;
 
