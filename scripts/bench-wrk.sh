@@ -114,11 +114,16 @@ wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION"s --timeout 10s \
 WRK_END=$(date +%s.%N)
 LAST_DECIDED=0
 
-# Wait for the queue to drain.
+# Wait for the queue to drain: nothing pending, and the decided count the
+# same on two reads a second apart. Requests wrk had in flight when it
+# stopped are still being accepted after it returns; a single read with
+# nothing pending can come before their orders are written.
+PREVIOUS=-1
 while :; do
     read -r DECIDED PENDING LAST_DECIDED < <(stats)
     NOW=$(date +%s.%N)
-    [[ $PENDING == 0 ]] && break
+    [[ $PENDING == 0 && $DECIDED == "$PREVIOUS" ]] && break
+    PREVIOUS=$DECIDED
     if python3 -c "import sys; sys.exit(0 if $NOW - $WRK_END > $DRAIN_TIMEOUT_SECS else 1)"; then
         printf 'bench-wrk: %s orders still pending after %s s; figures taken now\n' \
             "$PENDING" "$DRAIN_TIMEOUT_SECS" >&2

@@ -206,6 +206,11 @@ impl ApiClient {
         })
     }
 
+    /// Closes the order connections kept open between requests.
+    pub fn close_idle_order_connections(&self) {
+        self.orders.close_idle();
+    }
+
     /// A client for an order endpoint at `orders_path` that answers `200`
     /// with the decision (the baseline).
     pub fn synchronous_at(mut self, orders_path: &'static str) -> Self {

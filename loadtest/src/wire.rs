@@ -233,6 +233,18 @@ impl Endpoint {
         })
     }
 
+    /// Closes every connection kept for reuse (those in use are not
+    /// affected, and are kept again when their answer is read).
+    pub fn close_idle(&self) {
+        let closed = std::mem::take(
+            &mut *self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        drop(closed);
+    }
+
     fn take_idle(&self) -> Option<Connection> {
         self.idle
             .lock()

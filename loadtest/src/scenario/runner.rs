@@ -225,6 +225,10 @@ async fn execute(
     }
     phases.push(phase);
 
+    // An open loop behind its schedule may have opened thousands of order
+    // connections; the checks must not find the API's connection limit
+    // taken by idle ones.
+    system.client().close_idle_order_connections();
     let checks = gather_checks(system, settings, &products, &phases).await;
     if let Ok(checks) = &checks {
         println!("\n{}", checks::render(checks));
