@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use checkline_shared::config::ConfigError;
-use checkline_shared::db::SessionTimeouts;
+use checkline_shared::db::SessionSettings;
 use checkline_shared::infra::{self, Infra, InfraError};
 use checkline_shared::queue::StreamLimits;
 use tokio::net::TcpListener;
@@ -55,7 +55,7 @@ impl Application {
             common,
             "checkline-api",
             config.db_pool_max,
-            SessionTimeouts::default(),
+            SessionSettings::default(),
         )
         .await?;
         let redis_keys = redis::Keys::new(&common.prefix);

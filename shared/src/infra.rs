@@ -6,7 +6,7 @@ use async_nats::jetstream;
 use sqlx::PgPool;
 
 use crate::config::CommonConfig;
-use crate::db::{self, DbSetupError, PoolSettings, SessionTimeouts};
+use crate::db::{self, DbSetupError, PoolSettings, SessionSettings};
 use crate::queue::{self, Publisher, QueueSetupError, StreamLimits};
 use crate::subjects::Subjects;
 
@@ -37,7 +37,7 @@ pub async fn connect(
     config: &CommonConfig,
     client_name: &str,
     db_pool_max: u32,
-    session: SessionTimeouts,
+    session: SessionSettings,
 ) -> Result<Infra, InfraError> {
     let pool = db::connect_and_migrate_with(
         &config.database_url,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use checkline_shared::config::{CommonConfig, ConfigError, Env};
-use checkline_shared::db::SessionTimeouts;
+use checkline_shared::db::SessionSettings;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -192,11 +192,12 @@ impl WorkerConfig {
     }
 
     /// The bounds set on every PostgreSQL session of the worker.
-    pub fn session_timeouts(&self) -> SessionTimeouts {
-        SessionTimeouts {
+    pub fn session_settings(&self) -> SessionSettings {
+        SessionSettings {
             statement: Some(self.db_statement_timeout),
             lock: Some(self.db_lock_timeout),
             idle_in_transaction: Some(self.db_idle_in_transaction_timeout),
+            keyed_statements_only: true,
         }
     }
 }

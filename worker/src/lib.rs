@@ -64,7 +64,7 @@ pub async fn run(
     let client_name = format!("checkline-worker {}", config.worker_id);
     // Every session of the worker is bounded, so that a paused or vanished
     // peer holding a lock can stall nothing for longer than a lease.
-    let session = config.session_timeouts();
+    let session = config.session_settings();
     let infra = infra::connect(common, &client_name, config.db_pool_max, session).await?;
     deadletter::ensure_stream(&infra.js, &infra.subjects, config.dead_letter_max_bytes).await?;
     let partitions = common.partitions;
