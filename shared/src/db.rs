@@ -291,7 +291,28 @@ pub fn with_database(url: &str, database: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use std::time::Duration;
+
+    use super::{with_database, SessionSettings};
+
+    #[test]
+    fn session_settings_become_connection_options() {
+        let settings = SessionSettings {
+            statement: Some(Duration::from_secs(5)),
+            lock: None,
+            idle_in_transaction: Some(Duration::from_micros(10)),
+            keyed_statements_only: true,
+        };
+        assert_eq!(
+            settings.options(),
+            vec![
+                ("statement_timeout", "5000ms".to_owned()),
+                ("idle_in_transaction_session_timeout", "1ms".to_owned()),
+                ("enable_seqscan", "off".to_owned()),
+            ]
+        );
+        assert!(SessionSettings::default().options().is_empty());
+    }
 
     #[test]
     fn replaces_the_database_name() {

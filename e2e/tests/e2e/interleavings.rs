@@ -801,3 +801,49 @@ async fn an_accept_batch_whose_queue_write_fails_midway_is_answered_as_one() {
     }
     app.shutdown().await;
 }
+
+/// An accept batch spanning more products than one queue write may hold
+/// (`CHECKLINE_QUEUE_BATCH_MAX`) is cut into several writes between
+/// products: every order is queued once and decided.
+#[tokio::test]
+async fn an_accept_batch_wider_than_one_queue_write_is_cut_between_products() {
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_ACCEPT_PIPELINES", "1"),
+        ("CHECKLINE_QUEUE_BATCH_MAX", "2"),
+        ("CHECKLINE_FAULTS", "accept_batch_start:700"),
+    ])
+    .await;
+    let products = app.create_products(6, 10).await;
+    let (lone, products) = products.split_first().unwrap();
+    let finn = app.customer("finn");
+    // The first request holds the only pipeline; the next five, one per
+    // product, form the second batch: three writes of at most two messages.
+    let first = spawn_order(&app, finn.clone(), "f0", lone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest: Vec<_> = products
+        .iter()
+        .enumerate()
+        .map(|(i, p)| spawn_order(&app, finn.clone(), &format!("f{}", i + 1), p))
+        .collect();
+    assert_eq!(first.await.unwrap().status(), StatusCode::ACCEPTED);
+    let mut orders = Vec::new();
+    for answer in rest {
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), StatusCode::ACCEPTED);
+        let order: Value = answer.json().await.unwrap();
+        orders.push(order["id"].as_str().unwrap().to_owned());
+    }
+    // Read before any worker decides (and purges) them.
+    let ids = queued_message_ids(&app).await;
+    assert_eq!(ids.len(), 6, "one message per product, none twice: {ids:?}");
+    app.start_worker().await;
+    for id in &orders {
+        let decided = app.decided(&finn, id).await;
+        assert_eq!(decided["status"], "confirmed");
+    }
+    for p in products {
+        assert_eq!(app.count_orders(p).await, 1);
+        assert!(app.balanced(p).await);
+    }
+    app.shutdown().await;
+}
