@@ -683,6 +683,34 @@ async fn queued_message_ids(app: &TestApp) -> Vec<String> {
     ids
 }
 
+/// With the API's only accept pipeline held by an order for `lone` (the
+/// app runs with `CHECKLINE_ACCEPT_PIPELINES=1` and the fault point
+/// `accept_batch_start:700`), one order of `token` for each of `products`,
+/// keys `<prefix>1`, `<prefix>2`, …: they wait together and form one accept
+/// batch. Returns their answers, in product order, once the first one was
+/// accepted.
+async fn one_batch_over(
+    app: &TestApp,
+    token: &str,
+    prefix: &str,
+    lone: &str,
+    products: &[String],
+) -> Vec<reqwest::Response> {
+    let first = spawn_order(app, token.to_owned(), &format!("{prefix}0"), lone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest: Vec<_> = products
+        .iter()
+        .enumerate()
+        .map(|(i, p)| spawn_order(app, token.to_owned(), &format!("{prefix}{}", i + 1), p))
+        .collect();
+    assert_eq!(first.await.unwrap().status(), StatusCode::ACCEPTED);
+    let mut answers = Vec::with_capacity(rest.len());
+    for answer in rest {
+        answers.push(answer.await.unwrap());
+    }
+    answers
+}
+
 /// Messages for several products are one atomic write: a write holding a
 /// message JetStream refuses (here a duplicate of one already stored) is
 /// refused whole, and none of its other messages is stored.
@@ -761,18 +789,8 @@ async fn an_accept_batch_whose_queue_write_fails_midway_is_answered_as_one() {
     let products = app.create_products(5, 10).await;
     let (lone, products) = products.split_first().unwrap();
     let erin = app.customer("erin");
-    // The first request holds the only pipeline; the next four, one per
-    // product, form the second batch: one write of four messages.
-    let first = spawn_order(&app, erin.clone(), "e0", lone);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let rest: Vec<_> = products
-        .iter()
-        .enumerate()
-        .map(|(i, p)| spawn_order(&app, erin.clone(), &format!("e{}", i + 1), p))
-        .collect();
-    assert_eq!(first.await.unwrap().status(), StatusCode::ACCEPTED);
-    for answer in rest {
-        let answer = answer.await.unwrap();
+    // One write of four messages.
+    for answer in one_batch_over(&app, &erin, "e", lone, products).await {
         assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(answer.headers().contains_key("retry-after"));
     }
@@ -816,19 +834,9 @@ async fn an_accept_batch_wider_than_one_queue_write_is_cut_between_products() {
     let products = app.create_products(6, 10).await;
     let (lone, products) = products.split_first().unwrap();
     let finn = app.customer("finn");
-    // The first request holds the only pipeline; the next five, one per
-    // product, form the second batch: three writes of at most two messages.
-    let first = spawn_order(&app, finn.clone(), "f0", lone);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let rest: Vec<_> = products
-        .iter()
-        .enumerate()
-        .map(|(i, p)| spawn_order(&app, finn.clone(), &format!("f{}", i + 1), p))
-        .collect();
-    assert_eq!(first.await.unwrap().status(), StatusCode::ACCEPTED);
+    // Three writes of at most two messages.
     let mut orders = Vec::new();
-    for answer in rest {
-        let answer = answer.await.unwrap();
+    for answer in one_batch_over(&app, &finn, "f", lone, products).await {
         assert_eq!(answer.status(), StatusCode::ACCEPTED);
         let order: Value = answer.json().await.unwrap();
         orders.push(order["id"].as_str().unwrap().to_owned());
