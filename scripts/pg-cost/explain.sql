@@ -25,42 +25,28 @@ SELECT to_regclass('order_low_water') IS NOT NULL AS hot_schema;
 SELECT to_regclass('order_low_water') IS NOT NULL AS hot \gset
 \endif
 \if :hot
+-- shared::pending::measure, as the backlog monitor and the sweep run it.
+PREPARE measure AS
+WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+scanned AS MATERIALIZED (
+    SELECT p.partition, c.pending, c.oldest
+    FROM unnest(ARRAY[0,1,2,3,4,5,6,7]) AS p(partition)
+    LEFT JOIN order_low_water w ON w.partition = p.partition
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS pending, min(o.insert_xid) AS oldest FROM orders o
+        WHERE o.partition = p.partition
+          AND o.insert_xid >= COALESCE(w.low_water, '0'::xid8)
+          AND o.status = 'pending') c),
+raised AS (
+    INSERT INTO order_low_water AS w (partition, low_water)
+    SELECT s.partition, LEAST(s.oldest, snap.xmin) FROM scanned s, snap
+    ON CONFLICT (partition) DO UPDATE SET low_water = EXCLUDED.low_water, updated_at = now()
+    WHERE w.low_water < EXCLUDED.low_water)
+SELECT partition, pending FROM scanned ORDER BY partition;
 \echo '== backlog monitor and sweep: first measure, from a mark of 0 (right after the migration)'
-EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
-WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
-scanned AS MATERIALIZED (
-    SELECT p.partition, c.pending, c.oldest
-    FROM unnest(ARRAY[0,1,2,3,4,5,6,7]) AS p(partition)
-    LEFT JOIN order_low_water w ON w.partition = p.partition
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS pending, min(o.insert_xid) AS oldest FROM orders o
-        WHERE o.partition = p.partition
-          AND o.insert_xid >= COALESCE(w.low_water, '0'::xid8)
-          AND o.status = 'pending') c),
-raised AS (
-    INSERT INTO order_low_water AS w (partition, low_water)
-    SELECT s.partition, LEAST(s.oldest, snap.xmin) FROM scanned s, snap
-    ON CONFLICT (partition) DO UPDATE SET low_water = EXCLUDED.low_water, updated_at = now()
-    WHERE w.low_water < EXCLUDED.low_water)
-SELECT partition, pending FROM scanned ORDER BY partition;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE measure;
 \echo '== backlog monitor (api Backlog::monitor, every CHECKLINE_BACKLOG_CHECK_MS), steady state'
-EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
-WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
-scanned AS MATERIALIZED (
-    SELECT p.partition, c.pending, c.oldest
-    FROM unnest(ARRAY[0,1,2,3,4,5,6,7]) AS p(partition)
-    LEFT JOIN order_low_water w ON w.partition = p.partition
-    CROSS JOIN LATERAL (
-        SELECT count(*) AS pending, min(o.insert_xid) AS oldest FROM orders o
-        WHERE o.partition = p.partition
-          AND o.insert_xid >= COALESCE(w.low_water, '0'::xid8)
-          AND o.status = 'pending') c),
-raised AS (
-    INSERT INTO order_low_water AS w (partition, low_water)
-    SELECT s.partition, LEAST(s.oldest, snap.xmin) FROM scanned s, snap
-    ON CONFLICT (partition) DO UPDATE SET low_water = EXCLUDED.low_water, updated_at = now()
-    WHERE w.low_water < EXCLUDED.low_water)
-SELECT partition, pending FROM scanned ORDER BY partition;
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE measure;
 \echo '== stranded sweep (worker store::stranded), busy partition'
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
 SELECT o.id, o.customer_id, o.product_id, o.quantity, o.status, o.reason, o.unit_price_cents,
