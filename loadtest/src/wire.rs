@@ -691,6 +691,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn closing_the_idle_connections_closes_them_at_the_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut connection, _) = listener.accept().await.unwrap();
+            read_request(&mut connection).await;
+            connection
+                .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 1\r\n\r\n1")
+                .await
+                .unwrap();
+            // The client's close: end of stream, nothing more sent.
+            let mut rest = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut connection, &mut rest)
+                .await
+                .unwrap();
+            rest
+        });
+        let base = Url::parse(&format!("http://{addr}")).unwrap();
+        let endpoint = Endpoint::new(&base, 4, Duration::from_secs(5), "test/1").unwrap();
+        let request = endpoint.order_request("/v1/orders", "t", "k", Uuid::nil(), 1);
+        endpoint.send(&request).await.unwrap();
+        endpoint.close_idle();
+        let rest = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the kept connection was closed")
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
