@@ -188,6 +188,20 @@ all_partitions_owned() {
     out=$(owners) || return 1
     [[ -n $out && $out != *" -"* ]]
 }
+# balanced: every partition has an owner and each of the three workers owns
+# its share (at least partitions / 3). A worker that comes up after the
+# others gets its share by handover, and a partition being handed over has
+# no owner for a moment, so "every partition owned" alone can be seen
+# before the last worker has joined.
+balanced() {
+    local out count name
+    out=$(owners) || return 1
+    [[ -n $out && $out != *" -"* ]] || return 1
+    count=$(wc -l <<<"$out")
+    for name in worker-1 worker-2 worker-3; do
+        (($(grep -c " $name\$" <<<"$out") >= count / 3)) || return 1
+    done
+}
 # owned_by PATTERN PARTITION...: each of the partitions has an owner that
 # matches PATTERN.
 owned_by() {
@@ -270,6 +284,7 @@ wait_for 10 "the API is ready" api_ready
 for name in worker-1 worker-2 worker-3 api nats-server; do remember "$(pid_of "$name")"; done
 ADMIN_TOKEN=$(CHECKLINE_JWT_SECRET=$SECRET target/debug/checkline-token --sub run-check --role admin --ttl-secs 600)
 wait_for 20 "every partition has an owner" all_partitions_owned
+wait_for 30 "each worker owns its share of the partitions" balanced
 
 # ------------------------------------------------------- a worker is lost --
 
