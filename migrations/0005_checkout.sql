@@ -61,8 +61,12 @@ CREATE TABLE order_lines (
                      CHECK (state IN ('queued', 'held', 'failed', 'keep', 'release', 'taken', 'released')),
     reason           text,
     unit_price_cents bigint,
+    -- The line's turn: where it held its units or failed.
     queue_sequence   bigint,
     queue_index      integer,
+    -- Where its settle entry took effect (keep -> taken, release ->
+    -- released): released units go to entries after this position.
+    settle_sequence  bigint,
     PRIMARY KEY (order_id, line_no),
     CONSTRAINT order_lines_product UNIQUE (order_id, product_id)
 );
@@ -117,6 +121,7 @@ CREATE TABLE stock_returns (
     status         text        NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'applied')),
     created_at     timestamptz NOT NULL DEFAULT now(),
     applied_at     timestamptz,
+    -- Where the return took effect in its product's queue.
     queue_sequence bigint,
     CONSTRAINT stock_returns_once UNIQUE (order_id, product_id)
 );
