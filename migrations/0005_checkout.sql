@@ -69,7 +69,7 @@ CREATE TABLE order_lines (
     -- released): released units go to entries after this position.
     settle_sequence  bigint,
     PRIMARY KEY (order_id, line_no),
-    CONSTRAINT order_lines_product UNIQUE (order_id, product_id)
+    CONSTRAINT order_lines_one_per_product UNIQUE (order_id, product_id)
 );
 CREATE INDEX order_lines_product ON order_lines (product_id);
 -- The settle outbox, per partition.

@@ -386,7 +386,7 @@ pub(crate) async fn refresh_products(deps: &Deps, products: Vec<Uuid>) -> Result
     if !ask.is_empty() {
         let read_at = std::time::Instant::now();
         let rows: Vec<(Uuid, Partition, i64, Vec<Uuid>)> = sqlx::query_as(
-            "SELECT p.id, p.partition, p.stock, \
+            "SELECT p.id, p.partition, p.stock + p.held, \
                  ARRAY(SELECT r.id FROM restocks r WHERE r.product_id = p.id AND r.status = 'pending') \
              FROM products p WHERE p.id = ANY($1)",
         )

@@ -12,10 +12,14 @@ use uuid::Uuid;
 /// `products` table (not aliased: `reserved` refers to it by name). A
 /// product's `reserved` is what is in other buyers' carts: units held by
 /// orders not settled yet and units of reserved orders.
+/// (`checkline_shared::stock` has the rule.)
 pub const PRODUCT_COLUMNS: &str =
     "id, sku, name, price_cents, stock, max_per_customer, active, partition, updated_at, \
      held + COALESCE((SELECT SUM(r.quantity) FROM reservations r \
-                      WHERE r.product_id = products.id), 0)::bigint AS reserved";
+                      WHERE r.product_id = products.id AND NOT EXISTS ( \
+                          SELECT 1 FROM order_lines l WHERE l.order_id = r.order_id \
+                          AND l.product_id = r.product_id AND l.state = 'keep')), 0)::bigint \
+     AS reserved";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct ProductRow {

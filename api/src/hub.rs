@@ -125,7 +125,7 @@ impl Hub {
                 }
                 Some(EventSubject::Stock(id)) => {
                     if let Ok(stock) = serde_json::from_slice::<StockEvent>(payload) {
-                        catalog.observe_stock(id, stock.stock);
+                        catalog.observe_stock(id, stock.open_units());
                         self.stock.publish(&id, stock);
                     }
                 }

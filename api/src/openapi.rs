@@ -327,7 +327,7 @@ const DESCRIPTION: &str = "checkline takes orders for limited-stock products und
 #[openapi(
     info(
         title = "checkline",
-        version = "1.0.0",
+        version = "1.1.0",
         description = DESCRIPTION,
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),

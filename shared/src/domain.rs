@@ -317,11 +317,22 @@ pub struct StockEvent {
     /// of the reservations holding the product's units.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_release_at: Option<DateTime<Utc>>,
+    /// Of `reserved`, the units held by orders of several lines not settled
+    /// yet: they come back at once if such an order fails, so while any
+    /// are held the product is not sold out for new orders (they queue and
+    /// wait for the outcome).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl StockEvent {
     pub fn new(product_id: Uuid, stock: i64) -> Self {
-        Self::with_reserved(product_id, stock, 0, None)
+        Self::with_reserved(product_id, stock, 0, 0, None)
     }
 
     /// `next_release_at` is kept only while it means something: stock is 0
@@ -329,6 +340,7 @@ impl StockEvent {
     pub fn with_reserved(
         product_id: Uuid,
         stock: i64,
+        held: i64,
         reserved: i64,
         next_release_at: Option<DateTime<Utc>>,
     ) -> Self {
@@ -338,7 +350,14 @@ impl StockEvent {
             sold_out: stock <= 0,
             reserved,
             next_release_at: next_release_at.filter(|_| stock <= 0 && reserved > 0),
+            held,
         }
+    }
+
+    /// Units a new order may still get: free ones and held ones that may
+    /// come back. The API's door refuses an order only when this is 0.
+    pub fn open_units(&self) -> i64 {
+        self.stock + self.held
     }
 }
 

@@ -53,6 +53,20 @@ pub async fn read_lines(
 /// Where a parked entry is stored: its product and queue position.
 pub type ParkedKey = (Uuid, Position);
 
+/// A parked entry with what deciding it needs.
+#[derive(Debug, sqlx::FromRow)]
+struct ParkedRow {
+    product_id: Uuid,
+    queue_sequence: i64,
+    queue_index: i32,
+    order_id: Uuid,
+    line_no: Option<i32>,
+    customer_id: String,
+    status: String,
+    quantity: i32,
+    reserve: bool,
+}
+
 /// The entries parked behind held units of `products`, in queue order, and
 /// the keys they are stored under. A one-line order cancelled while it
 /// waited is left out (its key is returned, so its row goes).
@@ -65,11 +79,10 @@ pub async fn read_parked(
     if products.is_empty() {
         return Ok((parked, keys));
     }
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(Uuid, i64, i32, Uuid, Option<i32>, String, String, i32, bool)> = sqlx::query_as(
+    let rows: Vec<ParkedRow> = sqlx::query_as(
         "SELECT pk.product_id, pk.queue_sequence, pk.queue_index, pk.order_id, pk.line_no, \
-                    o.customer_id, o.status, COALESCE(l.quantity, o.quantity), \
-                    o.reserve_secs IS NOT NULL \
+                    o.customer_id, o.status, COALESCE(l.quantity, o.quantity) AS quantity, \
+                    o.reserve_secs IS NOT NULL AS reserve \
              FROM parked pk \
              JOIN orders o ON o.id = pk.order_id \
              LEFT JOIN order_lines l ON l.order_id = pk.order_id AND l.line_no = pk.line_no \
@@ -79,10 +92,21 @@ pub async fn read_parked(
     .bind(products)
     .fetch_all(&mut **tx)
     .await?;
-    for (product_id, seq, idx, order_id, line_no, customer_id, status, quantity, reserve) in rows {
+    for ParkedRow {
+        product_id,
+        queue_sequence,
+        queue_index,
+        order_id,
+        line_no,
+        customer_id,
+        status,
+        quantity,
+        reserve,
+    } in rows
+    {
         let position = (
-            u64::try_from(seq).unwrap_or(0),
-            u32::try_from(idx).unwrap_or(0),
+            u64::try_from(queue_sequence).unwrap_or(0),
+            u32::try_from(queue_index).unwrap_or(0),
         );
         keys.insert((product_id, position));
         let item = match line_no {
@@ -209,6 +233,25 @@ pub struct Settled {
     pub settles: Vec<(Partition, QueueMessage)>,
 }
 
+/// What a batch reports on one order: how many of its lines had their
+/// turn, and the first of them (in line order) that failed, with why.
+#[derive(Debug, Default, Clone, Copy)]
+struct Report {
+    lines: i32,
+    first_failed: Option<(i32, &'static str)>,
+}
+
+/// A line of an order being settled.
+#[derive(Debug, sqlx::FromRow)]
+struct LineState {
+    order_id: Uuid,
+    line_no: i32,
+    product_id: Uuid,
+    quantity: i32,
+    state: String,
+    unit_price_cents: Option<i64>,
+}
+
 /// Writes the lines decided in this batch (held, failed or withdrawn),
 /// reports them on their orders, and settles every order whose last line
 /// this was.
@@ -223,8 +266,7 @@ pub async fn write_lines(
     let mut prices: Vec<Option<i64>> = Vec::new();
     let mut seqs = Vec::new();
     let mut idxs = Vec::new();
-    // Per order: lines reported, and the first failed line with its reason.
-    let mut reports: HashMap<Uuid, (i32, Option<(i32, &'static str)>)> = HashMap::new();
+    let mut reports: HashMap<Uuid, Report> = HashMap::new();
     for d in decisions {
         let Item::Line {
             order_id, line_no, ..
@@ -247,11 +289,11 @@ pub async fn write_lines(
         prices.push(price);
         seqs.push(i64::try_from(d.entry.position.0).unwrap_or(i64::MAX));
         idxs.push(i32::try_from(d.entry.position.1).unwrap_or(i32::MAX));
-        let report = reports.entry(order_id).or_insert((0, None));
-        report.0 += 1;
+        let report = reports.entry(order_id).or_default();
+        report.lines += 1;
         if let Some(reason) = reason {
-            if report.1.is_none_or(|(first, _)| line_no < first) {
-                report.1 = Some((line_no, reason));
+            if report.first_failed.is_none_or(|(first, _)| line_no < first) {
+                report.first_failed = Some((line_no, reason));
             }
         }
     }
@@ -293,10 +335,10 @@ pub async fn write_lines(
     let mut failed_lines: Vec<Option<i32>> = Vec::with_capacity(ids.len());
     let mut failed_reasons: Vec<Option<&'static str>> = Vec::with_capacity(ids.len());
     for id in &ids {
-        let (count, failed) = reports[id];
-        counts.push(count);
-        failed_lines.push(failed.map(|(n, _)| n));
-        failed_reasons.push(failed.map(|(_, r)| r));
+        let report = reports[id];
+        counts.push(report.lines);
+        failed_lines.push(report.first_failed.map(|(n, _)| n));
+        failed_reasons.push(report.first_failed.map(|(_, r)| r));
     }
     let complete: Vec<(Uuid, String, Option<i32>, Option<String>)> = sqlx::query_as(
         "UPDATE orders o SET lines_reported = o.lines_reported + d.n, \
@@ -337,19 +379,16 @@ async fn settle(
         return Ok(Settled::default());
     }
     let ids: Vec<Uuid> = complete.iter().map(|c| c.0).collect();
-    let lines: Vec<(Uuid, i32, Uuid, i32, String, Option<i64>)> = sqlx::query_as(
+    let lines: Vec<LineState> = sqlx::query_as(
         "SELECT order_id, line_no, product_id, quantity, state, unit_price_cents FROM order_lines \
          WHERE order_id = ANY($1) ORDER BY order_id, line_no",
     )
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
-    let mut by_order: HashMap<Uuid, Vec<(i32, Uuid, i32, String, Option<i64>)>> = HashMap::new();
-    for (order_id, line_no, product_id, quantity, state, price) in lines {
-        by_order
-            .entry(order_id)
-            .or_default()
-            .push((line_no, product_id, quantity, state, price));
+    let mut by_order: HashMap<Uuid, Vec<LineState>> = HashMap::new();
+    for line in lines {
+        by_order.entry(line.order_id).or_default().push(line);
     }
 
     let mut settle_ids = Vec::new();
@@ -361,7 +400,7 @@ async fn settle(
     let mut keep = Vec::new();
     for (id, status, failed_line, failed_reason) in complete {
         let lines = by_order.remove(&id).unwrap_or_default();
-        let all_held = lines.iter().all(|l| l.3 == "held");
+        let all_held = lines.iter().all(|l| l.state == "held");
         let kept = status == "pending" && all_held && failed_line.is_none();
         keep.push(kept);
         settle_ids.push(id);
@@ -376,17 +415,21 @@ async fn settle(
         }
         let view: Vec<OrderLine> = lines
             .iter()
-            .map(|(_, product_id, quantity, _, price)| OrderLine {
-                product_id: *product_id,
-                quantity: *quantity,
-                unit_price_cents: if kept { *price } else { None },
+            .map(|l| OrderLine {
+                product_id: l.product_id,
+                quantity: l.quantity,
+                unit_price_cents: if kept { l.unit_price_cents } else { None },
             })
             .collect();
         lines_json.push(serde_json::to_string(&view).unwrap_or_else(|_| "[]".into()));
         if kept {
             let total = lines
                 .iter()
-                .map(|(_, _, q, _, price)| price.unwrap_or(0).saturating_mul(i64::from(*q)))
+                .map(|l| {
+                    l.unit_price_cents
+                        .unwrap_or(0)
+                        .saturating_mul(i64::from(l.quantity))
+                })
                 .fold(0i64, i64::saturating_add);
             statuses.push("taken".into());
             reasons.push(None);
@@ -399,8 +442,10 @@ async fn settle(
                 .and_then(RejectReason::parse)
                 .unwrap_or(RejectReason::ProductUnavailable);
             reasons.push(Some(reason.as_str().to_owned()));
-            rejected_products
-                .push(failed_line.and_then(|n| lines.iter().find(|l| l.0 == n).map(|l| l.1)));
+            rejected_products.push(
+                failed_line
+                    .and_then(|n| lines.iter().find(|l| l.line_no == n).map(|l| l.product_id)),
+            );
             totals.push(None);
         }
     }

@@ -584,6 +584,10 @@ mod tests {
         );
     }
 
+    /// A line of a cart in the simulation: its number, product index, and
+    /// outcome once it had its turn.
+    type CartLine = (i32, usize, Option<Outcome>);
+
     /// A small world: products, each its own queue (as if in its own
     /// partition), carts of 1-3 lines and one-line orders queued in one
     /// global order, restocks; queues processed in a random interleaving and
@@ -613,7 +617,7 @@ mod tests {
                 .map(|(i, id)| (*id, product(stocks[i], None))).collect();
             let mut queues: Vec<VecDeque<Entry>> = vec![VecDeque::new(); 4];
             let mut seq = 0u64;
-            let mut carts: HashMap<Uuid, (usize, Vec<(i32, usize, Option<Outcome>)>)> = HashMap::new();
+            let mut carts: HashMap<Uuid, (usize, Vec<CartLine>)> = HashMap::new();
             let mut singles: HashMap<Uuid, (usize, Option<Outcome>)> = HashMap::new();
             for (b, buyer) in buyers.iter().enumerate() {
                 let order_id = Uuid::new_v4();

@@ -215,7 +215,6 @@ pub async fn apply_batch(
     let purchases_before = purchases.clone();
 
     let decisions = decide::decide(&mut products, &mut purchases, &mut parked, entries);
-
     write_products(&mut tx, &before, &products).await?;
     let mut decided_orders = write_orders(&mut tx, &decisions).await?;
     let settled = carts::write_lines(&mut tx, &decisions).await?;
@@ -695,9 +694,17 @@ async fn write_purchases(
     if customers.is_empty() {
         return Ok(());
     }
+    // Units given back only lower rows that exist (they were counted when
+    // taken); an upsert would check its insert row, negative, first.
     sqlx::query(
-        "INSERT INTO customer_purchases (customer_id, product_id, confirmed_quantity) \
-         SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[]) \
+        "WITH d AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[]) \
+                        AS d(customer_id, product_id, delta)), \
+              lowered AS ( \
+                  UPDATE customer_purchases cp SET confirmed_quantity = cp.confirmed_quantity + d.delta \
+                  FROM d WHERE d.delta < 0 \
+                    AND cp.customer_id = d.customer_id AND cp.product_id = d.product_id) \
+         INSERT INTO customer_purchases (customer_id, product_id, confirmed_quantity) \
+         SELECT customer_id, product_id, delta FROM d WHERE delta > 0 \
          ON CONFLICT (customer_id, product_id) DO UPDATE \
          SET confirmed_quantity = customer_purchases.confirmed_quantity + EXCLUDED.confirmed_quantity",
     )

@@ -100,7 +100,7 @@ pub async fn stats(
     caller: Caller,
 ) -> Result<Json<Stats>, ApiError> {
     caller.require_admin()?;
-    let products: Vec<ProductStats> = sqlx::query_as(
+    let products: Vec<ProductStats> = sqlx::query_as(&format!(
         "WITH lines AS ( \
              SELECT product_id, quantity, status, total_cents AS amount FROM orders \
               WHERE line_count = 1 \
@@ -113,13 +113,14 @@ pub async fn stats(
              COUNT(x.status) FILTER (WHERE x.status = 'confirmed') AS confirmed_orders, \
              COUNT(x.status) FILTER (WHERE x.status = 'rejected') AS rejected_orders, \
              COALESCE(SUM(x.amount) FILTER (WHERE x.status = 'confirmed'), 0)::bigint AS revenue_cents, \
-             (p.held + COALESCE((SELECT SUM(r.quantity) FROM reservations r \
-                                 WHERE r.product_id = p.id), 0))::bigint AS reserved_units, \
+             (p.held + COALESCE(MAX(ru.units), 0))::bigint AS reserved_units, \
              COUNT(x.status) FILTER (WHERE x.status = 'expired') AS expired_orders, \
              COUNT(x.status) FILTER (WHERE x.status = 'cancelled') AS cancelled_orders \
          FROM products p LEFT JOIN lines x ON x.product_id = p.id \
+         LEFT JOIN ({}) ru ON ru.product_id = p.id \
          GROUP BY p.id ORDER BY p.id",
-    )
+        checkline_shared::stock::reserved_units("true")
+    ))
     .fetch_all(&state.pool)
     .await?;
     // Pending orders are read from the partition's low-water mark on: no

@@ -5,6 +5,8 @@
 // A test fails by panicking, with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod checkout;
+mod checkout_load;
 mod contract;
 mod crash;
 mod deadletter;
