@@ -1125,3 +1125,921 @@ fn list(items: &[String]) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cart::db::{AuditRow, ReturnRow};
+    use crate::cart::{ActionAnswer, Seen};
+    use crate::client::CartLine;
+    use chrono::{DateTime, Utc};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const PRODUCTS: u128 = 4;
+
+    fn product(n: u128) -> Uuid {
+        Uuid::from_u128(n + 1)
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// A correct system, simulated: carts decided one after the other in
+    /// queue order, all or nothing, limits per customer, reservations
+    /// confirmed, cancelled, raced or left to expire (their units coming
+    /// back at a later turn).
+    struct Sim {
+        expect: CartExpectation,
+        buyers: Vec<BuyerRecord>,
+        db: CartDbView,
+        stock: HashMap<Uuid, i64>,
+        holding: HashMap<(String, Uuid), i64>,
+        sequence: i64,
+    }
+
+    impl Sim {
+        fn new(stock: i64, limit: Option<i64>) -> Self {
+            let products: Vec<ProductSetup> = (0..PRODUCTS)
+                .map(|n| ProductSetup {
+                    id: product(n),
+                    sku: format!("P{n}"),
+                    initial_stock: stock,
+                    // The first product is limited.
+                    max_per_customer: if n == 0 { limit } else { None },
+                    api_stock: None,
+                })
+                .collect();
+            Self {
+                stock: products.iter().map(|p| (p.id, stock)).collect(),
+                expect: CartExpectation {
+                    products,
+                    wait_expiry: true,
+                    expiry_bound: Duration::from_secs(5),
+                },
+                buyers: Vec::new(),
+                db: CartDbView {
+                    now: now(),
+                    ..CartDbView::default()
+                },
+                holding: HashMap::new(),
+                sequence: 100,
+            }
+        }
+
+        fn next_sequence(&mut self) -> i64 {
+            self.sequence += 1;
+            self.sequence
+        }
+
+        fn limit(&self, id: Uuid) -> Option<i64> {
+            self.expect
+                .products
+                .iter()
+                .find(|p| p.id == id)
+                .and_then(|p| p.max_per_customer)
+        }
+
+        /// A buyer answered `409 sold_out` at the door.
+        fn turned_away(&mut self, customer: &str) {
+            let index = u32::try_from(self.buyers.len()).unwrap();
+            self.buyers.push(BuyerRecord {
+                index,
+                customer_id: customer.to_owned(),
+                idempotency_key: format!("key-{index}"),
+                lines: vec![CartLine {
+                    product_id: product(0),
+                    quantity: 1,
+                }],
+                intent: Intent::Buy,
+                submitted: Submitted::Refused {
+                    status: 409,
+                    code: Some("sold_out".into()),
+                    latency: Duration::from_millis(1),
+                },
+                backpressure_retries: 0,
+                network_retries: 0,
+                seen: None,
+                poll_errors: Vec::new(),
+                actions: Vec::new(),
+                answered_at: None,
+                decided_at: None,
+                done_at: None,
+            });
+        }
+
+        /// One cart through the queue; returns its order id.
+        fn cart(&mut self, customer: &str, lines: &[(u128, i64)], intent: Intent) -> Uuid {
+            let sequence = self.next_sequence();
+            let index = u32::try_from(self.buyers.len()).unwrap();
+            let id = Uuid::from_u128(0xC000 + u128::from(index));
+            // Each line's turn.
+            let mut outcomes = Vec::new();
+            for &(n, quantity) in lines {
+                let pid = product(n);
+                let over_limit = self.limit(pid).is_some_and(|limit| {
+                    self.holding
+                        .get(&(customer.to_owned(), pid))
+                        .copied()
+                        .unwrap_or(0)
+                        + quantity
+                        > limit
+                });
+                let free = self.stock[&pid];
+                let reason = if over_limit {
+                    Some("limit_exceeded")
+                } else if free == 0 {
+                    Some("sold_out")
+                } else if free < quantity {
+                    Some("insufficient_stock")
+                } else {
+                    *self.stock.get_mut(&pid).unwrap() -= quantity;
+                    None
+                };
+                outcomes.push((pid, quantity, reason));
+            }
+            let failed = outcomes
+                .iter()
+                .find(|(_, _, reason)| reason.is_some())
+                .copied();
+            let status = match (failed, intent.reserves()) {
+                (Some(_), _) => OrderStatus::Rejected,
+                (None, true) => OrderStatus::Reserved,
+                (None, false) => OrderStatus::Confirmed,
+            };
+            // A rejected cart's holds are released at a later turn.
+            let settle = failed.map(|_| self.next_sequence());
+            for (line_no, &(pid, quantity, reason)) in outcomes.iter().enumerate() {
+                if failed.is_some() && reason.is_none() {
+                    *self.stock.get_mut(&pid).unwrap() += quantity;
+                }
+                if failed.is_none() {
+                    *self.holding.entry((customer.to_owned(), pid)).or_default() += quantity;
+                }
+                if lines.len() > 1 {
+                    self.db.lines.push(LineRow {
+                        order_id: id,
+                        line_no: line_no as i64,
+                        product_id: pid,
+                        quantity,
+                        state: match (failed, reason) {
+                            (_, Some(_)) => "failed",
+                            (Some(_), None) => "released",
+                            (None, None) => "taken",
+                        }
+                        .to_owned(),
+                        reason: reason.map(str::to_owned),
+                        queue_sequence: Some(sequence),
+                        queue_index: Some(line_no as i64),
+                        settle_sequence: if failed.is_some() && reason.is_none() {
+                            settle
+                        } else {
+                            None
+                        },
+                    });
+                }
+            }
+            let one = lines.len() == 1;
+            self.db.orders.push(CartOrderRow {
+                id,
+                customer_id: customer.to_owned(),
+                idempotency_key: format!("key-{index}"),
+                status,
+                reason: failed.and_then(|(_, _, reason)| reason.map(str::to_owned)),
+                product_id: one.then(|| product(lines[0].0)),
+                quantity: one.then_some(lines[0].1),
+                line_count: lines.len() as i64,
+                queue_sequence: one.then_some(sequence),
+                queue_index: None,
+                rejected_product_id: failed.map(|(pid, ..)| pid),
+                reserve_secs: intent.reserves().then_some(30),
+                reserved_until: (status == OrderStatus::Reserved)
+                    .then(|| now() - chrono::TimeDelta::seconds(20)),
+            });
+            self.buyers.push(BuyerRecord {
+                index,
+                customer_id: customer.to_owned(),
+                idempotency_key: format!("key-{index}"),
+                lines: lines
+                    .iter()
+                    .map(|&(n, quantity)| CartLine {
+                        product_id: product(n),
+                        quantity: u32::try_from(quantity).unwrap(),
+                    })
+                    .collect(),
+                intent,
+                submitted: Submitted::Accepted {
+                    order_id: id,
+                    replayed: false,
+                    latency: Duration::from_millis(2),
+                },
+                backpressure_retries: 0,
+                network_retries: 0,
+                seen: Some(Seen {
+                    status,
+                    reason: failed.and_then(|(_, _, reason)| reason.map(str::to_owned)),
+                    rejected_product_id: failed.map(|(pid, ..)| pid),
+                    latency: Duration::from_millis(5),
+                }),
+                poll_errors: Vec::new(),
+                actions: Vec::new(),
+                answered_at: None,
+                decided_at: None,
+                done_at: None,
+            });
+            if status == OrderStatus::Reserved {
+                self.settle_reservation(id, intent);
+            }
+            id
+        }
+
+        /// What the buyer does with its reservation, and its effect.
+        fn settle_reservation(&mut self, id: Uuid, intent: Intent) {
+            let answer = |kind, status: u16, code: Option<&str>, late| ActionAnswer {
+                kind,
+                status: Some(status),
+                code: code.map(str::to_owned),
+                order_status: match (status, kind) {
+                    (200, ActionKind::Confirm) => Some(OrderStatus::Confirmed),
+                    (200, ActionKind::Cancel) => Some(OrderStatus::Cancelled),
+                    _ => None,
+                },
+                latency: Duration::from_millis(3),
+                late,
+            };
+            let (status, actions) = match intent {
+                Intent::Confirm => (
+                    OrderStatus::Confirmed,
+                    vec![answer(ActionKind::Confirm, 200, None, false)],
+                ),
+                Intent::Race => (
+                    OrderStatus::Confirmed,
+                    vec![
+                        answer(ActionKind::Confirm, 200, None, false),
+                        answer(ActionKind::Cancel, 409, Some("order_confirmed"), false),
+                    ],
+                ),
+                Intent::Cancel => (
+                    OrderStatus::Cancelled,
+                    vec![answer(ActionKind::Cancel, 200, None, false)],
+                ),
+                Intent::Abandon => (
+                    OrderStatus::Expired,
+                    vec![answer(
+                        ActionKind::Confirm,
+                        409,
+                        Some("reservation_expired"),
+                        true,
+                    )],
+                ),
+                Intent::Buy => unreachable!("a purchase reserves nothing"),
+            };
+            let buyer = self.buyers.last_mut().unwrap();
+            buyer.actions = actions;
+            let customer = buyer.customer_id.clone();
+            let lines: Vec<(Uuid, i64)> = buyer
+                .lines
+                .iter()
+                .map(|line| (line.product_id, i64::from(line.quantity)))
+                .collect();
+            self.db.orders.last_mut().unwrap().status = status;
+            if matches!(status, OrderStatus::Cancelled | OrderStatus::Expired) {
+                let sequence = self.next_sequence();
+                for (pid, quantity) in lines {
+                    *self.stock.get_mut(&pid).unwrap() += quantity;
+                    *self.holding.get_mut(&(customer.clone(), pid)).unwrap() -= quantity;
+                    self.db.returns.push(ReturnRow {
+                        order_id: id,
+                        product_id: pid,
+                        quantity,
+                        applied: true,
+                        queue_sequence: Some(sequence),
+                    });
+                }
+            }
+        }
+
+        /// The audit rows and the API's stock, as a correct system ends.
+        fn finish(mut self) -> World2 {
+            for setup in &mut self.expect.products {
+                let stock = self.stock[&setup.id];
+                setup.api_stock = Some(stock);
+                self.db.audits.push(AuditRow {
+                    product_id: setup.id,
+                    initial_stock: setup.initial_stock,
+                    restocked: 0,
+                    stock,
+                    held: 0,
+                    confirmed_units: setup.initial_stock - stock,
+                    returning_units: 0,
+                    balanced: Some(true),
+                });
+            }
+            World2 {
+                expect: self.expect,
+                buyers: self.buyers,
+                db: self.db,
+            }
+        }
+    }
+
+    /// A finished world, to evaluate and then break.
+    struct World2 {
+        expect: CartExpectation,
+        buyers: Vec<BuyerRecord>,
+        db: CartDbView,
+    }
+
+    impl World2 {
+        fn checks(&self) -> Vec<Check> {
+            evaluate(&self.expect, &self.buyers, &self.db)
+        }
+
+        fn failed(&self) -> Vec<String> {
+            self.checks()
+                .into_iter()
+                .filter(|check| !check.passed)
+                .map(|check| check.name)
+                .collect()
+        }
+
+        fn assert_fails(&self, name: &str) {
+            let failed = self.failed();
+            assert!(
+                failed.iter().any(|failed| failed == name),
+                "{name:?} should fail; failed: {failed:?}\n{:#?}",
+                self.checks()
+            );
+        }
+
+        fn order_mut(&mut self, id: Uuid) -> &mut CartOrderRow {
+            self.db.orders.iter_mut().find(|o| o.id == id).unwrap()
+        }
+
+        fn buyer_mut(&mut self, id: Uuid) -> &mut BuyerRecord {
+            self.buyers
+                .iter_mut()
+                .find(|b| b.order_id() == Some(id))
+                .unwrap()
+        }
+    }
+
+    /// A random healthy run: carts of 1-3 lines of 1-2 units, every intent.
+    fn random_world(seed: u64, buyers: usize) -> World2 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut sim = Sim::new(12, Some(2));
+        for i in 0..buyers {
+            let customer = format!("c{}", i / 8);
+            if rng.gen_bool(0.05) {
+                sim.turned_away(&customer);
+                continue;
+            }
+            let count = rng.gen_range(1..=3);
+            let picks = rand::seq::index::sample(&mut rng, PRODUCTS as usize, count);
+            let lines: Vec<(u128, i64)> = picks
+                .into_iter()
+                .map(|n| (n as u128, rng.gen_range(1..=2)))
+                .collect();
+            let intent = [
+                Intent::Buy,
+                Intent::Buy,
+                Intent::Confirm,
+                Intent::Cancel,
+                Intent::Race,
+                Intent::Abandon,
+            ][rng.gen_range(0..6)];
+            sim.cart(&customer, &lines, intent);
+        }
+        sim.finish()
+    }
+
+    const ALL: [&str; 16] = [
+        "stock audit balanced per product",
+        "drained: nothing held or returning",
+        "stock not negative",
+        "API stock matches the database",
+        "at most one order per (customer, idempotency key)",
+        "every accepted cart has its order, and no other order exists",
+        "no order for a request answered 4xx",
+        "every accepted cart decided, reservations final or open in time",
+        "every buyer saw its decision, and the database agrees",
+        "units go in queue order: nothing taken after a refusal but what came back",
+        "one-unit one-line orders without returns: the first stock served",
+        "reserved + confirmed units per (customer, product) within the limit",
+        "confirmed and reserved carts took every line",
+        "rejected carts took nothing and name their first failing line",
+        "expired and cancelled reservations returned every line once",
+        "one of confirm, cancel and expiry per reservation, as the client was told",
+    ];
+
+    #[test]
+    fn a_correct_run_passes_every_check() {
+        for seed in 0..20 {
+            let world = random_world(seed, 120);
+            let checks = world.checks();
+            let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, ALL);
+            assert!(
+                crate::checks::all_passed(&checks),
+                "seed {seed}: {checks:#?}"
+            );
+        }
+        // The random runs exercise what the checks look at.
+        let world = random_world(7, 400);
+        let statuses: HashSet<OrderStatus> = world.db.orders.iter().map(|o| o.status).collect();
+        for status in [
+            OrderStatus::Confirmed,
+            OrderStatus::Rejected,
+            OrderStatus::Cancelled,
+            OrderStatus::Expired,
+        ] {
+            assert!(statuses.contains(&status), "{status:?}");
+        }
+        assert!(world.db.lines.iter().any(|l| l.state == "released"));
+        assert!(world
+            .db
+            .orders
+            .iter()
+            .any(|o| o.reason.as_deref() == Some("limit_exceeded")));
+    }
+
+    #[test]
+    fn stock_figures_that_do_not_add_up_fail() {
+        let mut world = random_world(1, 100);
+        world.db.audits[1].balanced = Some(false);
+        world.assert_fails("stock audit balanced per product");
+
+        let mut world = random_world(1, 100);
+        // The view says balanced, but its own figures do not add up.
+        world.db.audits[2].stock += 1;
+        world.expect.products[2].api_stock = Some(world.db.audits[2].stock);
+        world.assert_fails("stock audit balanced per product");
+
+        let mut world = random_world(1, 100);
+        world.db.audits[0].held = 2;
+        world.db.audits[0].confirmed_units -= 2;
+        assert_eq!(world.failed(), ["drained: nothing held or returning"]);
+
+        let mut world = random_world(1, 100);
+        world.db.audits[3].stock = -1;
+        world.assert_fails("stock not negative");
+
+        let mut world = random_world(1, 100);
+        world.expect.products[0].api_stock = Some(99);
+        assert_eq!(world.failed(), ["API stock matches the database"]);
+        world.expect.products[0].api_stock = None;
+        assert_eq!(world.failed(), ["API stock matches the database"]);
+
+        let mut world = random_world(1, 100);
+        world.db.audits.pop();
+        world.assert_fails("stock audit balanced per product");
+    }
+
+    #[test]
+    fn orders_that_should_not_exist_fail() {
+        let mut world = random_world(2, 100);
+        let mut twin = world.db.orders[0].clone();
+        twin.id = Uuid::from_u128(0xDEAD);
+        world.db.orders.push(twin);
+        world.assert_fails("at most one order per (customer, idempotency key)");
+
+        // An order for a request answered 409 sold_out at the door.
+        let mut world = random_world(2, 100);
+        let refused = world
+            .buyers
+            .iter()
+            .find(|b| matches!(b.submitted, Submitted::Refused { .. }))
+            .unwrap()
+            .clone();
+        let mut ghost = world.db.orders[0].clone();
+        ghost.id = Uuid::from_u128(0xBEEF);
+        ghost.customer_id = refused.customer_id;
+        ghost.idempotency_key = refused.idempotency_key;
+        ghost.status = OrderStatus::Rejected;
+        world.db.orders.push(ghost);
+        assert_eq!(world.failed(), ["no order for a request answered 4xx"]);
+
+        // An order under a key no buyer of the run sent.
+        let mut world = random_world(2, 100);
+        let mut stranger = world.db.orders[0].clone();
+        stranger.id = Uuid::from_u128(0xF00D);
+        stranger.idempotency_key = "never-sent".into();
+        stranger.status = OrderStatus::Rejected;
+        world.db.orders.push(stranger);
+        world.assert_fails("every accepted cart has its order, and no other order exists");
+
+        // An accepted cart whose order is gone.
+        let mut world = random_world(2, 100);
+        let id = world.buyers.iter().find_map(BuyerRecord::order_id).unwrap();
+        world.db.orders.retain(|o| o.id != id);
+        world.db.lines.retain(|l| l.order_id != id);
+        world.db.returns.retain(|r| r.order_id != id);
+        world.assert_fails("every accepted cart has its order, and no other order exists");
+        world.assert_fails("every accepted cart decided, reservations final or open in time");
+    }
+
+    #[test]
+    fn undecided_and_overdue_orders_fail() {
+        let mut world = random_world(3, 60);
+        let id = world.db.orders[5].id;
+        world.order_mut(id).status = OrderStatus::Pending;
+        world.assert_fails("every accepted cart decided, reservations final or open in time");
+
+        // Still reserved: wrong after --wait-expiry, fine within its time
+        // otherwise, wrong once overdue beyond the bound.
+        let mut sim = Sim::new(5, None);
+        let id = sim.cart("c", &[(0, 1), (1, 1)], Intent::Abandon);
+        let mut world = sim.finish();
+        world.buyer_mut(id).actions.clear();
+        world.db.returns.clear();
+        let order = world.order_mut(id);
+        order.status = OrderStatus::Reserved;
+        order.reserved_until = Some(now() + chrono::TimeDelta::seconds(10));
+        for audit in &mut world.db.audits {
+            if audit.product_id == product(0) || audit.product_id == product(1) {
+                audit.stock -= 1;
+                audit.confirmed_units += 1;
+            }
+        }
+        for setup in &mut world.expect.products {
+            setup.api_stock = world
+                .db
+                .audits
+                .iter()
+                .find(|a| a.product_id == setup.id)
+                .map(|a| a.stock);
+        }
+        world.assert_fails("every accepted cart decided, reservations final or open in time");
+        world.expect.wait_expiry = false;
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+        world.order_mut(id).reserved_until = Some(now() - chrono::TimeDelta::seconds(6));
+        assert_eq!(
+            world.failed(),
+            ["every accepted cart decided, reservations final or open in time"]
+        );
+    }
+
+    #[test]
+    fn decisions_the_buyer_did_not_see_fail() {
+        let mut world = random_world(4, 60);
+        let id = world
+            .buyers
+            .iter()
+            .filter(|b| b.intent == Intent::Buy)
+            .find_map(BuyerRecord::order_id)
+            .unwrap();
+        world.buyer_mut(id).seen = None;
+        assert_eq!(
+            world.failed(),
+            ["every buyer saw its decision, and the database agrees"]
+        );
+
+        // Told "rejected", yet confirmed in the database.
+        let mut world = random_world(4, 60);
+        let id = world
+            .db
+            .orders
+            .iter()
+            .find(|o| o.status == OrderStatus::Confirmed)
+            .unwrap()
+            .id;
+        let seen = world.buyer_mut(id).seen.as_mut().unwrap();
+        seen.status = OrderStatus::Rejected;
+        seen.reason = Some("sold_out".into());
+        world.assert_fails("every buyer saw its decision, and the database agrees");
+
+        // A purchase without reserve_secs decided `reserved`.
+        let mut world = random_world(4, 60);
+        let buyer = world
+            .buyers
+            .iter_mut()
+            .find(|b| b.intent == Intent::Buy && b.seen.is_some())
+            .unwrap();
+        buyer.seen.as_mut().unwrap().status = OrderStatus::Reserved;
+        world.assert_fails("every buyer saw its decision, and the database agrees");
+    }
+
+    #[test]
+    fn units_out_of_queue_order_fail() {
+        // Product 0 (3 units): a cart takes 2, a one-unit order the last;
+        // then one is refused sold_out, and one after it is served anyway.
+        let mut sim = Sim::new(3, None);
+        sim.cart("a", &[(0, 2), (1, 1)], Intent::Buy);
+        sim.cart("b", &[(0, 1)], Intent::Buy);
+        let refused = sim.cart("c", &[(0, 1)], Intent::Buy);
+        let jumped = sim.cart("d", &[(0, 1)], Intent::Buy);
+        let world = sim.finish();
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+        let mut broken = world;
+        {
+            let order = broken.order_mut(jumped);
+            order.status = OrderStatus::Confirmed;
+            order.reason = None;
+            order.rejected_product_id = None;
+        }
+        let seen = broken.buyer_mut(jumped).seen.as_mut().unwrap();
+        seen.status = OrderStatus::Confirmed;
+        seen.reason = None;
+        let checks = broken.checks();
+        let check = checks.iter().find(|c| c.name == ALL[9]).unwrap();
+        assert!(!check.passed);
+        assert!(
+            check.detail.contains(&refused.to_string()),
+            "{}",
+            check.detail
+        );
+
+        // The same with a unit given back after the refusal: allowed.
+        let mut sim = Sim::new(1, None);
+        let held = sim.cart("a", &[(0, 1)], Intent::Confirm);
+        sim.cart("b", &[(0, 1)], Intent::Buy);
+        let world = sim.finish();
+        assert!(world.failed().is_empty(), "{held}: {:#?}", world.checks());
+        let mut sim = Sim::new(1, None);
+        sim.cart("a", &[(0, 1), (1, 1)], Intent::Cancel);
+        sim.cart("b", &[(0, 1)], Intent::Buy);
+        let world = sim.finish();
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+        assert!(world
+            .db
+            .orders
+            .iter()
+            .all(|o| o.status != OrderStatus::Rejected || o.line_count > 1));
+
+        // insufficient_stock leaves up to quantity - 1 units to later
+        // entries: 1 unit left, a 2-unit order refused, a 1-unit one served.
+        let mut sim = Sim::new(3, None);
+        sim.cart("a", &[(0, 2)], Intent::Buy);
+        let refused = sim.cart("b", &[(0, 2)], Intent::Buy);
+        sim.cart("c", &[(0, 1)], Intent::Buy);
+        let world = sim.finish();
+        assert_eq!(
+            world
+                .db
+                .orders
+                .iter()
+                .find(|o| o.id == refused)
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("insufficient_stock")
+        );
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+        // ... but a sold_out refusal leaves none.
+        let mut world = world;
+        world.order_mut(refused).reason = Some("sold_out".into());
+        world.buyer_mut(refused).seen.as_mut().unwrap().reason = Some("sold_out".into());
+        world.assert_fails(ALL[9]);
+
+        // A line that took units without a recorded turn.
+        let mut world = random_world(5, 80);
+        let line = world
+            .db
+            .lines
+            .iter_mut()
+            .find(|l| l.state == "taken")
+            .unwrap();
+        line.queue_sequence = None;
+        world.assert_fails(ALL[9]);
+    }
+
+    #[test]
+    fn one_unit_orders_out_of_turn_fail_the_first_come_check() {
+        let mut sim = Sim::new(2, None);
+        let ids: Vec<Uuid> = (0..5)
+            .map(|i| sim.cart(&format!("c{i}"), &[(0, 1)], Intent::Buy))
+            .collect();
+        let mut world = sim.finish();
+        let checks = world.checks();
+        let fcfs = checks.iter().find(|c| c.name == ALL[10]).unwrap();
+        assert!(
+            fcfs.passed && fcfs.detail.starts_with("1 of 4 products"),
+            "{fcfs:?}"
+        );
+        // The third buyer confirmed instead of the second: the stock figures
+        // still add up.
+        for (id, status) in [
+            (ids[1], OrderStatus::Rejected),
+            (ids[2], OrderStatus::Confirmed),
+        ] {
+            let reason = (status == OrderStatus::Rejected).then(|| "sold_out".to_owned());
+            let order = world.order_mut(id);
+            order.status = status;
+            order.reason = reason.clone();
+            let seen = world.buyer_mut(id).seen.as_mut().unwrap();
+            seen.status = status;
+            seen.reason = reason;
+        }
+        let failed = world.failed();
+        assert!(failed.contains(&ALL[10].to_owned()), "{failed:?}");
+        assert!(failed.contains(&ALL[9].to_owned()), "{failed:?}");
+        assert!(!failed.contains(&ALL[0].to_owned()), "{failed:?}");
+    }
+
+    #[test]
+    fn a_customer_over_the_limit_fails() {
+        let mut sim = Sim::new(10, Some(2));
+        sim.cart("c", &[(0, 2)], Intent::Buy);
+        let second = sim.cart("c", &[(0, 1), (1, 1)], Intent::Buy);
+        let mut world = sim.finish();
+        assert_eq!(
+            world
+                .db
+                .orders
+                .iter()
+                .find(|o| o.id == second)
+                .unwrap()
+                .reason
+                .as_deref(),
+            Some("limit_exceeded")
+        );
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+        // The limit let through: 3 units of product 0 for one customer.
+        let order = world.order_mut(second);
+        order.status = OrderStatus::Confirmed;
+        order.reason = None;
+        order.rejected_product_id = None;
+        for line in world.db.lines.iter_mut().filter(|l| l.order_id == second) {
+            line.state = "taken".into();
+            line.reason = None;
+            line.settle_sequence = None;
+        }
+        world.assert_fails(ALL[11]);
+        // A cancelled order gives its units back to the limit.
+        let mut sim = Sim::new(10, Some(2));
+        sim.cart("c", &[(0, 2)], Intent::Cancel);
+        sim.cart("c", &[(0, 2)], Intent::Buy);
+        let world = sim.finish();
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+    }
+
+    #[test]
+    fn half_served_carts_fail() {
+        let mut sim = Sim::new(1, None);
+        let served = sim.cart("a", &[(0, 1), (1, 1), (2, 1)], Intent::Buy);
+        let rejected = sim.cart("b", &[(3, 1), (0, 1)], Intent::Buy);
+        let world = sim.finish();
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+
+        // A confirmed cart with a line that never took its units.
+        let mut broken = World2 {
+            expect: world.expect.clone(),
+            buyers: world.buyers.clone(),
+            db: world.db.clone(),
+        };
+        broken
+            .db
+            .lines
+            .iter_mut()
+            .find(|l| l.order_id == served && l.line_no == 2)
+            .unwrap()
+            .state = "failed".into();
+        broken.assert_fails(ALL[12]);
+        // A line missing altogether.
+        let mut broken = World2 {
+            expect: world.expect.clone(),
+            buyers: world.buyers.clone(),
+            db: world.db.clone(),
+        };
+        broken
+            .db
+            .lines
+            .retain(|l| !(l.order_id == served && l.line_no == 1));
+        broken.assert_fails(ALL[12]);
+
+        // A rejected cart still holding a line.
+        let mut broken = World2 {
+            expect: world.expect.clone(),
+            buyers: world.buyers.clone(),
+            db: world.db.clone(),
+        };
+        let line = broken
+            .db
+            .lines
+            .iter_mut()
+            .find(|l| l.order_id == rejected && l.state == "released")
+            .unwrap();
+        line.state = "taken".into();
+        broken.assert_fails(ALL[13]);
+        // ... or naming the wrong product.
+        let mut broken = World2 {
+            expect: world.expect,
+            buyers: world.buyers,
+            db: world.db,
+        };
+        broken.order_mut(rejected).rejected_product_id = Some(product(3));
+        broken
+            .buyer_mut(rejected)
+            .seen
+            .as_mut()
+            .unwrap()
+            .rejected_product_id = Some(product(3));
+        assert_eq!(broken.failed(), [ALL[13]]);
+    }
+
+    #[test]
+    fn reservations_that_kept_their_units_fail() {
+        let mut sim = Sim::new(4, None);
+        let expired = sim.cart("a", &[(0, 1), (1, 2)], Intent::Abandon);
+        let cancelled = sim.cart("b", &[(2, 1)], Intent::Cancel);
+        let world = sim.finish();
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+
+        for (id, product_n) in [(expired, 1), (cancelled, 2)] {
+            let mut broken = World2 {
+                expect: world.expect.clone(),
+                buyers: world.buyers.clone(),
+                db: world.db.clone(),
+            };
+            broken
+                .db
+                .returns
+                .retain(|r| !(r.order_id == id && r.product_id == product(product_n)));
+            broken.assert_fails(ALL[14]);
+        }
+        // Returned twice.
+        let mut broken = World2 {
+            expect: world.expect.clone(),
+            buyers: world.buyers.clone(),
+            db: world.db.clone(),
+        };
+        let again = broken.db.returns[0].clone();
+        broken.db.returns.push(again);
+        broken.assert_fails(ALL[14]);
+        // Not applied yet.
+        let mut broken = World2 {
+            expect: world.expect.clone(),
+            buyers: world.buyers.clone(),
+            db: world.db.clone(),
+        };
+        broken.db.returns[0].applied = false;
+        broken.assert_fails(ALL[14]);
+        // A return for an order that was confirmed.
+        let mut broken = World2 {
+            expect: world.expect,
+            buyers: world.buyers,
+            db: world.db,
+        };
+        broken.db.returns[0].order_id = Uuid::from_u128(0xC000 + 7);
+        let mut confirmed = broken.db.orders[0].clone();
+        confirmed.id = Uuid::from_u128(0xC000 + 7);
+        confirmed.status = OrderStatus::Confirmed;
+        confirmed.line_count = 1;
+        confirmed.product_id = Some(product(0));
+        confirmed.quantity = Some(1);
+        confirmed.idempotency_key = "key-0".into();
+        broken.db.orders.push(confirmed);
+        broken.assert_fails(ALL[14]);
+    }
+
+    #[test]
+    fn two_winners_or_an_undone_expiry_fail() {
+        let mut sim = Sim::new(5, None);
+        let raced = sim.cart("a", &[(0, 1), (1, 1)], Intent::Race);
+        let expired = sim.cart("b", &[(2, 1)], Intent::Abandon);
+        let cancelled = sim.cart("c", &[(3, 1)], Intent::Cancel);
+        let world = sim.finish();
+        assert!(world.failed().is_empty(), "{:#?}", world.checks());
+        let clone = |w: &World2| World2 {
+            expect: w.expect.clone(),
+            buyers: w.buyers.clone(),
+            db: w.db.clone(),
+        };
+
+        // Both confirm and cancel answered 200.
+        let mut broken = clone(&world);
+        let cancel = &mut broken.buyer_mut(raced).actions[1];
+        cancel.status = Some(200);
+        cancel.code = None;
+        assert_eq!(broken.failed(), [ALL[15]]);
+
+        // Confirm answered 200, yet the order was cancelled.
+        let mut broken = clone(&world);
+        let buyer = broken.buyer_mut(cancelled);
+        buyer.actions[0].kind = ActionKind::Confirm;
+        buyer.actions[0].order_status = Some(OrderStatus::Confirmed);
+        broken.assert_fails(ALL[15]);
+
+        // A confirm after the expiry answered 200.
+        let mut broken = clone(&world);
+        let late = &mut broken.buyer_mut(expired).actions[0];
+        late.status = Some(200);
+        late.code = None;
+        broken.assert_fails(ALL[15]);
+
+        // The client was told "expired", but the order ended confirmed.
+        let mut broken = clone(&world);
+        broken.order_mut(expired).status = OrderStatus::Confirmed;
+        broken.assert_fails(ALL[15]);
+
+        // A 429 once the attempts ran out says nothing: not a failure.
+        let mut unknown = clone(&world);
+        let cancel = &mut unknown.buyer_mut(raced).actions[1];
+        cancel.status = Some(429);
+        cancel.code = Some("rate_limited".into());
+        assert!(unknown.failed().is_empty(), "{:#?}", unknown.checks());
+    }
+}
