@@ -1117,6 +1117,81 @@ mod tests {
         assert_eq!(max.stock, 1_000_000_000);
     }
 
+    fn cart(args: &[&str]) -> Result<CartSettings> {
+        let cli = parse(&[&["cart"], args].concat())?;
+        let Command::Cart(args) = &cli.command else {
+            panic!("not cart: {:?}", cli.command);
+        };
+        CartSettings::from_args(args)
+    }
+
+    #[test]
+    fn cart_defaults_and_flags() {
+        let s = cart(&[]).unwrap();
+        assert_eq!((s.buyers, s.products, s.stock), (2000, 20, 10));
+        assert_eq!((s.max_lines, s.max_quantity), (3, 2));
+        assert_eq!((s.limited_products, s.max_per_customer), (5, 2));
+        assert_eq!((s.reserve_fraction, s.reserve_secs), (0.5, 30));
+        assert!((s.actions.abandon() - 0.2).abs() < 1e-9, "{:?}", s.actions);
+        assert!(!s.wait_expiry);
+        assert_eq!(s.expiry_timeout, Duration::from_secs(90));
+        assert_eq!(s.concurrency, 256);
+        assert!(settings(&["cart"]).is_err(), "cart has its own settings");
+
+        let s = cart(&[
+            "--buyers",
+            "50",
+            "--products",
+            "2",
+            "--stock",
+            "3",
+            "--max-lines",
+            "5",
+            "--limited-products",
+            "0",
+            "--reserve-fraction",
+            "1",
+            "--confirm-fraction",
+            "1",
+            "--cancel-fraction",
+            "0",
+            "--race-fraction",
+            "0",
+            "--wait-expiry",
+            "--expiry-timeout-secs",
+            "200",
+        ])
+        .unwrap();
+        assert_eq!(s.max_lines, 2, "no more lines than products");
+        assert_eq!(s.actions.abandon(), 0.0);
+        assert!(s.wait_expiry);
+        assert_eq!(s.expiry_timeout, Duration::from_secs(200));
+
+        for (args, needle) in [
+            (
+                &["--confirm-fraction", "0.8", "--cancel-fraction", "0.3"][..],
+                "at most 1",
+            ),
+            (
+                &["--products", "3", "--limited-products", "4"][..],
+                "--limited-products",
+            ),
+            (&["--expiry-timeout-secs", "10"][..], "--wait-expiry"),
+        ] {
+            let err = cart(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        for (args, flag) in [
+            (&["--reserve-fraction", "1.5"][..], "--reserve-fraction"),
+            (&["--reserve-secs", "29"][..], "--reserve-secs"),
+            (&["--max-lines", "21"][..], "--max-lines"),
+            (&["--buyers", "0"][..], "--buyers"),
+        ] {
+            let err = parse(&[&["cart"], args].concat()).unwrap_err().to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+    }
+
     #[test]
     fn baseline_is_offered_where_it_applies() {
         let err = settings(&["flash-sale", "--baseline", "--max-per-customer", "1"])

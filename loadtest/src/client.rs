@@ -607,6 +607,46 @@ mod tests {
     }
 
     #[test]
+    fn carts_serialise_as_the_contract_says() {
+        let line = CartLine {
+            product_id: Uuid::from_u128(1),
+            quantity: 2,
+        };
+        let reserved = CartBody {
+            lines: vec![line],
+            reserve_secs: Some(30),
+        };
+        assert_eq!(
+            serde_json::to_string(&reserved).unwrap(),
+            r#"{"lines":[{"product_id":"00000000-0000-0000-0000-000000000001","quantity":2}],"reserve_secs":30}"#
+        );
+        let bought = CartBody {
+            lines: vec![line],
+            reserve_secs: None,
+        };
+        assert!(!serde_json::to_string(&bought)
+            .unwrap()
+            .contains("reserve_secs"));
+
+        let body = r#"{"id":"0b8f2d7e-3c1a-4b7e-9a51-2f0c6d1e8a90","customer_id":"alice",
+            "product_id":null,"quantity":null,"lines":[],"status":"rejected","reason":"sold_out",
+            "rejected_product_id":"5e0c3f8a-1d2b-4c6e-8f9a-0b1c2d3e4f50",
+            "created_at":"2026-11-22T10:00:00Z","decided_at":"2026-11-22T10:00:01Z"}"#;
+        let order: Order = reply(200, body).json().unwrap();
+        assert_eq!(
+            order.rejected_product_id,
+            Some(Uuid::parse_str("5e0c3f8a-1d2b-4c6e-8f9a-0b1c2d3e4f50").unwrap())
+        );
+        let reserved = body
+            .replace("\"rejected\"", "\"reserved\"")
+            .replace("\"sold_out\"", "null");
+        assert_eq!(
+            reply(200, &reserved).json::<Order>().unwrap().status,
+            OrderStatus::Reserved
+        );
+    }
+
+    #[test]
     fn new_product_serialises_no_limit_as_null() {
         let product = NewProduct {
             sku: "LOAD-X".into(),

@@ -332,8 +332,8 @@ pub struct Reservations {
 
 const RESERVATIONS: &str = "SELECT count(*) AS reserved, \
        count(*) FILTER (WHERE reserved_until <= now()) AS overdue, \
-       COALESCE(EXTRACT(EPOCH FROM now() - min(reserved_until)) \
-                FILTER (WHERE reserved_until <= now()), 0)::float8 AS most_overdue_secs \
+       COALESCE(EXTRACT(EPOCH FROM now() - min(reserved_until) \
+                FILTER (WHERE reserved_until <= now())), 0)::float8 AS most_overdue_secs \
      FROM orders WHERE customer_id LIKE $1 AND status = 'reserved'";
 
 /// `--wait-expiry`: waits until none of the run's orders is `reserved`, at
@@ -374,5 +374,220 @@ pub async fn wait_expired(
             ));
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against real PostgreSQL: a fresh database on the server of
+    //! `CHECKLINE_DATABASE_URL` (scripts/test.sh exports it), migrated with
+    //! the repository's migrations, dropped at the end.
+
+    use super::*;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{ConnectOptions, Executor};
+
+    const RUN: &str = "abc12345";
+
+    struct FreshDatabase {
+        admin: PgConnectOptions,
+        name: String,
+        pool: PgPool,
+    }
+
+    impl FreshDatabase {
+        async fn create() -> Self {
+            let url = std::env::var("CHECKLINE_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/checkline".to_owned());
+            let admin: PgConnectOptions = url
+                .parse::<PgConnectOptions>()
+                .unwrap()
+                .database("postgres");
+            let name = format!(
+                "loadtest_cart_{}",
+                &Uuid::new_v4().simple().to_string()[..12]
+            );
+            let mut conn = admin
+                .connect()
+                .await
+                .expect("PostgreSQL at CHECKLINE_DATABASE_URL");
+            conn.execute(format!("CREATE DATABASE {name}").as_str())
+                .await
+                .unwrap();
+            let pool = PgPoolOptions::new()
+                .max_connections(2)
+                .connect_with(admin.clone().database(&name))
+                .await
+                .unwrap();
+            let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+            let migrated = sqlx::migrate::Migrator::new(migrations)
+                .await
+                .unwrap()
+                .run(&pool)
+                .await;
+            let db = Self { admin, name, pool };
+            if let Err(err) = migrated {
+                db.drop().await;
+                panic!("the migrations do not apply: {err}");
+            }
+            db
+        }
+
+        async fn drop(self) {
+            self.pool.close().await;
+            let mut conn = self.admin.connect().await.unwrap();
+            conn.execute(format!("DROP DATABASE {} WITH (FORCE)", self.name).as_str())
+                .await
+                .unwrap();
+        }
+    }
+
+    const A: Uuid = Uuid::from_u128(0xA);
+    const B: Uuid = Uuid::from_u128(0xB);
+
+    async fn seed(pool: &PgPool) {
+        let statements = format!(
+            "INSERT INTO products (id, sku, name, price_cents, stock, initial_stock, partition, held) \
+             VALUES ('{A}', 'A', 'a', 100, 2, 5, 0, 1), ('{B}', 'B', 'b', 100, 2, 3, 1, 0);
+             -- One line, confirmed: 2 units of A.
+             INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, \
+                 quantity, partition, status, unit_price_cents, total_cents, decided_at, queue_sequence) \
+             VALUES ('{one}', 'buyer-{RUN}-0', 'k0', '\\x00', '{A}', 2, 0, 'confirmed', 100, 200, now(), 10);
+             -- One line on B, reserved, expired; its unit on its way back.
+             INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, \
+                 quantity, partition, status, unit_price_cents, total_cents, decided_at, queue_sequence, \
+                 queue_index, reserve_secs, reserved_until) \
+             VALUES ('{gone}', 'buyer-{RUN}-1', 'k1', '\\x00', '{B}', 1, 1, 'expired', 100, 100, now(), 11, \
+                 3, 30, now() - interval '1 minute');
+             INSERT INTO stock_returns (id, order_id, product_id, customer_id, quantity, partition) \
+             VALUES ('{ret}', '{gone}', '{B}', 'buyer-{RUN}-1', 1, 1);
+             -- A cart of A and B, pending: A's line holds its unit.
+             INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, \
+                 quantity, partition, status, line_count, lines) \
+             VALUES ('{cart}', 'buyer-{RUN}-1', 'k2', '\\x00', NULL, NULL, 0, 'pending', 2, \
+                 '[{{\"product_id\": \"{A}\", \"quantity\": 1}}, {{\"product_id\": \"{B}\", \"quantity\": 1}}]');
+             INSERT INTO order_lines (order_id, line_no, product_id, quantity, partition, state, \
+                 queue_sequence, queue_index) \
+             VALUES ('{cart}', 0, '{A}', 1, 0, 'held', 12, 0), ('{cart}', 1, '{B}', 1, 1, 'queued', NULL, NULL);
+             -- Another run's order on A: not this run's.
+             INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, \
+                 quantity, partition, status, decided_at, reason) \
+             VALUES ('{other}', 'buyer-fff00000-0', 'k0', '\\x00', '{A}', 1, 0, 'rejected', now(), 'sold_out');",
+            one = Uuid::from_u128(1),
+            gone = Uuid::from_u128(2),
+            cart = Uuid::from_u128(3),
+            other = Uuid::from_u128(4),
+            ret = Uuid::from_u128(5),
+        );
+        pool.execute(statements.as_str()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_run_is_read_from_the_checkout_tables() {
+        let db = FreshDatabase::create().await;
+        let pool = &db.pool;
+        seed(pool).await;
+        let products = [A, B];
+
+        let backlog = backlog(pool, RUN, &products).await.unwrap();
+        assert_eq!(
+            backlog,
+            Backlog {
+                pending: 1,
+                held: 1,
+                settling: 0,
+                parked: 0,
+                returning: 1,
+            }
+        );
+        let waited = wait_drained(pool, RUN, &products, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(!waited.done);
+        assert_eq!(waited.last, backlog);
+
+        let view = fetch_view(pool, RUN, &products).await.unwrap();
+        let mut ids: Vec<u128> = view.orders.iter().map(|o| o.id.as_u128()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2, 3], "only the run's orders");
+        let cart = view.orders.iter().find(|o| o.id.as_u128() == 3).unwrap();
+        assert_eq!(
+            (cart.line_count, cart.product_id, cart.quantity),
+            (2, None, None)
+        );
+        assert_eq!(cart.status, OrderStatus::Pending);
+        let gone = view.orders.iter().find(|o| o.id.as_u128() == 2).unwrap();
+        assert_eq!(gone.status, OrderStatus::Expired);
+        assert_eq!((gone.queue_sequence, gone.queue_index), (Some(11), Some(3)));
+        assert_eq!(gone.reserve_secs, Some(30));
+        assert!(gone.reserved_until.is_some_and(|until| until < view.now));
+        assert_eq!(view.lines.len(), 2);
+        assert_eq!(view.lines[0].state, "held");
+        assert_eq!(view.lines[0].queue_sequence, Some(12));
+        assert_eq!(view.lines[1].queue_sequence, None);
+        assert_eq!(
+            view.returns,
+            [ReturnRow {
+                order_id: Uuid::from_u128(2),
+                product_id: B,
+                quantity: 1,
+                applied: false,
+                queue_sequence: None,
+            }]
+        );
+        assert!(view.restocks.is_empty());
+        let audit = |id| view.audits.iter().find(|a| a.product_id == id).unwrap();
+        // A: 5 = stock 2 + held 1 + confirmed 2.
+        assert_eq!(
+            (
+                audit(A).stock,
+                audit(A).held,
+                audit(A).confirmed_units,
+                audit(A).balanced
+            ),
+            (2, 1, 2, Some(true))
+        );
+        // B: 3 = stock 2 + returning 1.
+        assert_eq!(
+            (audit(B).returning_units, audit(B).balanced),
+            (1, Some(true))
+        );
+
+        // Settle the cart's lines: they count as settling until applied.
+        pool.execute("UPDATE order_lines SET state = 'keep' WHERE line_no = 0")
+            .await
+            .unwrap();
+        assert_eq!(backlog_of(pool).await.settling, 1);
+
+        // A reservation past its time is measured as overdue.
+        pool.execute(
+            format!(
+                "UPDATE orders SET status = 'reserved', reserved_until = now() - interval '2 seconds' \
+                 WHERE id = '{}'",
+                Uuid::from_u128(2)
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+        let (waited, worst) = wait_expired(pool, RUN, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(!waited.done);
+        assert_eq!((waited.last.reserved, waited.last.overdue), (1, 1));
+        assert!((2.0..60.0).contains(&worst), "{worst}");
+        pool.execute("UPDATE orders SET status = 'expired' WHERE status = 'reserved'")
+            .await
+            .unwrap();
+        let (waited, _) = wait_expired(pool, RUN, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(waited.done);
+
+        db.drop().await;
+    }
+
+    async fn backlog_of(pool: &PgPool) -> Backlog {
+        backlog(pool, RUN, &[A, B]).await.unwrap()
     }
 }
