@@ -42,6 +42,9 @@ pub struct Product {
     pub stock: i64,
     pub max_per_customer: Option<i64>,
     pub partition: i64,
+    /// Checkout 1.1: units in other carts (held and reserved).
+    #[serde(default)]
+    pub reserved: Option<i64>,
 }
 
 /// An order's status. v1 knows `pending`, `confirmed` and `rejected`;

@@ -30,6 +30,8 @@ pub struct ProductSetup {
     pub max_per_customer: Option<i64>,
     /// `stock` from `GET /v1/products/{id}` after the run.
     pub api_stock: Option<i64>,
+    /// `reserved` from the same answer (units in other carts).
+    pub api_reserved: Option<i64>,
 }
 
 /// What the run set up and how it ended, beyond the records.
@@ -115,6 +117,8 @@ fn stock_checks(expect: &CartExpectation, db: &CartDbView, out: &mut Vec<Check>)
     let mut undrained = Vec::new();
     let mut negative = Vec::new();
     let mut api_differs = Vec::new();
+    let mut reserved_differs = Vec::new();
+    let reserved = reserved_units(db);
     let (mut initial, mut stock, mut units) = (0i64, 0i64, 0i64);
     for product in &expect.products {
         let Some(audit) = audits.get(&product.id) else {
@@ -157,6 +161,14 @@ fn stock_checks(expect: &CartExpectation, db: &CartDbView, out: &mut Vec<Check>)
                 api_differs.push(format!(
                     "{}: API {api}, database {}",
                     product.sku, audit.stock
+                ));
+            }
+            // The contract's `reserved`: held units and reserved orders'.
+            let expected = audit.held + reserved.get(&product.id).copied().unwrap_or(0);
+            if product.api_reserved != Some(expected) {
+                reserved_differs.push(format!(
+                    "{}: API {:?}, database {expected}",
+                    product.sku, product.api_reserved
                 ));
             }
         }
@@ -214,6 +226,42 @@ fn stock_checks(expect: &CartExpectation, db: &CartDbView, out: &mut Vec<Check>)
             failures(&api_differs)
         ),
     ));
+    out.push(Check::new(
+        1,
+        "API reserved = held + units of reserved orders",
+        reserved_differs.is_empty() && compared == n,
+        format!(
+            "{} of {n} products read through the API, {} differ (reserved in all {}){}",
+            compared,
+            reserved_differs.len(),
+            reserved.values().sum::<i64>(),
+            failures(&reserved_differs)
+        ),
+    ));
+}
+
+/// Units of `reserved` orders per product.
+fn reserved_units(db: &CartDbView) -> HashMap<Uuid, i64> {
+    let mut units: HashMap<Uuid, i64> = HashMap::new();
+    let reserved: HashSet<Uuid> = db
+        .orders
+        .iter()
+        .filter(|order| order.status == OrderStatus::Reserved && order.line_count > 1)
+        .map(|order| order.id)
+        .collect();
+    for order in &db.orders {
+        if order.status == OrderStatus::Reserved && order.line_count == 1 {
+            if let (Some(product), Some(quantity)) = (order.product_id, order.quantity) {
+                *units.entry(product).or_default() += quantity;
+            }
+        }
+    }
+    for line in &db.lines {
+        if reserved.contains(&line.order_id) {
+            *units.entry(line.product_id).or_default() += line.quantity;
+        }
+    }
+    units
 }
 
 fn one_order_per_key(db: &CartDbView) -> Check {
@@ -1171,6 +1219,7 @@ mod tests {
                     // The first product is limited.
                     max_per_customer: if n == 0 { limit } else { None },
                     api_stock: None,
+                    api_reserved: None,
                 })
                 .collect();
             Self {
@@ -1427,6 +1476,7 @@ mod tests {
             for setup in &mut self.expect.products {
                 let stock = self.stock[&setup.id];
                 setup.api_stock = Some(stock);
+                setup.api_reserved = Some(0);
                 self.db.audits.push(AuditRow {
                     product_id: setup.id,
                     initial_stock: setup.initial_stock,
@@ -1516,11 +1566,12 @@ mod tests {
         sim.finish()
     }
 
-    const ALL: [&str; 16] = [
+    const ALL: [&str; 17] = [
         "stock audit balanced per product",
         "drained: nothing held or returning",
         "stock not negative",
         "API stock matches the database",
+        "API reserved = held + units of reserved orders",
         "at most one order per (customer, idempotency key)",
         "every accepted cart has its order, and no other order exists",
         "no order for a request answered 4xx",
@@ -1581,6 +1632,7 @@ mod tests {
         let mut world = random_world(1, 100);
         world.db.audits[0].held = 2;
         world.db.audits[0].confirmed_units -= 2;
+        world.expect.products[0].api_reserved = Some(2);
         assert_eq!(world.failed(), ["drained: nothing held or returning"]);
 
         let mut world = random_world(1, 100);
@@ -1591,7 +1643,14 @@ mod tests {
         world.expect.products[0].api_stock = Some(99);
         assert_eq!(world.failed(), ["API stock matches the database"]);
         world.expect.products[0].api_stock = None;
-        assert_eq!(world.failed(), ["API stock matches the database"]);
+        assert_eq!(world.failed(), [ALL[3], ALL[4]]);
+
+        // The API counts units in other carts that no reserved order holds.
+        let mut world = random_world(1, 100);
+        world.expect.products[1].api_reserved = Some(1);
+        assert_eq!(world.failed(), [ALL[4]]);
+        world.expect.products[1].api_reserved = None;
+        assert_eq!(world.failed(), [ALL[4]]);
 
         let mut world = random_world(1, 100);
         world.db.audits.pop();
@@ -1671,6 +1730,9 @@ mod tests {
                 .iter()
                 .find(|a| a.product_id == setup.id)
                 .map(|a| a.stock);
+            if setup.id == product(0) || setup.id == product(1) {
+                setup.api_reserved = Some(1);
+            }
         }
         world.assert_fails("every accepted cart decided, reservations final or open in time");
         world.expect.wait_expiry = false;
@@ -1744,7 +1806,7 @@ mod tests {
         seen.status = OrderStatus::Confirmed;
         seen.reason = None;
         let checks = broken.checks();
-        let check = checks.iter().find(|c| c.name == ALL[9]).unwrap();
+        let check = checks.iter().find(|c| c.name == ALL[10]).unwrap();
         assert!(!check.passed);
         assert!(
             check.detail.contains(&refused.to_string()),
@@ -1792,7 +1854,7 @@ mod tests {
         let mut world = world;
         world.order_mut(refused).reason = Some("sold_out".into());
         world.buyer_mut(refused).seen.as_mut().unwrap().reason = Some("sold_out".into());
-        world.assert_fails(ALL[9]);
+        world.assert_fails(ALL[10]);
 
         // A line that took units without a recorded turn.
         let mut world = random_world(5, 80);
@@ -1803,7 +1865,7 @@ mod tests {
             .find(|l| l.state == "taken")
             .unwrap();
         line.queue_sequence = None;
-        world.assert_fails(ALL[9]);
+        world.assert_fails(ALL[10]);
     }
 
     #[test]
@@ -1814,7 +1876,7 @@ mod tests {
             .collect();
         let mut world = sim.finish();
         let checks = world.checks();
-        let fcfs = checks.iter().find(|c| c.name == ALL[10]).unwrap();
+        let fcfs = checks.iter().find(|c| c.name == ALL[11]).unwrap();
         assert!(
             fcfs.passed && fcfs.detail.starts_with("1 of 4 products"),
             "{fcfs:?}"
@@ -1834,8 +1896,8 @@ mod tests {
             seen.reason = reason;
         }
         let failed = world.failed();
+        assert!(failed.contains(&ALL[11].to_owned()), "{failed:?}");
         assert!(failed.contains(&ALL[10].to_owned()), "{failed:?}");
-        assert!(failed.contains(&ALL[9].to_owned()), "{failed:?}");
         assert!(!failed.contains(&ALL[0].to_owned()), "{failed:?}");
     }
 
@@ -1867,7 +1929,7 @@ mod tests {
             line.reason = None;
             line.settle_sequence = None;
         }
-        world.assert_fails(ALL[11]);
+        world.assert_fails(ALL[12]);
         // A cancelled order gives its units back to the limit.
         let mut sim = Sim::new(10, Some(2));
         sim.cart("c", &[(0, 2)], Intent::Cancel);
@@ -1897,7 +1959,7 @@ mod tests {
             .find(|l| l.order_id == served && l.line_no == 2)
             .unwrap()
             .state = "failed".into();
-        broken.assert_fails(ALL[12]);
+        broken.assert_fails(ALL[13]);
         // A line missing altogether.
         let mut broken = World2 {
             expect: world.expect.clone(),
@@ -1908,7 +1970,7 @@ mod tests {
             .db
             .lines
             .retain(|l| !(l.order_id == served && l.line_no == 1));
-        broken.assert_fails(ALL[12]);
+        broken.assert_fails(ALL[13]);
 
         // A rejected cart still holding a line.
         let mut broken = World2 {
@@ -1923,7 +1985,7 @@ mod tests {
             .find(|l| l.order_id == rejected && l.state == "released")
             .unwrap();
         line.state = "taken".into();
-        broken.assert_fails(ALL[13]);
+        broken.assert_fails(ALL[14]);
         // ... or naming the wrong product.
         let mut broken = World2 {
             expect: world.expect,
@@ -1937,7 +1999,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .rejected_product_id = Some(product(3));
-        assert_eq!(broken.failed(), [ALL[13]]);
+        assert_eq!(broken.failed(), [ALL[14]]);
     }
 
     #[test]
@@ -1958,7 +2020,7 @@ mod tests {
                 .db
                 .returns
                 .retain(|r| !(r.order_id == id && r.product_id == product(product_n)));
-            broken.assert_fails(ALL[14]);
+            broken.assert_fails(ALL[15]);
         }
         // Returned twice.
         let mut broken = World2 {
@@ -1968,7 +2030,7 @@ mod tests {
         };
         let again = broken.db.returns[0].clone();
         broken.db.returns.push(again);
-        broken.assert_fails(ALL[14]);
+        broken.assert_fails(ALL[15]);
         // Not applied yet.
         let mut broken = World2 {
             expect: world.expect.clone(),
@@ -1976,7 +2038,7 @@ mod tests {
             db: world.db.clone(),
         };
         broken.db.returns[0].applied = false;
-        broken.assert_fails(ALL[14]);
+        broken.assert_fails(ALL[15]);
         // A return for an order that was confirmed.
         let mut broken = World2 {
             expect: world.expect,
@@ -1992,7 +2054,7 @@ mod tests {
         confirmed.quantity = Some(1);
         confirmed.idempotency_key = "key-0".into();
         broken.db.orders.push(confirmed);
-        broken.assert_fails(ALL[14]);
+        broken.assert_fails(ALL[15]);
     }
 
     #[test]
@@ -2014,26 +2076,26 @@ mod tests {
         let cancel = &mut broken.buyer_mut(raced).actions[1];
         cancel.status = Some(200);
         cancel.code = None;
-        assert_eq!(broken.failed(), [ALL[15]]);
+        assert_eq!(broken.failed(), [ALL[16]]);
 
         // Confirm answered 200, yet the order was cancelled.
         let mut broken = clone(&world);
         let buyer = broken.buyer_mut(cancelled);
         buyer.actions[0].kind = ActionKind::Confirm;
         buyer.actions[0].order_status = Some(OrderStatus::Confirmed);
-        broken.assert_fails(ALL[15]);
+        broken.assert_fails(ALL[16]);
 
         // A confirm after the expiry answered 200.
         let mut broken = clone(&world);
         let late = &mut broken.buyer_mut(expired).actions[0];
         late.status = Some(200);
         late.code = None;
-        broken.assert_fails(ALL[15]);
+        broken.assert_fails(ALL[16]);
 
         // The client was told "expired", but the order ended confirmed.
         let mut broken = clone(&world);
         broken.order_mut(expired).status = OrderStatus::Confirmed;
-        broken.assert_fails(ALL[15]);
+        broken.assert_fails(ALL[16]);
 
         // A 429 once the attempts ran out says nothing: not a failure.
         let mut unknown = clone(&world);

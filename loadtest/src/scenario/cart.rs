@@ -98,12 +98,20 @@ pub async fn run(connection: &Connection, settings: CartSettings) -> Result<Verd
 
     let mut setups = Vec::with_capacity(products.len());
     for (info, limit) in &products {
+        let api = match api_product(&harness, info.id).await {
+            Ok(product) => Some(product),
+            Err(err) => {
+                report_note(&mut notes, format!("{err:#}"));
+                None
+            }
+        };
         setups.push(ProductSetup {
             id: info.id,
             sku: info.sku.clone(),
             initial_stock: info.initial_stock,
             max_per_customer: limit.map(i64::from),
-            api_stock: api_stock(&harness, info.id).await.ok(),
+            api_stock: api.as_ref().map(|product| product.stock),
+            api_reserved: api.and_then(|product| product.reserved),
         });
     }
     let db = cart_db::fetch_view(&harness.pool, &run_id, &ids).await;
@@ -306,8 +314,15 @@ async fn wait_drained_again(
     })
 }
 
-/// `stock` from `GET /v1/products/{id}`.
-async fn api_stock(harness: &Harness, id: Uuid) -> Result<i64> {
+/// Keeps the first few notes of a kind.
+fn report_note(notes: &mut Vec<String>, note: String) {
+    if notes.len() < 5 {
+        notes.push(note);
+    }
+}
+
+/// `GET /v1/products/{id}`.
+async fn api_product(harness: &Harness, id: Uuid) -> Result<Product> {
     let reply = harness
         .client
         .get_product(id)
@@ -318,5 +333,5 @@ async fn api_stock(harness: &Harness, id: Uuid) -> Result<i64> {
         "GET /v1/products/{id} answered {}",
         reply.describe_with_body()
     );
-    Ok(reply.json::<Product>()?.stock)
+    reply.json::<Product>()
 }
