@@ -529,6 +529,212 @@ mod tests {
         );
     }
 
+    /// A stand-in for the API's order endpoints: carts are accepted
+    /// pending, decided `reserved` (with `reserve_secs`) or `confirmed` at
+    /// the first poll, and the first of confirm and cancel wins.
+    mod stub {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex};
+
+        use axum::extract::{Path, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post};
+        use axum::{Json, Router};
+        use serde_json::{json, Value};
+        use uuid::Uuid;
+
+        #[derive(Default)]
+        pub struct Orders {
+            /// id -> (status, body as received, key)
+            pub orders: HashMap<Uuid, (String, Value, String)>,
+        }
+
+        type Shared = Arc<Mutex<Orders>>;
+
+        fn order(id: Uuid, status: &str) -> Json<Value> {
+            Json(json!({
+                "id": id, "status": status, "reason": null,
+                "created_at": "2026-11-30T12:00:00Z",
+                "decided_at": if status == "pending" { Value::Null } else { json!("2026-11-30T12:00:01Z") },
+            }))
+        }
+
+        async fn place(
+            State(state): State<Shared>,
+            headers: HeaderMap,
+            Json(body): Json<Value>,
+        ) -> (StatusCode, Json<Value>) {
+            let key = headers["idempotency-key"].to_str().unwrap().to_owned();
+            assert!(headers["authorization"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer "));
+            let id = Uuid::new_v4();
+            state
+                .lock()
+                .unwrap()
+                .orders
+                .insert(id, ("pending".into(), body, key));
+            (StatusCode::ACCEPTED, order(id, "pending"))
+        }
+
+        async fn read(State(state): State<Shared>, Path(id): Path<Uuid>) -> Json<Value> {
+            let mut state = state.lock().unwrap();
+            let entry = state.orders.get_mut(&id).unwrap();
+            if entry.0 == "pending" {
+                entry.0 = if entry.1.get("reserve_secs").is_some() {
+                    "reserved".into()
+                } else {
+                    "confirmed".into()
+                };
+            }
+            order(id, &entry.0)
+        }
+
+        async fn settle(
+            state: Shared,
+            id: Uuid,
+            to: &str,
+            loser: &str,
+        ) -> (StatusCode, Json<Value>) {
+            let mut state = state.lock().unwrap();
+            let entry = state.orders.get_mut(&id).unwrap();
+            if entry.0 == "reserved" {
+                entry.0 = to.into();
+            }
+            if entry.0 == to {
+                (StatusCode::OK, order(id, to))
+            } else {
+                (
+                    StatusCode::CONFLICT,
+                    Json(json!({"status": 409, "code": loser})),
+                )
+            }
+        }
+
+        async fn confirm(
+            State(state): State<Shared>,
+            Path(id): Path<Uuid>,
+        ) -> (StatusCode, Json<Value>) {
+            settle(state, id, "confirmed", "order_cancelled").await
+        }
+
+        async fn cancel(
+            State(state): State<Shared>,
+            Path(id): Path<Uuid>,
+        ) -> (StatusCode, Json<Value>) {
+            settle(state, id, "cancelled", "order_confirmed").await
+        }
+
+        pub async fn start() -> (String, Shared) {
+            let state: Shared = Arc::default();
+            let app = Router::new()
+                .route("/v1/orders", post(place))
+                .route("/v1/orders/{id}", get(read))
+                .route("/v1/orders/{id}/confirm", post(confirm))
+                .route("/v1/orders/{id}/cancel", post(cancel))
+                .with_state(Arc::clone(&state));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            (url, state)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_buyer_checks_out_waits_and_acts_on_its_reservation() {
+        let (url, state) = stub::start().await;
+        let client = ApiClient::new(&url.parse().unwrap(), 4, Duration::from_secs(5)).unwrap();
+        let ctx = Checkout {
+            client,
+            retry: RetryPolicy {
+                max_attempts: 3,
+                max_retry_after: Duration::from_secs(1),
+            },
+            reserve_secs: 45,
+            decision_timeout: Duration::from_secs(5),
+        };
+        let lines = vec![
+            CartLine {
+                product_id: Uuid::from_u128(1),
+                quantity: 2,
+            },
+            CartLine {
+                product_id: Uuid::from_u128(2),
+                quantity: 1,
+            },
+        ];
+        let mut records = Vec::new();
+        for (index, intent) in [
+            Intent::Buy,
+            Intent::Confirm,
+            Intent::Cancel,
+            Intent::Race,
+            Intent::Abandon,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let cart = PlannedCart {
+                index: index as u32,
+                customer_id: format!("buyer-t-{index}"),
+                lines: lines.clone(),
+                intent,
+            };
+            records.push(checkout(&ctx, cart, "token".into()).await);
+        }
+        let orders = &state.lock().unwrap().orders;
+        for record in &records {
+            let id = record.order_id().expect("accepted");
+            let (status, body, key) = &orders[&id];
+            assert_eq!(key, &record.idempotency_key);
+            assert_eq!(body["lines"][0]["quantity"], 2);
+            assert_eq!(
+                body["lines"][1]["product_id"],
+                Uuid::from_u128(2).to_string()
+            );
+            assert_eq!(body.get("reserve_secs").is_some(), record.intent.reserves());
+            let seen = record.seen.as_ref().expect("decision seen").status;
+            let labels: Vec<String> = record
+                .actions
+                .iter()
+                .map(|a| format!("{} {}", a.kind.name(), a.label()))
+                .collect();
+            match record.intent {
+                Intent::Buy => {
+                    assert_eq!(
+                        (seen, status.as_str()),
+                        (OrderStatus::Confirmed, "confirmed")
+                    );
+                    assert!(labels.is_empty());
+                }
+                Intent::Confirm => assert_eq!(labels, ["confirm 200"]),
+                Intent::Cancel => assert_eq!(
+                    (status.as_str(), &labels[..]),
+                    ("cancelled", &["cancel 200".to_owned()][..])
+                ),
+                Intent::Race => {
+                    // One winner; the loser names it.
+                    assert_eq!(labels.len(), 2, "{labels:?}");
+                    let winners = record.actions.iter().filter(|a| a.ok()).count();
+                    assert_eq!(winners, 1, "{labels:?}");
+                }
+                Intent::Abandon => {
+                    assert_eq!((seen, status.as_str()), (OrderStatus::Reserved, "reserved"));
+                    assert!(labels.is_empty());
+                }
+            }
+            if record.intent.reserves() {
+                assert_eq!(seen, OrderStatus::Reserved);
+            }
+            assert!(record.answered_at.is_some() && record.done_at.is_some());
+        }
+        assert_eq!(
+            records[1].actions[0].order_status,
+            Some(OrderStatus::Confirmed)
+        );
+    }
+
     #[test]
     fn one_line_quantity_one_without_reservations() {
         let settings = settings(&[
