@@ -47,6 +47,7 @@ ALTER TABLE orders ADD CONSTRAINT orders_reserved_until CHECK (
 
 -- Each line of an order of several lines. Written with the order; `state`
 -- moves queued -> held | failed at the line's turn in its product's queue
+-- (queued -> parked -> held | failed if it had to wait behind held units)
 -- (by that partition's worker), held -> keep | release when the order
 -- settles, and keep -> taken | release -> released at the settle entry's
 -- turn, again in the line's own partition. A line in keep or release is an
@@ -58,7 +59,7 @@ CREATE TABLE order_lines (
     quantity         integer NOT NULL CHECK (quantity > 0),
     partition        integer NOT NULL,
     state            text    NOT NULL DEFAULT 'queued'
-                     CHECK (state IN ('queued', 'held', 'failed', 'keep', 'release', 'taken', 'released')),
+                     CHECK (state IN ('queued', 'parked', 'held', 'failed', 'keep', 'release', 'taken', 'released')),
     reason           text,
     unit_price_cents bigint,
     -- The line's turn: where it held its units or failed.
@@ -83,7 +84,10 @@ ALTER TABLE products ADD COLUMN held bigint NOT NULL DEFAULT 0 CHECK (held >= 0)
 -- Entries that reached their turn while units of their product were held by
 -- an unsettled order: they wait, in queue order, for those holds to settle
 -- instead of being refused for units that may come back. Only ever behind
--- holds of orders earlier in the queue.
+-- holds of orders earlier in the queue. A parked one-line order has its
+-- queue position set while still pending (so neither a copy of its message
+-- nor the stranded sweep takes it for unqueued); a parked line is in state
+-- parked.
 CREATE TABLE parked (
     product_id     uuid    NOT NULL REFERENCES products (id),
     queue_sequence bigint  NOT NULL,

@@ -46,6 +46,8 @@ pub struct Request {
     pub hash: Vec<u8>,
     pub product_id: Uuid,
     pub quantity: i32,
+    /// Reserve instead of buy (`reserve_secs`).
+    pub reserve_secs: Option<i32>,
     pub request_id: Option<String>,
 }
 
@@ -64,6 +66,7 @@ type Reply = oneshot::Sender<Result<Accepted, ApiError>>;
 #[derive(Clone)]
 pub struct Acceptor {
     tx: mpsc::Sender<(Request, Reply)>,
+    deps: Arc<Deps>,
 }
 
 /// What the batching task works with.
@@ -80,8 +83,15 @@ pub struct Deps {
 impl Acceptor {
     pub fn start(deps: Deps) -> Self {
         let (tx, rx) = mpsc::channel(deps.config.accept_queue_max);
-        tokio::spawn(run(rx, Arc::new(deps)));
-        Self { tx }
+        let deps = Arc::new(deps);
+        tokio::spawn(run(rx, deps.clone()));
+        Self { tx, deps }
+    }
+
+    /// What the acceptor works with, for the paths that do not batch
+    /// (`crate::cart`).
+    pub fn deps(&self) -> &Deps {
+        &self.deps
     }
 
     pub async fn submit(&self, request: Request) -> Result<Accepted, ApiError> {
@@ -335,27 +345,40 @@ fn requeue_if_stranded(
     partition: Partition,
     request_id: Option<String>,
 ) {
-    if !order.status.is_decided() {
-        deps.requeuer.submit_if_stranded(
-            partition,
-            QueueMessage::lone_order(order),
-            order.created_at,
-            request_id,
-        );
+    if order.status.is_decided() {
+        return;
+    }
+    // An order of several lines never reaches here (its request hash
+    // differs from any one-line request's); the worker's sweep queues it.
+    if let Some(message) = QueueMessage::lone_order(order) {
+        deps.requeuer
+            .submit_if_stranded(partition, message, order.created_at, request_id);
     }
 }
 
 /// Reads the products the catalog does not know, or whose "sold out" is too
 /// old to trust, in one query.
 async fn refresh_catalog(deps: &Deps, slots: &[Slot]) -> Result<(), ApiError> {
-    let mut ask: Vec<Uuid> = slots
+    let ask: Vec<Uuid> = slots
         .iter()
         .filter_map(|s| match s {
-            Slot::Pending(r, _) => match deps.catalog.lookup(r.product_id) {
-                Known::Unknown | Known::Stale { .. } => Some(r.product_id),
-                _ => None,
-            },
+            Slot::Pending(r, _) => Some(r.product_id),
             Slot::Done => None,
+        })
+        .collect();
+    refresh_products(deps, ask).await
+}
+
+/// Reads those of `products` the catalog does not know, or whose "sold out"
+/// is too old to trust, in one query.
+pub(crate) async fn refresh_products(deps: &Deps, products: Vec<Uuid>) -> Result<(), ApiError> {
+    let mut ask: Vec<Uuid> = products
+        .into_iter()
+        .filter(|id| {
+            matches!(
+                deps.catalog.lookup(*id),
+                Known::Unknown | Known::Stale { .. }
+            )
         })
         .collect();
     ask.sort_unstable();
@@ -415,6 +438,9 @@ fn refuse_at_the_door(deps: &Deps, slots: &mut [Slot], doors: &[Door]) {
 /// A freshly written order waiting for its queue acknowledgement.
 struct Written {
     order: Order,
+    /// The order's one line (a one-line order's `product_id` and `quantity`).
+    product_id: Uuid,
+    quantity: i32,
     partition: Partition,
     request_id: Option<String>,
     reply: Reply,
@@ -432,6 +458,7 @@ async fn insert_pending(
     let mut hashes = Vec::new();
     let mut products = Vec::new();
     let mut quantities = Vec::new();
+    let mut reserves = Vec::new();
     let mut partitions = Vec::new();
     let mut positions = HashMap::new();
     for (i, (slot, door)) in slots.iter().zip(doors).enumerate() {
@@ -448,14 +475,15 @@ async fn insert_pending(
         hashes.push(r.hash.as_slice());
         products.push(r.product_id);
         quantities.push(r.quantity);
+        reserves.push(r.reserve_secs);
         partitions.push(partition);
     }
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let rows: Vec<(OrderRow, Partition)> = sqlx::query_as::<_, OrderRowWithPartition>(&format!(
-        "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::int[], $7::int[]) \
+        "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, quantity, partition, reserve_secs) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::int[], $7::int[], $8::int[]) \
          ON CONFLICT (customer_id, idempotency_key) DO NOTHING \
          RETURNING {ORDER_COLUMNS}, partition"
     ))
@@ -466,6 +494,7 @@ async fn insert_pending(
     .bind(&products)
     .bind(&quantities)
     .bind(&partitions)
+    .bind(&reserves)
     .fetch_all(&deps.pool)
     .await?
     .into_iter()
@@ -478,6 +507,8 @@ async fn insert_pending(
         };
         if let Some((request, reply)) = take(&mut slots[i]) {
             written.push(Written {
+                product_id: request.product_id,
+                quantity: request.quantity,
                 order: Order::from(row),
                 partition,
                 request_id: request.request_id,
@@ -515,7 +546,7 @@ impl Group {
                 .map(|w| QueuedOrder {
                     order_id: w.order.id,
                     customer_id: w.order.customer_id.clone(),
-                    quantity: w.order.quantity,
+                    quantity: w.quantity,
                 })
                 .collect(),
         };
@@ -536,7 +567,7 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
     let mut groups: Vec<Group> = Vec::new();
     let mut index: HashMap<Uuid, usize> = HashMap::new();
     for w in written {
-        let product_id = w.order.product_id;
+        let product_id = w.product_id;
         match index.get(&product_id) {
             Some(&i) => groups[i].orders.push(w),
             None => {
@@ -581,11 +612,15 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
                 // its own; the worker decides only pending rows, so a copy is
                 // harmless, and the sweep catches whatever this misses.
                 for w in write.into_iter().flat_map(|g| g.orders) {
-                    deps.requeuer.submit(
-                        w.partition,
-                        QueueMessage::lone_order(&w.order),
-                        w.request_id.clone(),
-                    );
+                    let message = QueueMessage::Order {
+                        order_id: w.order.id,
+                        product_id: w.product_id,
+                        customer_id: w.order.customer_id.clone(),
+                        quantity: w.quantity,
+                        accepted_at: w.order.created_at,
+                    };
+                    deps.requeuer
+                        .submit(w.partition, message, w.request_id.clone());
                     let _ = w.reply.send(Err(ApiError::Unavailable(
                         "the order was recorded but its queueing is not confirmed; \
                          retry with the same Idempotency-Key to follow it"
@@ -651,7 +686,7 @@ impl Backlog {
             .is_some_and(|n| n.load(Ordering::Relaxed) >= self.max)
     }
 
-    fn add(&self, partition: Partition, n: i64) {
+    pub fn add(&self, partition: Partition, n: i64) {
         if let Some(counter) = self.pending.get(partition.index()) {
             counter.fetch_add(n, Ordering::Relaxed);
         }

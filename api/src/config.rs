@@ -18,6 +18,10 @@ pub struct ApiConfig {
     pub jwt_leeway_secs: u64,
     /// Largest quantity one order may ask for.
     pub order_quantity_max: i64,
+    /// Most lines in one order.
+    pub order_lines_max: usize,
+    /// Longest `reserve_secs` an order may ask for.
+    pub reserve_secs_max: i64,
     /// How long a restock request waits to answer 200 before answering 202.
     pub restock_wait: Duration,
     /// While waiting on a decision, how often PostgreSQL is re-read in case a
@@ -177,6 +181,8 @@ impl ApiConfig {
             jwt_secret,
             jwt_leeway_secs: env.number("CHECKLINE_JWT_LEEWAY_SECS", 5, 0, 30)?,
             order_quantity_max: env.number("CHECKLINE_ORDER_QUANTITY_MAX", 100, 1, 1_000_000)?,
+            order_lines_max: env.number("CHECKLINE_ORDER_LINES_MAX", 20, 1, 100)?,
+            reserve_secs_max: env.number("CHECKLINE_RESERVE_SECS_MAX", 3_600, 30, 86_400)?,
             restock_wait: env.millis("CHECKLINE_RESTOCK_WAIT_MS", 5_000, 0, 60_000)?,
             wait_poll_interval: env.millis("CHECKLINE_WAIT_POLL_MS", 1_000, 10, 60_000)?,
             wait_max_secs: env.number("CHECKLINE_WAIT_MAX_SECS", 30, 0, 300)?,

@@ -8,9 +8,14 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Columns selected for a [`Product`], in [`ProductRow`]'s order.
+/// Columns selected for a [`Product`], in [`ProductRow`]'s order, from the
+/// `products` table (not aliased: `reserved` refers to it by name). A
+/// product's `reserved` is what is in other buyers' carts: units held by
+/// orders not settled yet and units of reserved orders.
 pub const PRODUCT_COLUMNS: &str =
-    "id, sku, name, price_cents, stock, max_per_customer, active, partition, updated_at";
+    "id, sku, name, price_cents, stock, max_per_customer, active, partition, updated_at, \
+     held + COALESCE((SELECT SUM(r.quantity) FROM reservations r \
+                      WHERE r.product_id = products.id), 0)::bigint AS reserved";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct ProductRow {
@@ -23,6 +28,7 @@ pub struct ProductRow {
     pub active: bool,
     pub partition: Partition,
     pub updated_at: DateTime<Utc>,
+    pub reserved: i64,
 }
 
 impl From<ProductRow> for Product {
@@ -33,6 +39,7 @@ impl From<ProductRow> for Product {
             name: row.name,
             price_cents: row.price_cents,
             stock: row.stock,
+            reserved: row.reserved,
             max_per_customer: row.max_per_customer,
             active: row.active,
             partition: row.partition,

@@ -63,6 +63,11 @@ problem_codes! {
     OrderNotFound = "order_not_found" => NOT_FOUND,
     SkuTaken = "sku_taken" => CONFLICT,
     SoldOut = "sold_out" => CONFLICT,
+    OrderPending = "order_pending" => CONFLICT,
+    ReservationExpired = "reservation_expired" => CONFLICT,
+    OrderCancelled = "order_cancelled" => CONFLICT,
+    OrderRejected = "order_rejected" => CONFLICT,
+    OrderConfirmed = "order_confirmed" => CONFLICT,
     PayloadTooLarge = "payload_too_large" => PAYLOAD_TOO_LARGE,
     UnsupportedMediaType = "unsupported_media_type" => UNSUPPORTED_MEDIA_TYPE,
     HeadersTooLarge = "headers_too_large" => REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -98,6 +103,20 @@ pub enum ApiError {
     SkuTaken,
     #[error("the product is sold out")]
     SoldOut,
+    /// A line of an order of several lines names a product known to be
+    /// sold out; the problem document carries its `product_id`.
+    #[error("the product {0} is sold out")]
+    SoldOutLine(uuid::Uuid),
+    #[error("the order is not decided yet; retry shortly")]
+    OrderPending,
+    #[error("the reservation has expired and its units went back to stock")]
+    ReservationExpired,
+    #[error("the order was cancelled")]
+    OrderCancelled,
+    #[error("the order was rejected")]
+    OrderRejected,
+    #[error("the order is confirmed and can no longer be cancelled")]
+    OrderConfirmed,
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the request body must be application/json")]
@@ -135,6 +154,9 @@ struct Problem<'a> {
     status: u16,
     detail: String,
     code: ProblemCode,
+    /// The product a `sold_out` of an order of several lines is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product_id: Option<uuid::Uuid>,
 }
 
 impl ApiError {
@@ -152,7 +174,12 @@ impl ApiError {
             Self::ProductNotFound => ProblemCode::ProductNotFound,
             Self::OrderNotFound => ProblemCode::OrderNotFound,
             Self::SkuTaken => ProblemCode::SkuTaken,
-            Self::SoldOut => ProblemCode::SoldOut,
+            Self::SoldOut | Self::SoldOutLine(_) => ProblemCode::SoldOut,
+            Self::OrderPending => ProblemCode::OrderPending,
+            Self::ReservationExpired => ProblemCode::ReservationExpired,
+            Self::OrderCancelled => ProblemCode::OrderCancelled,
+            Self::OrderRejected => ProblemCode::OrderRejected,
+            Self::OrderConfirmed => ProblemCode::OrderConfirmed,
             Self::PayloadTooLarge(_) => ProblemCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ProblemCode::UnsupportedMediaType,
             Self::NotFound => ProblemCode::NotFound,
@@ -183,6 +210,10 @@ impl ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
             code: self.code(),
+            product_id: match self {
+                Self::SoldOutLine(id) => Some(*id),
+                _ => None,
+            },
         };
         serde_json::to_vec(&problem).unwrap_or_default()
     }
@@ -202,6 +233,11 @@ impl ApiError {
             | Self::OrderNotFound
             | Self::SkuTaken
             | Self::SoldOut
+            | Self::OrderPending
+            | Self::ReservationExpired
+            | Self::OrderCancelled
+            | Self::OrderRejected
+            | Self::OrderConfirmed
             | Self::UnsupportedMediaType
             | Self::NotFound
             | Self::MethodNotAllowed => {
@@ -343,6 +379,12 @@ mod tests {
             ApiError::OrderNotFound,
             ApiError::SkuTaken,
             ApiError::SoldOut,
+            ApiError::SoldOutLine(uuid::Uuid::nil()),
+            ApiError::OrderPending,
+            ApiError::ReservationExpired,
+            ApiError::OrderCancelled,
+            ApiError::OrderRejected,
+            ApiError::OrderConfirmed,
             ApiError::PayloadTooLarge(5),
             ApiError::UnsupportedMediaType,
             ApiError::NotFound,
@@ -365,7 +407,12 @@ mod tests {
                 assert_eq!(err.fixed_body(), Some(body), "{err:?}");
             }
         }
-        assert_eq!(fixed, 11);
+        assert_eq!(fixed, 16);
+        let line: serde_json::Value =
+            serde_json::from_slice(&ApiError::SoldOutLine(uuid::Uuid::nil()).problem_json())
+                .unwrap();
+        assert_eq!(line["code"], "sold_out");
+        assert_eq!(line["product_id"], uuid::Uuid::nil().to_string());
         let json: serde_json::Value =
             serde_json::from_slice(ApiError::SoldOut.fixed_body().unwrap()).unwrap();
         assert_eq!(

@@ -33,8 +33,8 @@ use crate::config::ApiConfig;
 use crate::edge::{as_problem, head_size, path_decodes, time_budget};
 use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, wait};
+use crate::order_request::CreateOrder;
 use crate::ratelimit::{client_addr, client_key};
-use crate::routes::orders::CreateOrder;
 use crate::routes::products::{CreateProduct, PatchProduct, RestockBody};
 
 /// The key the fuzzed tokens are checked against: a fuzzer does not know it,

@@ -47,6 +47,7 @@
 pub mod accept;
 pub mod app;
 pub mod auth;
+pub mod cart;
 pub mod catalog;
 pub mod config;
 pub mod db;
@@ -57,6 +58,7 @@ pub mod fuzzing;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
+pub mod order_request;
 pub mod ratelimit;
 pub mod redis;
 pub mod requeue;

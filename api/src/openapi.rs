@@ -194,8 +194,21 @@ problem_responses! {
         retry_after = false, [("order_not_found", 404, "Not Found", "no such order")];
     SkuTaken: "`sku_taken`: another product already has this sku.",
         retry_after = false, [("sku_taken", 409, "Conflict", "a product with this sku exists")];
-    SoldOut: "`sold_out`: the product is known to be sold out; answered at once, nothing is queued.",
+    SoldOut: "`sold_out`: the product (for an order of several lines: a line's product, named by `product_id` in the problem document) is known to be sold out; answered at once, nothing is queued.",
         retry_after = false, [("sold_out", 409, "Conflict", "the product is sold out")];
+    ConfirmConflict: "The order cannot be confirmed: `order_pending` (not decided yet; retry shortly), `reservation_expired` (its reservation ended and its units went back), `order_cancelled`, `order_rejected`.",
+        retry_after = false, [
+            ("order_pending", 409, "Conflict", "the order is not decided yet; retry shortly"),
+            ("reservation_expired", 409, "Conflict", "the reservation has expired and its units went back to stock"),
+            ("order_cancelled", 409, "Conflict", "the order was cancelled"),
+            ("order_rejected", 409, "Conflict", "the order was rejected"),
+        ];
+    CancelConflict: "The order cannot be cancelled: `order_confirmed`, `order_rejected`, `reservation_expired`.",
+        retry_after = false, [
+            ("order_confirmed", 409, "Conflict", "the order is confirmed and can no longer be cancelled"),
+            ("order_rejected", 409, "Conflict", "the order was rejected"),
+            ("reservation_expired", 409, "Conflict", "the reservation has expired and its units went back to stock"),
+        ];
     IdempotencyKeyReused: "`idempotency_key_reused`: this Idempotency-Key was already used with a different body. Nothing is queued.",
         retry_after = false, [("idempotency_key_reused", 422, "Unprocessable Entity", "this Idempotency-Key was already used with a different request")];
     PayloadTooLarge: "`payload_too_large`: the request body exceeds the limit (16 KiB by default).",

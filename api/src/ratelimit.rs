@@ -440,21 +440,11 @@ impl RequestFingerprint {
         use checkline_shared::domain::{parse_id, request_hash};
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct OrderBody {
-            product_id: String,
-            quantity: i64,
-        }
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
         struct RestockBody {
             quantity: i64,
         }
         let hash = match route {
-            "/v1/orders" => {
-                let body: OrderBody = serde_json::from_slice(body).ok()?;
-                let product_id = parse_id(&body.product_id)?;
-                request_hash(&["order", &product_id.to_string(), &body.quantity.to_string()])
-            }
+            "/v1/orders" => crate::order_request::OrderRequest::hash_of_body(body)?,
             "/v1/products/{id}/restock" => {
                 let body: RestockBody = serde_json::from_slice(body).ok()?;
                 let product_id = parse_id(id?)?;

@@ -140,6 +140,8 @@ mod tests {
             ("/v1/orders", vec!["GET", "POST"]),
             ("/v1/orders/{id}", vec!["GET"]),
             ("/v1/orders/{id}/events", vec!["GET"]),
+            ("/v1/orders/{id}/confirm", vec!["POST"]),
+            ("/v1/orders/{id}/cancel", vec!["POST"]),
             ("/v1/admin/stats", vec!["GET"]),
             ("/healthz", vec!["GET"]),
             ("/readyz", vec!["GET"]),

@@ -12,7 +12,9 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 use uuid::Uuid;
 
 use crate::config::ConfigError;
-use crate::domain::{Order, OrderStatus, RejectReason};
+use sqlx::types::Json;
+
+use crate::domain::{Order, OrderLine, OrderStatus, RejectReason};
 
 /// The schema, embedded at build time from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -234,8 +236,8 @@ pub async fn ensure_partitions(pool: &PgPool, partitions: u32) -> Result<(), DbS
 }
 
 /// Columns selected for an [`Order`], in [`OrderRow`]'s order.
-pub const ORDER_COLUMNS: &str = "id, customer_id, product_id, quantity, status, reason, \
-     unit_price_cents, total_cents, created_at, decided_at";
+pub const ORDER_COLUMNS: &str = "id, customer_id, product_id, quantity, lines, status, reason, \
+     rejected_product_id, unit_price_cents, total_cents, created_at, decided_at, reserved_until";
 
 /// [`ORDER_COLUMNS`] qualified with a table alias, for joins and
 /// `UPDATE … FROM` statements.
@@ -251,30 +253,48 @@ pub fn order_columns(alias: &str) -> String {
 pub struct OrderRow {
     pub id: Uuid,
     pub customer_id: String,
-    pub product_id: Uuid,
-    pub quantity: i32,
+    pub product_id: Option<Uuid>,
+    pub quantity: Option<i32>,
+    /// The lines of an order of several lines; NULL for one line.
+    pub lines: Option<Json<Vec<OrderLine>>>,
     pub status: String,
     pub reason: Option<String>,
+    pub rejected_product_id: Option<Uuid>,
     pub unit_price_cents: Option<i64>,
     pub total_cents: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub decided_at: Option<DateTime<Utc>>,
+    pub reserved_until: Option<DateTime<Utc>>,
 }
 
 impl From<OrderRow> for Order {
     fn from(row: OrderRow) -> Self {
+        // A one-line order keeps its line in the v1 columns (the table's
+        // orders_one_line constraint says which form a row has).
+        let lines = match (row.lines, row.product_id, row.quantity) {
+            (Some(Json(lines)), _, _) => lines,
+            (None, Some(product_id), Some(quantity)) => vec![OrderLine {
+                product_id,
+                quantity,
+                unit_price_cents: row.unit_price_cents,
+            }],
+            (None, _, _) => Vec::new(),
+        };
         Order {
             id: row.id,
             customer_id: row.customer_id,
             product_id: row.product_id,
             quantity: row.quantity,
+            lines,
             // The table's CHECK constraints only admit known values.
             status: OrderStatus::parse(&row.status).unwrap_or(OrderStatus::Pending),
             reason: row.reason.as_deref().and_then(RejectReason::parse),
+            rejected_product_id: row.rejected_product_id,
             unit_price_cents: row.unit_price_cents,
             total_cents: row.total_cents,
             created_at: row.created_at,
             decided_at: row.decided_at,
+            reserved_until: row.reserved_until,
         }
     }
 }

@@ -71,41 +71,75 @@ impl IdempotencyKey {
     }
 }
 
-/// Where an order stands. It only ever moves from `Pending` to a decision.
+/// Where an order stands. `pending` moves to `reserved`, `confirmed`,
+/// `rejected` or `cancelled`; `reserved` moves to `confirmed`, `expired` or
+/// `cancelled`. Nothing moves back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(
     feature = "openapi",
-    schema(description = "`pending` moves to `confirmed` or `rejected`, never back.")
+    schema(
+        description = "`pending` moves to `reserved`, `confirmed`, `rejected` or `cancelled`; \
+        `reserved` moves to `confirmed`, `expired` or `cancelled`. Nothing moves back. \
+        Final: `confirmed`, `rejected`, `expired`, `cancelled`."
+    )
 )]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,
+    Reserved,
     Confirmed,
     Rejected,
+    Cancelled,
+    Expired,
 }
 
 impl OrderStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Reserved,
+        Self::Confirmed,
+        Self::Rejected,
+        Self::Cancelled,
+        Self::Expired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::Reserved => "reserved",
             Self::Confirmed => "confirmed",
             Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "pending" => Some(Self::Pending),
-            "confirmed" => Some(Self::Confirmed),
-            "rejected" => Some(Self::Rejected),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
     }
 
+    /// No longer pending: `?wait=` returns here (`reserved` counts).
     pub fn is_decided(self) -> bool {
         self != Self::Pending
     }
+
+    /// Nothing can happen to the order any more: its event stream ends.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending | Self::Reserved)
+    }
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OrderLine {
+    pub product_id: Uuid,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub quantity: i32,
+    /// Set when the line's units are taken; null before and when rejected.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    pub unit_price_cents: Option<i64>,
 }
 
 /// Why an order was rejected. These strings are part of the contract.
@@ -159,20 +193,29 @@ impl RejectReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(
-    description = "An order. Prices are set when the order is confirmed.",
+    description = "An order of one or several lines. Prices are set when its units are taken.",
     examples(
         json!({"id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "customer_id": "alice",
-            "product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1, "status": "pending",
-            "reason": null, "unit_price_cents": null, "total_cents": null,
-            "created_at": "2026-11-22T10:00:01Z", "decided_at": null}),
-        json!({"id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "customer_id": "alice",
-            "product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1, "status": "confirmed",
-            "reason": null, "unit_price_cents": 19900, "total_cents": 19900,
-            "created_at": "2026-11-22T10:00:01Z", "decided_at": "2026-11-22T10:00:01.042Z"}),
+            "product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1,
+            "lines": [{"product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1, "unit_price_cents": 19900}],
+            "status": "confirmed", "reason": null, "rejected_product_id": null,
+            "unit_price_cents": 19900, "total_cents": 19900,
+            "created_at": "2026-11-22T10:00:01Z", "decided_at": "2026-11-22T10:00:01.042Z", "reserved_until": null}),
         json!({"id": "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f", "customer_id": "alice",
-            "product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 2, "status": "rejected",
-            "reason": "sold_out", "unit_price_cents": null, "total_cents": null,
-            "created_at": "2026-11-22T10:00:03Z", "decided_at": "2026-11-22T10:00:03.015Z"})
+            "product_id": null, "quantity": null,
+            "lines": [{"product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1, "unit_price_cents": 19900},
+                      {"product_id": "7d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a", "quantity": 2, "unit_price_cents": 500}],
+            "status": "reserved", "reason": null, "rejected_product_id": null,
+            "unit_price_cents": null, "total_cents": 20900,
+            "created_at": "2026-11-22T10:00:03Z", "decided_at": "2026-11-22T10:00:03.015Z",
+            "reserved_until": "2026-11-22T10:05:03.015Z"}),
+        json!({"id": "4d5e6f7a-8b9c-4d0e-8f1a-2b3c4d5e6f7a", "customer_id": "bob",
+            "product_id": null, "quantity": null,
+            "lines": [{"product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1, "unit_price_cents": null},
+                      {"product_id": "7d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a", "quantity": 1, "unit_price_cents": null}],
+            "status": "rejected", "reason": "sold_out", "rejected_product_id": "7d1e2f3a-4b5c-4d6e-8f7a-9b0c1d2e3f4a",
+            "unit_price_cents": null, "total_cents": null,
+            "created_at": "2026-11-22T10:00:04Z", "decided_at": "2026-11-22T10:00:04.020Z", "reserved_until": null})
     )
 ))]
 pub struct Order {
@@ -183,21 +226,31 @@ pub struct Order {
         schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.@-]{1,64}$")
     )]
     pub customer_id: String,
-    pub product_id: Uuid,
+    /// The product of a one-line order; null for an order of several lines.
+    pub product_id: Option<Uuid>,
+    /// The quantity of a one-line order; null for an order of several lines.
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
-    pub quantity: i32,
+    pub quantity: Option<i32>,
+    /// The order's lines in request order (one for a one-line order).
+    pub lines: Vec<OrderLine>,
     pub status: OrderStatus,
     /// Null unless the order is rejected.
     pub reason: Option<RejectReason>,
-    /// Unit price charged; null unless confirmed.
+    /// The product of the first line that could not be served; null unless rejected.
+    pub rejected_product_id: Option<Uuid>,
+    /// Unit price of a one-line order once it took its units; null otherwise.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub unit_price_cents: Option<i64>,
-    /// `unit_price_cents * quantity`; null unless confirmed.
+    /// Sum over the lines of unit price times quantity, once the order took
+    /// its units; null while pending and when rejected.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub total_cents: Option<i64>,
     pub created_at: DateTime<Utc>,
-    /// When the order was confirmed or rejected; null while pending.
+    /// When the order was decided (reserved, confirmed, rejected) or
+    /// cancelled while pending; null while pending.
     pub decided_at: Option<DateTime<Utc>>,
+    /// Until when a reserved order's units are held; null without a reservation.
+    pub reserved_until: Option<DateTime<Utc>>,
 }
 
 /// A product as the contract shows it.
@@ -206,7 +259,7 @@ pub struct Order {
 #[cfg_attr(feature = "openapi", schema(
     description = "A product on sale. `stock` reflects every decided order and applied restock.",
     examples(json!({"id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "sku": "FLASH-1",
-        "name": "Flash phone", "price_cents": 19900, "stock": 100, "max_per_customer": 2,
+        "name": "Flash phone", "price_cents": 19900, "stock": 100, "reserved": 4, "max_per_customer": 2,
         "active": true, "partition": 3, "updated_at": "2026-11-22T10:00:00Z"}))
 ))]
 pub struct Product {
@@ -226,6 +279,10 @@ pub struct Product {
     /// Units currently available. Never negative; may exceed 10^9 after restocks.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub stock: i64,
+    /// Units in other buyers' carts: held by orders not yet settled and
+    /// reserved by orders not yet paid. They may come back.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    pub reserved: i64,
     /// Maximum units one customer may buy in total; null for no limit.
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub max_per_customer: Option<i32>,
@@ -243,7 +300,8 @@ pub struct Product {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(
     description = "Data of a `stock` server-sent event.",
-    examples(json!({"product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "stock": 42, "sold_out": false}))
+    examples(json!({"product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "stock": 0, "sold_out": true,
+        "reserved": 3, "next_release_at": "2026-11-22T14:05:00Z"}))
 ))]
 pub struct StockEvent {
     pub product_id: Uuid,
@@ -251,14 +309,35 @@ pub struct StockEvent {
     pub stock: i64,
     /// True when `stock` is 0.
     pub sold_out: bool,
+    /// Units in other buyers' carts (see `Product.reserved`).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(default)]
+    pub reserved: i64,
+    /// While `stock` is 0 and `reserved` > 0: the earliest `reserved_until`
+    /// of the reservations holding the product's units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_release_at: Option<DateTime<Utc>>,
 }
 
 impl StockEvent {
     pub fn new(product_id: Uuid, stock: i64) -> Self {
+        Self::with_reserved(product_id, stock, 0, None)
+    }
+
+    /// `next_release_at` is kept only while it means something: stock is 0
+    /// and units are reserved.
+    pub fn with_reserved(
+        product_id: Uuid,
+        stock: i64,
+        reserved: i64,
+        next_release_at: Option<DateTime<Utc>>,
+    ) -> Self {
         Self {
             product_id,
             stock,
             sold_out: stock <= 0,
+            reserved,
+            next_release_at: next_release_at.filter(|_| stock <= 0 && reserved > 0),
         }
     }
 }
@@ -328,14 +407,21 @@ mod tests {
         let order = Order {
             id: Uuid::nil(),
             customer_id: "alice".into(),
-            product_id: Uuid::nil(),
-            quantity: 1,
+            product_id: Some(Uuid::nil()),
+            quantity: Some(1),
+            lines: vec![OrderLine {
+                product_id: Uuid::nil(),
+                quantity: 1,
+                unit_price_cents: None,
+            }],
             status: OrderStatus::Rejected,
             reason: Some(RejectReason::SoldOut),
+            rejected_product_id: Some(Uuid::nil()),
             unit_price_cents: None,
             total_cents: None,
             created_at: DateTime::from_timestamp(0, 0).unwrap(),
             decided_at: None,
+            reserved_until: None,
         };
         let json = serde_json::to_value(&order).unwrap();
         assert_eq!(json["status"], "rejected");
@@ -367,8 +453,7 @@ mod tests {
                 RejectReason::LimitExceeded, RejectReason::ProductUnavailable,
                 RejectReason::IdempotencyKeyReused];
             prop_assert_eq!(RejectReason::parse(reasons[i].as_str()), Some(reasons[i]));
-            let statuses = [OrderStatus::Pending, OrderStatus::Confirmed, OrderStatus::Rejected];
-            let s = statuses[i % 3];
+            let s = OrderStatus::ALL[i % OrderStatus::ALL.len()];
             prop_assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
         }
     }

@@ -23,12 +23,15 @@
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod events;
 pub mod faults;
 pub mod infra;
 pub mod messages;
 pub mod partition;
 pub mod pending;
 pub mod queue;
+pub mod reservations;
 pub mod shutdown;
+pub mod stock;
 pub mod subjects;
 pub mod telemetry;

@@ -44,6 +44,31 @@ pub enum QueueMessage {
         product_id: Uuid,
         quantity: i64,
     },
+    /// One line of an order of several lines, at its place in its product's
+    /// queue. All lines of an order are published in one atomic write, so
+    /// the stream gives the order one position on every product it names.
+    Line {
+        order_id: Uuid,
+        line_no: i32,
+        product_id: Uuid,
+        customer_id: String,
+        quantity: i32,
+    },
+    /// The order of a held line has settled: at this entry's turn the held
+    /// units are taken for good or go back to stock.
+    Settle {
+        order_id: Uuid,
+        line_no: i32,
+        product_id: Uuid,
+    },
+    /// Units of a reserved order that expired or was cancelled, going back
+    /// to stock at this entry's turn.
+    Return {
+        return_id: Uuid,
+        order_id: Uuid,
+        product_id: Uuid,
+        quantity: i32,
+    },
 }
 
 /// One order inside a [`QueueMessage::Orders`].
@@ -57,14 +82,34 @@ pub struct QueuedOrder {
 impl QueueMessage {
     /// The message that carries one order on its own: an order published
     /// again by a retry, a requeue or the stranded-order sweep.
-    pub fn lone_order(order: &Order) -> Self {
-        QueueMessage::Order {
+    ///
+    /// `None` for an order of several lines: its lines travel together
+    /// ([`QueueMessage::cart_lines`]).
+    pub fn lone_order(order: &Order) -> Option<Self> {
+        Some(QueueMessage::Order {
             order_id: order.id,
-            product_id: order.product_id,
+            product_id: order.product_id?,
             customer_id: order.customer_id.clone(),
-            quantity: order.quantity,
+            quantity: order.quantity?,
             accepted_at: order.created_at,
-        }
+        })
+    }
+
+    /// The entries of every line of an order of several lines, in line
+    /// order: to be published as one atomic write.
+    pub fn cart_lines(order: &Order) -> Vec<Self> {
+        order
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| QueueMessage::Line {
+                order_id: order.id,
+                line_no: i32::try_from(i).unwrap_or(i32::MAX),
+                product_id: line.product_id,
+                customer_id: order.customer_id.clone(),
+                quantity: line.quantity,
+            })
+            .collect()
     }
 
     /// The id JetStream deduplicates on (`Nats-Msg-Id`) within its window.
@@ -81,6 +126,13 @@ impl QueueMessage {
             ),
             Self::Order { order_id, .. } => format!("o.{order_id}"),
             Self::Restock { restock_id, .. } => format!("r.{restock_id}"),
+            Self::Line {
+                order_id, line_no, ..
+            } => format!("l.{order_id}.{line_no}"),
+            Self::Settle {
+                order_id, line_no, ..
+            } => format!("s.{order_id}.{line_no}"),
+            Self::Return { return_id, .. } => format!("x.{return_id}"),
         }
     }
 
@@ -88,7 +140,10 @@ impl QueueMessage {
         match self {
             Self::Orders { product_id, .. }
             | Self::Order { product_id, .. }
-            | Self::Restock { product_id, .. } => *product_id,
+            | Self::Restock { product_id, .. }
+            | Self::Line { product_id, .. }
+            | Self::Settle { product_id, .. }
+            | Self::Return { product_id, .. } => *product_id,
         }
     }
 

@@ -318,10 +318,37 @@ impl Publisher {
         messages: &[(Partition, QueueMessage)],
         request_id: Option<&str>,
     ) -> Result<(), PublishError> {
+        self.atomic(messages, None, request_id).await
+    }
+
+    /// [`Publisher::publish_atomic`] for copies of messages that cannot be
+    /// in the queue any more (see [`Publisher::publish_copy`] for their
+    /// ids): the lines of an order of several lines that the stranded
+    /// sweep publishes again, together.
+    pub async fn publish_atomic_copy(
+        &self,
+        messages: &[(Partition, QueueMessage)],
+        copy: i64,
+    ) -> Result<(), PublishError> {
+        self.atomic(messages, Some(copy), None).await
+    }
+
+    async fn atomic(
+        &self,
+        messages: &[(Partition, QueueMessage)],
+        copy: Option<i64>,
+        request_id: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let id_of = |message: &QueueMessage| match copy {
+            Some(copy) => format!("{}.{copy}", message.message_id()),
+            None => message.message_id(),
+        };
         match messages {
             [] => Ok(()),
             [(partition, message)] => {
-                let published = self.publish(*partition, message, request_id).await?;
+                let published = self
+                    .send(*partition, message, id_of(message), request_id)
+                    .await?;
                 if published.duplicate {
                     return Err(PublishError::Failed(
                         "JetStream dropped the message as a duplicate".into(),
@@ -343,7 +370,7 @@ impl Publisher {
                         if gap && i == 1 {
                             continue;
                         }
-                        let mut headers = message_headers(message.message_id(), request_id);
+                        let mut headers = message_headers(id_of(message), request_id);
                         batch_headers(&mut headers, &batch_id, i + 1);
                         self.client
                             .publish_with_headers(
@@ -358,7 +385,7 @@ impl Publisher {
                     let count = messages.len();
                     let mut commit = jetstream::message::PublishMessage::build()
                         .payload(last.encode().into())
-                        .message_id(last.message_id())
+                        .message_id(id_of(last))
                         .header(header::NATS_BATCH_ID, batch_id.as_str())
                         .header(header::NATS_BATCH_SEQUENCE, count.to_string().as_str())
                         .header(header::NATS_BATCH_COMMIT, header::NATS_BATCH_COMMIT_FINAL);

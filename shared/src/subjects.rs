@@ -76,6 +76,12 @@ impl Subjects {
         format!("{}.events.decisions.p{partition}", self.prefix)
     }
 
+    /// Orders changed outside a partition's batch: confirmed, cancelled or
+    /// expired. Read like the partitions' decisions.
+    pub fn order_changes_event(&self) -> String {
+        format!("{}.events.decisions.changes", self.prefix)
+    }
+
     pub fn stock_event(&self, product_id: Uuid) -> String {
         format!("{}.events.stock.{product_id}", self.prefix)
     }

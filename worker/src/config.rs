@@ -25,6 +25,13 @@ pub struct WorkerConfig {
     pub idle_after: Duration,
     /// Most stranded items republished by one sweep of a partition.
     pub requeue_batch_max: i64,
+    /// How often the expirer looks for reservations that are due: a
+    /// reservation is expired at most this long (plus one expiry round)
+    /// after its `reserved_until`.
+    pub expiry_interval: Duration,
+    /// Most reservations expired by one transaction (the expirer goes on
+    /// at once while it finds full rounds).
+    pub expiry_batch_max: i64,
     /// A partition lease not renewed for this long expires, and another
     /// worker takes the partition over (the failover time after a crash).
     pub lease_ttl: Duration,
@@ -110,6 +117,8 @@ impl WorkerConfig {
             retry_max_delay: env.millis("CHECKLINE_RETRY_MAX_DELAY_MS", 5_000, 10, 60_000)?,
             idle_after: env.millis("CHECKLINE_IDLE_AFTER_MS", 1_000, 10, 60_000)?,
             requeue_batch_max: env.number("CHECKLINE_REQUEUE_BATCH_MAX", 1_000, 1, 100_000)?,
+            expiry_interval: env.millis("CHECKLINE_EXPIRY_INTERVAL_MS", 1_000, 50, 60_000)?,
+            expiry_batch_max: env.number("CHECKLINE_EXPIRY_BATCH_MAX", 500, 1, 100_000)?,
             lease_ttl,
             rebalance_interval: env.millis("CHECKLINE_REBALANCE_INTERVAL_MS", 1_000, 50, 60_000)?,
             shutdown_timeout: env.millis(

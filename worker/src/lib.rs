@@ -20,11 +20,13 @@
 //! - [`deadletter`]: messages that can never be processed, kept for ops.
 //! - [`metrics`]: the worker's Prometheus metrics.
 
+pub mod carts;
 pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod deadletter;
 pub mod decide;
+pub mod expiry;
 pub mod lease;
 pub mod metrics;
 pub mod notify;
@@ -85,6 +87,18 @@ pub async fn run(
         common.publish_timeout,
     );
     let (pool, client) = (infra.pool.clone(), infra.client.clone());
+    let (stop_expirer, expirer_stopped) = tokio::sync::watch::channel(false);
+    let expirer = tokio::spawn(
+        expiry::Expirer {
+            pool: infra.pool.clone(),
+            publisher: infra.publisher.clone(),
+            client: infra.client.clone(),
+            subjects: infra.subjects.clone(),
+            interval: config.expiry_interval,
+            batch_max: config.expiry_batch_max,
+        }
+        .run(expirer_stopped),
+    );
     let deps = partition::Deps {
         config: Arc::new(config),
         pool: infra.pool,
@@ -106,6 +120,8 @@ pub async fn run(
     .await?;
     tracing::info!(partitions, worker = %deps.config.worker_id, "worker started");
     coordinator::run(deps, leases, shutdown).await;
+    let _ = stop_expirer.send(true);
+    let _ = expirer.await;
     let _ = client.flush().await;
     pool.close().await;
     tracing::info!("worker stopped");

@@ -267,6 +267,15 @@ async fn consume(
                 Ok(QueueMessage::Restock { restock_id, .. }) => {
                     batch.push(single(QueuedKind::Restock(restock_id)));
                 }
+                Ok(QueueMessage::Line {
+                    order_id, line_no, ..
+                }) => batch.push(single(QueuedKind::Line(order_id, line_no))),
+                Ok(QueueMessage::Settle {
+                    order_id, line_no, ..
+                }) => batch.push(single(QueuedKind::Settle(order_id, line_no))),
+                Ok(QueueMessage::Return { return_id, .. }) => {
+                    batch.push(single(QueuedKind::Return(return_id)));
+                }
                 Err(err) => {
                     tracing::error!(sequence, error = %err, subject = %message.subject, "undecodable message; dead-lettering it");
                     dead.push((
@@ -330,6 +339,13 @@ async fn consume(
             cursor,
             "batch committed"
         );
+        // The settled orders' settle entries go to their lines' queues. Their
+        // lines are the outbox: what fails here the sweep queues later.
+        for settles in applied.settles.chunks(deps.publisher.batch_max().max(1)) {
+            if let Err(err) = deps.publisher.publish_atomic(settles, None).await {
+                tracing::warn!(error = %err, count = settles.len(), "settle entries not queued; the sweep will");
+            }
+        }
         let limit = config.common.publish_timeout;
         notify::publish(
             &deps.client,
@@ -464,7 +480,7 @@ async fn sweep(deps: &Deps, partition: Partition, before: StrandedBefore) {
     let messages: Vec<QueueMessage> = stranded
         .orders
         .iter()
-        .map(QueueMessage::lone_order)
+        .filter_map(QueueMessage::lone_order)
         .chain(
             stranded
                 .restocks
@@ -475,11 +491,25 @@ async fn sweep(deps: &Deps, partition: Partition, before: StrandedBefore) {
                     quantity: r.quantity,
                 }),
         )
+        .chain(stranded.entries)
         .collect();
-    let publishes: Vec<_> = messages
-        .iter()
-        .map(|message| deps.publisher.publish_copy(partition, message, sweep_at))
-        .collect();
+    let mut publishes: Vec<futures::future::BoxFuture<'_, Result<(), queue::PublishError>>> =
+        messages
+            .iter()
+            .map(|message| {
+                Box::pin(async move {
+                    deps.publisher
+                        .publish_copy(partition, message, sweep_at)
+                        .await
+                        .map(|_| ())
+                }) as futures::future::BoxFuture<'_, _>
+            })
+            .collect();
+    // An order of several lines goes back whole, as one atomic write.
+    publishes.extend(stranded.carts.iter().map(|lines| {
+        Box::pin(deps.publisher.publish_atomic_copy(lines, sweep_at))
+            as futures::future::BoxFuture<'_, _>
+    }));
     let all = futures::stream::iter(publishes)
         .buffer_unordered(64)
         .collect::<Vec<_>>();

@@ -14,12 +14,14 @@ use std::collections::{HashMap, HashSet};
 use checkline_shared::db::{order_columns, OrderRow};
 use checkline_shared::domain::{Order, RestockResult, StockEvent};
 use checkline_shared::faults::Faults;
+use checkline_shared::messages::QueueMessage;
 use checkline_shared::partition::Partition;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::decide::{self, Decision, Item, Outcome, ProductState, Purchases};
+use crate::carts;
+use crate::decide::{self, Decision, Entry, Item, Outcome, Parked, ProductState, Purchases};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,8 +40,9 @@ pub enum StoreError {
     #[error("stock guard refused the batch for product {product_id}")]
     StockGuard { product_id: Uuid },
     /// Some of the batch's orders were no longer pending when their
-    /// decisions were written: something other than this partition's owner
-    /// decided them. Nothing was written; the batch is read again.
+    /// decisions were written: a cancel got in between the read and the
+    /// write. Nothing was written; the batch is read again, and no longer
+    /// finds the cancelled order.
     #[error("{decided} of {expected} orders were still pending at the decision")]
     DecidedElsewhere { expected: usize, decided: usize },
     #[error(transparent)]
@@ -52,10 +55,8 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Db(err) => checkline_shared::db::is_transient(err),
-            Self::CursorMoved { .. }
-            | Self::Fenced { .. }
-            | Self::StockGuard { .. }
-            | Self::DecidedElsewhere { .. } => false,
+            Self::DecidedElsewhere { .. } => true,
+            Self::CursorMoved { .. } | Self::Fenced { .. } | Self::StockGuard { .. } => false,
         }
     }
 }
@@ -69,10 +70,18 @@ pub struct QueuedRef {
     pub kind: QueuedKind,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What a queue entry refers to; also the key that makes an entry count
+/// once in a batch however often the batch holds its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QueuedKind {
     Order(Uuid),
     Restock(Uuid),
+    /// A line of an order of several lines: (order, line number).
+    Line(Uuid, i32),
+    /// A settled line's hold: (order, line number).
+    Settle(Uuid, i32),
+    /// Units of a reserved order coming back.
+    Return(Uuid),
     /// A message that could not be decoded: it only advances the cursor.
     Skip,
 }
@@ -80,13 +89,17 @@ pub enum QueuedKind {
 /// What a committed batch changed, for the notifications that follow.
 #[derive(Debug, Default)]
 pub struct Applied {
+    /// Orders decided (one-line orders, and orders of several lines that
+    /// settled) in this batch.
     pub orders: Vec<Order>,
     pub stock: Vec<StockEvent>,
     pub restocks: Vec<(Uuid, RestockResult)>,
+    /// Settle entries of the orders settled in this batch, to be queued
+    /// (their lines are the outbox: the sweep queues what this misses).
+    pub settles: Vec<(Partition, QueueMessage)>,
     /// Messages whose order or restock was already decided (redeliveries).
     pub duplicates: usize,
 }
-
 /// The queue stream a partition is consumed from, as the worker found it.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamIdentity {
@@ -168,124 +181,10 @@ pub async fn apply_batch(
         return Ok(Applied::default());
     };
     let mut tx = pool.begin().await?;
+    advance_cursor(&mut tx, partition, token, expected_cursor, last.sequence).await?;
 
-    // The cursor row is the first lock taken: two workers that both think
-    // they own the partition serialize here. The fencing token shuts out a
-    // former owner that lost its lease; the cursor compare-and-set shuts out
-    // anyone replaying from an old position. Either way nothing is written.
-    let advanced = sqlx::query(
-        "UPDATE partition_cursors \
-         SET last_sequence = $3, last_decided_at = now(), updated_at = now() \
-         WHERE partition = $1 AND last_sequence = $2 AND fencing_token = $4",
-    )
-    .bind(partition)
-    .bind(seq_i64(expected_cursor))
-    .bind(seq_i64(last.sequence))
-    .bind(token)
-    .execute(&mut *tx)
-    .await?;
-    if advanced.rows_affected() != 1 {
-        let current: i64 =
-            sqlx::query_scalar("SELECT fencing_token FROM partition_cursors WHERE partition = $1")
-                .bind(partition)
-                .fetch_one(&mut *tx)
-                .await?;
-        return Err(if current == token {
-            StoreError::CursorMoved {
-                expected: expected_cursor,
-            }
-        } else {
-            StoreError::Fenced { token }
-        });
-    }
-
-    let order_ids: Vec<Uuid> = batch
-        .iter()
-        .filter_map(|r| match r.kind {
-            QueuedKind::Order(id) => Some(id),
-            _ => None,
-        })
-        .collect();
-    let restock_ids: Vec<Uuid> = batch
-        .iter()
-        .filter_map(|r| match r.kind {
-            QueuedKind::Restock(id) => Some(id),
-            _ => None,
-        })
-        .collect();
-
-    // Only still-pending rows are decided: a redelivered or republished
-    // message of a decided order finds nothing here, which is what makes
-    // deciding exactly-once. The rows are read without a row lock: only a
-    // batch of this partition ever decides its orders, and the cursor row
-    // locked above lets one such batch at a time past this point (a second
-    // waits for the first to commit, then finds the cursor moved). A lock per
-    // order would write a lock record to each row (WAL and a dirtied page
-    // per order) to guard against a writer that cannot exist; the decision's
-    // `WHERE status = 'pending'` and the count check after it stay as the
-    // backstop.
-    let pending_orders: Vec<(Uuid, String, Uuid, i32)> = sqlx::query_as(
-        "SELECT id, customer_id, product_id, quantity FROM orders \
-         WHERE id = ANY($1) AND status = 'pending'",
-    )
-    .bind(&order_ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    // Restocks are rare: most batches skip this round trip.
-    let pending_restocks: Vec<(Uuid, Uuid, i64)> = if restock_ids.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT id, product_id, quantity FROM restocks \
-             WHERE id = ANY($1) AND status = 'pending' FOR NO KEY UPDATE",
-        )
-        .bind(&restock_ids)
-        .fetch_all(&mut *tx)
-        .await?
-    };
-    let orders: HashMap<Uuid, (String, Uuid, i32)> = pending_orders
-        .into_iter()
-        .map(|(id, c, p, q)| (id, (c, p, q)))
-        .collect();
-    let restocks: HashMap<Uuid, (Uuid, i64)> = pending_restocks
-        .into_iter()
-        .map(|(id, p, q)| (id, (p, q)))
-        .collect();
-
-    // Items in queue order; each id at most once even if the batch holds a
-    // message twice.
-    let mut seen = HashSet::new();
-    let mut items = Vec::with_capacity(batch.len());
-    let mut sequences = Vec::with_capacity(batch.len());
-    let mut duplicates = 0;
-    for r in batch {
-        let item = match r.kind {
-            QueuedKind::Order(id) => orders.get(&id).map(|(c, p, q)| Item::Order {
-                order_id: id,
-                product_id: *p,
-                customer_id: c.clone(),
-                quantity: *q,
-            }),
-            QueuedKind::Restock(id) => restocks.get(&id).map(|(p, q)| Item::Restock {
-                restock_id: id,
-                product_id: *p,
-                quantity: *q,
-            }),
-            QueuedKind::Skip => continue,
-        };
-        let id = match r.kind {
-            QueuedKind::Order(id) | QueuedKind::Restock(id) => id,
-            QueuedKind::Skip => continue,
-        };
-        match item {
-            Some(item) if seen.insert(id) => {
-                items.push(item);
-                sequences.push((r.sequence, r.index));
-            }
-            _ => duplicates += 1,
-        }
-    }
-    if items.is_empty() {
+    let (entries, duplicates) = read_entries(&mut tx, batch).await?;
+    if entries.is_empty() {
         tx.commit().await?;
         return Ok(Applied {
             duplicates,
@@ -293,160 +192,353 @@ pub async fn apply_batch(
         });
     }
 
-    let mut product_ids: Vec<Uuid> = items
+    let mut product_ids: Vec<Uuid> = entries
         .iter()
-        .map(|i| match i {
-            Item::Order { product_id, .. } | Item::Restock { product_id, .. } => *product_id,
-        })
+        .map(|e| e.item.product_id())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    // A fixed lock order keeps two transactions from deadlocking. NO KEY
-    // UPDATE (what an UPDATE of a non-key column takes anyway), not UPDATE:
-    // the API's inserts of new orders check their product's foreign key with
-    // a KEY SHARE lock, which a FOR UPDATE lock would block until this batch
-    // commits, serializing accepting behind deciding.
     product_ids.sort_unstable();
-    let product_rows: Vec<(Uuid, i64, i64, Option<i32>, bool)> = sqlx::query_as(
-        "SELECT id, stock, price_cents, max_per_customer, active FROM products \
+    let mut products = lock_products(&mut tx, &product_ids).await?;
+    let before = products.clone();
+
+    // Entries wait only behind held units (decide's rule 5), so a product
+    // without any has none parked: most batches skip this read.
+    let holding: Vec<Uuid> = product_ids
+        .iter()
+        .copied()
+        .filter(|id| products.get(id).is_some_and(|p| p.held > 0))
+        .collect();
+    let (mut parked, was_parked) = carts::read_parked(&mut tx, &holding).await?;
+
+    let mut purchases = read_purchases(&mut tx, &entries, &parked).await?;
+    let purchases_before = purchases.clone();
+
+    let decisions = decide::decide(&mut products, &mut purchases, &mut parked, entries);
+
+    write_products(&mut tx, &before, &products).await?;
+    let mut decided_orders = write_orders(&mut tx, &decisions).await?;
+    let settled = carts::write_lines(&mut tx, &decisions).await?;
+    decided_orders.extend(settled.orders);
+    carts::write_settles(&mut tx, &decisions).await?;
+    write_returns(&mut tx, &decisions).await?;
+    write_purchases(&mut tx, &purchases_before, &purchases).await?;
+    faults.at("mid_batch").await;
+    let restock_results = write_restocks(&mut tx, &decisions).await?;
+    carts::write_parked(&mut tx, &was_parked, &parked).await?;
+    faults.at("before_commit").await;
+    tx.commit().await?;
+    faults.at("after_commit").await;
+
+    let stock = checkline_shared::stock::events(pool, &product_ids).await?;
+    Ok(Applied {
+        orders: decided_orders,
+        stock,
+        restocks: restock_results,
+        settles: settled.settles,
+        duplicates,
+    })
+}
+
+/// Moves the cursor to `last`, or fails with nothing written.
+///
+/// The cursor row is the first lock taken: two workers that both think
+/// they own the partition serialize here. The fencing token shuts out a
+/// former owner that lost its lease; the cursor compare-and-set shuts out
+/// anyone replaying from an old position.
+async fn advance_cursor(
+    tx: &mut Transaction<'_, Postgres>,
+    partition: Partition,
+    token: i64,
+    expected: u64,
+    last: u64,
+) -> Result<(), StoreError> {
+    let advanced = sqlx::query(
+        "UPDATE partition_cursors \
+         SET last_sequence = $3, last_decided_at = now(), updated_at = now() \
+         WHERE partition = $1 AND last_sequence = $2 AND fencing_token = $4",
+    )
+    .bind(partition)
+    .bind(seq_i64(expected))
+    .bind(seq_i64(last))
+    .bind(token)
+    .execute(&mut **tx)
+    .await?;
+    if advanced.rows_affected() == 1 {
+        return Ok(());
+    }
+    let current: i64 =
+        sqlx::query_scalar("SELECT fencing_token FROM partition_cursors WHERE partition = $1")
+            .bind(partition)
+            .fetch_one(&mut **tx)
+            .await?;
+    Err(if current == token {
+        StoreError::CursorMoved { expected }
+    } else {
+        StoreError::Fenced { token }
+    })
+}
+
+/// The batch's entries still to be applied, in queue order, each at most
+/// once even if the batch holds its message twice; and how many were not
+/// (decided or applied already: redeliveries and copies).
+///
+/// Only still-pending rows are read, which is what makes applying
+/// exactly-once. The rows are read without a row lock: only a batch of
+/// this partition ever decides them, and the cursor row locked before lets
+/// one such batch at a time past this point (a second waits for the first
+/// to commit, then finds the cursor moved). A lock per order would write a
+/// lock record to each row (WAL and a dirtied page per order) to guard
+/// against a writer that cannot exist; the writes' own conditions and
+/// count checks stay as the backstop. (A cancel can race a one-line
+/// order's decision: the count check then rolls the batch back, and the
+/// retry no longer reads the order.)
+async fn read_entries(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[QueuedRef],
+) -> Result<(Vec<Entry>, usize), StoreError> {
+    let mut order_ids = Vec::new();
+    let mut restock_ids = Vec::new();
+    let mut return_ids = Vec::new();
+    let mut line_keys = (Vec::new(), Vec::new());
+    let mut settle_keys = (Vec::new(), Vec::new());
+    for r in batch {
+        match r.kind {
+            QueuedKind::Order(id) => order_ids.push(id),
+            QueuedKind::Restock(id) => restock_ids.push(id),
+            QueuedKind::Return(id) => return_ids.push(id),
+            QueuedKind::Line(id, n) => {
+                line_keys.0.push(id);
+                line_keys.1.push(n);
+            }
+            QueuedKind::Settle(id, n) => {
+                settle_keys.0.push(id);
+                settle_keys.1.push(n);
+            }
+            QueuedKind::Skip => {}
+        }
+    }
+    let mut items: HashMap<QueuedKind, Item> = HashMap::new();
+    if !order_ids.is_empty() {
+        let rows: Vec<(Uuid, String, Uuid, i32, bool)> = sqlx::query_as(
+            "SELECT id, customer_id, product_id, quantity, reserve_secs IS NOT NULL FROM orders \
+             WHERE id = ANY($1) AND status = 'pending' AND line_count = 1 \
+               AND queue_sequence IS NULL",
+        )
+        .bind(&order_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (order_id, customer_id, product_id, quantity, reserve) in rows {
+            items.insert(
+                QueuedKind::Order(order_id),
+                Item::Order {
+                    order_id,
+                    product_id,
+                    customer_id,
+                    quantity,
+                    reserve,
+                },
+            );
+        }
+    }
+    // Restocks, returns and carts are rare next to one-line orders: most
+    // batches skip these round trips.
+    if !restock_ids.is_empty() {
+        let rows: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+            "SELECT id, product_id, quantity FROM restocks \
+             WHERE id = ANY($1) AND status = 'pending' FOR NO KEY UPDATE",
+        )
+        .bind(&restock_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (restock_id, product_id, quantity) in rows {
+            items.insert(
+                QueuedKind::Restock(restock_id),
+                Item::Restock {
+                    restock_id,
+                    product_id,
+                    quantity,
+                },
+            );
+        }
+    }
+    if !return_ids.is_empty() {
+        let rows: Vec<(Uuid, Uuid, String, i32)> = sqlx::query_as(
+            "SELECT id, product_id, customer_id, quantity FROM stock_returns \
+             WHERE id = ANY($1) AND status = 'pending'",
+        )
+        .bind(&return_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (return_id, product_id, customer_id, quantity) in rows {
+            items.insert(
+                QueuedKind::Return(return_id),
+                Item::Return {
+                    return_id,
+                    product_id,
+                    customer_id,
+                    quantity,
+                },
+            );
+        }
+    }
+    if !line_keys.0.is_empty() {
+        for (order_id, line_no, product_id, quantity, customer_id, cancelled) in
+            carts::read_lines(tx, &line_keys.0, &line_keys.1, &["queued"]).await?
+        {
+            items.insert(
+                QueuedKind::Line(order_id, line_no),
+                Item::Line {
+                    order_id,
+                    line_no,
+                    product_id,
+                    customer_id,
+                    quantity,
+                    cancelled: cancelled == "cancelled",
+                },
+            );
+        }
+    }
+    if !settle_keys.0.is_empty() {
+        for (order_id, line_no, product_id, quantity, customer_id, state) in
+            carts::read_lines(tx, &settle_keys.0, &settle_keys.1, &["keep", "release"]).await?
+        {
+            items.insert(
+                QueuedKind::Settle(order_id, line_no),
+                Item::Settle {
+                    order_id,
+                    line_no,
+                    product_id,
+                    customer_id,
+                    quantity,
+                    keep: state == "keep",
+                },
+            );
+        }
+    }
+    let mut entries = Vec::with_capacity(items.len());
+    let mut duplicates = 0;
+    for r in batch {
+        if r.kind == QueuedKind::Skip {
+            continue;
+        }
+        match items.remove(&r.kind) {
+            Some(item) => entries.push(Entry {
+                position: (r.sequence, r.index),
+                item,
+            }),
+            None => duplicates += 1,
+        }
+    }
+    Ok((entries, duplicates))
+}
+
+/// The products' rows, locked. A fixed lock order keeps two transactions
+/// from deadlocking. NO KEY UPDATE (what an UPDATE of a non-key column takes
+/// anyway), not UPDATE: the API's inserts of new orders check their
+/// product's foreign key with a KEY SHARE lock, which a FOR UPDATE lock
+/// would block until this batch commits, serializing accepting behind
+/// deciding.
+async fn lock_products(
+    tx: &mut Transaction<'_, Postgres>,
+    sorted_ids: &[Uuid],
+) -> Result<HashMap<Uuid, ProductState>, StoreError> {
+    let rows: Vec<(Uuid, i64, i64, i64, Option<i32>, bool)> = sqlx::query_as(
+        "SELECT id, stock, held, price_cents, max_per_customer, active FROM products \
          WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
     )
-    .bind(&product_ids)
-    .fetch_all(&mut *tx)
+    .bind(sorted_ids)
+    .fetch_all(&mut **tx)
     .await?;
-    let mut products: HashMap<Uuid, ProductState> = product_rows
+    Ok(rows
         .into_iter()
-        .map(|(id, stock, price_cents, max_per_customer, active)| {
+        .map(|(id, stock, held, price_cents, max_per_customer, active)| {
             (
                 id,
                 ProductState {
                     stock,
+                    held,
                     price_cents,
                     max_per_customer,
                     active,
                 },
             )
         })
-        .collect();
-    let stock_before: HashMap<Uuid, i64> = products.iter().map(|(id, p)| (*id, p.stock)).collect();
+        .collect())
+}
 
-    let (pair_customers, pair_products): (Vec<String>, Vec<Uuid>) = items
+/// The customers' units so far of every (customer, product) the batch and
+/// the parked entries touch.
+async fn read_purchases(
+    tx: &mut Transaction<'_, Postgres>,
+    entries: &[Entry],
+    parked: &Parked,
+) -> Result<Purchases, StoreError> {
+    let (customers, products): (Vec<String>, Vec<Uuid>) = entries
         .iter()
-        .filter_map(|i| match i {
-            Item::Order {
-                customer_id,
-                product_id,
-                ..
-            } => Some((customer_id.clone(), *product_id)),
-            Item::Restock { .. } => None,
+        .chain(parked.values().flatten())
+        .filter_map(|e| {
+            e.item
+                .customer()
+                .map(|c| (c.to_owned(), e.item.product_id()))
         })
         .collect::<HashSet<_>>()
         .into_iter()
         .unzip();
-    let purchase_rows: Vec<(String, Uuid, i64)> = if pair_customers.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT cp.customer_id, cp.product_id, cp.confirmed_quantity \
+    if customers.is_empty() {
+        return Ok(Purchases::new());
+    }
+    let rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
+        "SELECT cp.customer_id, cp.product_id, cp.confirmed_quantity \
          FROM customer_purchases cp \
          JOIN unnest($1::text[], $2::uuid[]) AS k(customer_id, product_id) \
            ON cp.customer_id = k.customer_id AND cp.product_id = k.product_id",
-        )
-        .bind(&pair_customers)
-        .bind(&pair_products)
-        .fetch_all(&mut *tx)
-        .await?
-    };
-    let mut purchases: Purchases = purchase_rows
-        .into_iter()
-        .map(|(c, p, q)| ((c, p), q))
-        .collect();
-    let purchases_before = purchases.clone();
-
-    let decisions = decide::decide(&mut products, &mut purchases, &items);
-
-    write_stock(&mut tx, &decisions, &stock_before, &products).await?;
-    let decided_orders = write_orders(&mut tx, &decisions, &sequences).await?;
-    write_purchases(&mut tx, &purchases_before, &purchases).await?;
-    faults.at("mid_batch").await;
-    let restock_results = write_restocks(&mut tx, &decisions, &sequences).await?;
-    faults.at("before_commit").await;
-    tx.commit().await?;
-    faults.at("after_commit").await;
-
-    let stock = product_ids
-        .iter()
-        .filter_map(|id| products.get(id).map(|p| StockEvent::new(*id, p.stock)))
-        .collect();
-    Ok(Applied {
-        orders: decided_orders,
-        stock,
-        restocks: restock_results,
-        duplicates,
-    })
-}
-
-/// One conditional update per touched product: the combined decrement must
-/// leave stock non-negative (`stock + added >= taken`), and the CHECK
-/// constraint backs it up. If the database disagrees with the in-memory
-/// decision, the whole batch rolls back.
-async fn write_stock(
-    tx: &mut Transaction<'_, Postgres>,
-    decisions: &[Decision],
-    before: &HashMap<Uuid, i64>,
-    after: &HashMap<Uuid, ProductState>,
-) -> Result<(), StoreError> {
-    let mut taken: HashMap<Uuid, i64> = HashMap::new();
-    let mut added: HashMap<Uuid, i64> = HashMap::new();
-    for d in decisions {
-        match d {
-            Decision::Order {
-                product_id,
-                quantity,
-                outcome: Outcome::Confirmed { .. },
-                ..
-            } => *taken.entry(*product_id).or_default() += i64::from(*quantity),
-            Decision::Restock {
-                product_id,
-                quantity,
-                ..
-            } => *added.entry(*product_id).or_default() += *quantity,
-            Decision::Order { .. } => {}
-        }
-    }
-    let changed: Vec<Uuid> = taken
-        .keys()
-        .chain(added.keys())
-        .copied()
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let ids = changed.clone();
-    let takes: Vec<i64> = ids
-        .iter()
-        .map(|id| taken.get(id).copied().unwrap_or(0))
-        .collect();
-    let adds: Vec<i64> = ids
-        .iter()
-        .map(|id| added.get(id).copied().unwrap_or(0))
-        .collect();
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-        "UPDATE products p SET stock = p.stock + d.added - d.taken, updated_at = now() \
-         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS d(id, taken, added) \
-         WHERE p.id = d.id AND p.stock + d.added >= d.taken \
-         RETURNING p.id, p.stock",
     )
-    .bind(&ids)
-    .bind(&takes)
-    .bind(&adds)
+    .bind(&customers)
+    .bind(&products)
     .fetch_all(&mut **tx)
     .await?;
-    let updated: HashMap<Uuid, i64> = rows.into_iter().collect();
+    Ok(rows.into_iter().map(|(c, p, q)| ((c, p), q)).collect())
+}
+
+/// One conditional update per changed product: the changes must leave
+/// stock and held units non-negative and land exactly where the decision
+/// says (the CHECK constraints back it up). If the database disagrees with
+/// the in-memory decision, the whole batch rolls back.
+async fn write_products(
+    tx: &mut Transaction<'_, Postgres>,
+    before: &HashMap<Uuid, ProductState>,
+    after: &HashMap<Uuid, ProductState>,
+) -> Result<(), StoreError> {
+    let mut ids = Vec::new();
+    let mut stock_deltas = Vec::new();
+    let mut held_deltas = Vec::new();
+    for (id, now) in after {
+        let Some(was) = before.get(id) else { continue };
+        if (now.stock, now.held) != (was.stock, was.held) {
+            ids.push(*id);
+            stock_deltas.push(now.stock - was.stock);
+            held_deltas.push(now.held - was.held);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "UPDATE products p SET stock = p.stock + d.stock, held = p.held + d.held, updated_at = now() \
+         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS d(id, stock, held) \
+         WHERE p.id = d.id AND p.stock + d.stock >= 0 AND p.held + d.held >= 0 \
+         RETURNING p.id, p.stock, p.held",
+    )
+    .bind(&ids)
+    .bind(&stock_deltas)
+    .bind(&held_deltas)
+    .fetch_all(&mut **tx)
+    .await?;
+    let updated: HashMap<Uuid, (i64, i64)> =
+        rows.into_iter().map(|(id, s, h)| (id, (s, h))).collect();
     for id in &ids {
-        let expected = after.get(id).map(|p| p.stock);
+        let expected = after.get(id).map(|p| (p.stock, p.held));
         if updated.get(id).copied() != expected {
             tracing::error!(
                 product_id = %id,
@@ -461,42 +553,47 @@ async fn write_stock(
     Ok(())
 }
 
+/// The decisions of one-line orders: confirmed, reserved (with its
+/// reservation) or rejected.
 async fn write_orders(
     tx: &mut Transaction<'_, Postgres>,
     decisions: &[Decision],
-    sequences: &[(u64, u32)],
 ) -> Result<Vec<Order>, StoreError> {
     let mut ids = Vec::new();
-    let mut statuses = Vec::new();
+    let mut taken = Vec::new();
     let mut reasons: Vec<Option<&'static str>> = Vec::new();
     let mut prices: Vec<Option<i64>> = Vec::new();
     let mut totals: Vec<Option<i64>> = Vec::new();
     let mut seqs = Vec::new();
     let mut indexes = Vec::new();
-    for (d, (seq, index)) in decisions.iter().zip(sequences) {
-        if let Decision::Order {
-            order_id, outcome, ..
-        } = d
-        {
-            ids.push(*order_id);
-            seqs.push(seq_i64(*seq));
-            indexes.push(i32::try_from(*index).unwrap_or(i32::MAX));
-            match outcome {
-                Outcome::Confirmed {
-                    unit_price_cents,
-                    total_cents,
-                } => {
-                    statuses.push("confirmed");
-                    reasons.push(None);
-                    prices.push(Some(*unit_price_cents));
-                    totals.push(Some(*total_cents));
-                }
-                Outcome::Rejected(reason) => {
-                    statuses.push("rejected");
-                    reasons.push(Some(reason.as_str()));
-                    prices.push(None);
-                    totals.push(None);
-                }
+    for d in decisions {
+        let Item::Order { order_id, .. } = d.entry.item else {
+            continue;
+        };
+        ids.push(order_id);
+        seqs.push(seq_i64(d.entry.position.0));
+        indexes.push(i32::try_from(d.entry.position.1).unwrap_or(i32::MAX));
+        match d.outcome {
+            Outcome::Taken {
+                unit_price_cents,
+                total_cents,
+            } => {
+                taken.push(true);
+                reasons.push(None);
+                prices.push(Some(unit_price_cents));
+                totals.push(Some(total_cents));
+            }
+            Outcome::Refused(reason) => {
+                taken.push(false);
+                reasons.push(Some(reason.as_str()));
+                prices.push(None);
+                totals.push(None);
+            }
+            Outcome::Withdrawn | Outcome::Applied { .. } => {
+                // Not an outcome of a one-line order.
+                ids.pop();
+                seqs.pop();
+                indexes.pop();
             }
         }
     }
@@ -504,17 +601,30 @@ async fn write_orders(
         return Ok(Vec::new());
     }
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "UPDATE orders o SET status = d.status, reason = d.reason, \
-             unit_price_cents = d.unit_price_cents, total_cents = d.total_cents, \
-             decided_at = now(), queue_sequence = d.seq, queue_index = d.idx \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[]) \
-             AS d(id, status, reason, unit_price_cents, total_cents, seq, idx) \
-         WHERE o.id = d.id AND o.status = 'pending' \
-         RETURNING {}",
+        "WITH decided AS ( \
+             UPDATE orders o SET \
+                 status = CASE WHEN NOT d.taken THEN 'rejected' \
+                               WHEN o.reserve_secs IS NULL THEN 'confirmed' ELSE 'reserved' END, \
+                 reason = d.reason, \
+                 rejected_product_id = CASE WHEN d.taken THEN NULL ELSE o.product_id END, \
+                 unit_price_cents = d.unit_price_cents, total_cents = d.total_cents, \
+                 decided_at = now(), \
+                 reserved_until = CASE WHEN d.taken AND o.reserve_secs IS NOT NULL \
+                                       THEN now() + make_interval(secs => o.reserve_secs) END, \
+                 queue_sequence = d.seq, queue_index = d.idx \
+             FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[]) \
+                 AS d(id, taken, reason, unit_price_cents, total_cents, seq, idx) \
+             WHERE o.id = d.id AND o.status = 'pending' \
+             RETURNING {} \
+         ), reserved AS ( \
+             INSERT INTO reservations (order_id, product_id, quantity, reserved_until) \
+             SELECT id, product_id, quantity, reserved_until FROM decided WHERE status = 'reserved' \
+         ) \
+         SELECT * FROM decided",
         order_columns("o")
     ))
     .bind(&ids)
-    .bind(&statuses)
+    .bind(&taken)
     .bind(&reasons)
     .bind(&prices)
     .bind(&totals)
@@ -523,8 +633,9 @@ async fn write_orders(
     .fetch_all(&mut **tx)
     .await?;
     // Every row read pending at the start of the transaction is still
-    // pending (see `apply_batch`); if one was not, the stock taken for it
-    // must not stand: the whole batch rolls back.
+    // pending unless a cancel got in between (see `read_entries`); then the
+    // stock taken for it must not stand: the whole batch rolls back, and
+    // the retry reads the order cancelled.
     if rows.len() != ids.len() {
         return Err(StoreError::DecidedElsewhere {
             expected: ids.len(),
@@ -532,6 +643,33 @@ async fn write_orders(
         });
     }
     Ok(rows.into_iter().map(Order::from).collect())
+}
+
+/// Returned units applied.
+async fn write_returns(
+    tx: &mut Transaction<'_, Postgres>,
+    decisions: &[Decision],
+) -> Result<(), StoreError> {
+    let (ids, seqs): (Vec<Uuid>, Vec<i64>) = decisions
+        .iter()
+        .filter_map(|d| match d.entry.item {
+            Item::Return { return_id, .. } => Some((return_id, seq_i64(d.entry.position.0))),
+            _ => None,
+        })
+        .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE stock_returns r SET status = 'applied', applied_at = now(), queue_sequence = d.seq \
+         FROM unnest($1::uuid[], $2::bigint[]) AS d(id, seq) \
+         WHERE r.id = d.id AND r.status = 'pending'",
+    )
+    .bind(&ids)
+    .bind(&seqs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn write_purchases(
@@ -548,7 +686,7 @@ async fn write_purchases(
                 .get(&(customer.clone(), *product))
                 .copied()
                 .unwrap_or(0);
-        if delta > 0 {
+        if delta != 0 {
             customers.push(customer.clone());
             products.push(*product);
             deltas.push(delta);
@@ -574,28 +712,29 @@ async fn write_purchases(
 async fn write_restocks(
     tx: &mut Transaction<'_, Postgres>,
     decisions: &[Decision],
-    sequences: &[(u64, u32)],
 ) -> Result<Vec<(Uuid, RestockResult)>, StoreError> {
     let mut ids = Vec::new();
     let mut after = Vec::new();
     let mut seqs = Vec::new();
     let mut results = Vec::new();
-    for (d, (seq, _)) in decisions.iter().zip(sequences) {
-        if let Decision::Restock {
-            restock_id,
-            product_id,
-            stock_after,
-            ..
-        } = d
+    for d in decisions {
+        if let (
+            Item::Restock {
+                restock_id,
+                product_id,
+                ..
+            },
+            Outcome::Applied { stock_after },
+        ) = (&d.entry.item, d.outcome)
         {
             ids.push(*restock_id);
-            after.push(*stock_after);
-            seqs.push(seq_i64(*seq));
+            after.push(stock_after);
+            seqs.push(seq_i64(d.entry.position.0));
             results.push((
                 *restock_id,
                 RestockResult {
                     product_id: *product_id,
-                    stock: *stock_after,
+                    stock: stock_after,
                 },
             ));
         }
@@ -635,7 +774,14 @@ pub struct StrandedBefore {
 #[derive(Debug, Default)]
 pub struct Stranded {
     pub orders: Vec<Order>,
+    /// Orders of several lines (in this partition: their first line's)
+    /// none of whose lines has had its turn: their queued lines, to be
+    /// published together as one atomic write.
+    pub carts: Vec<Vec<(Partition, QueueMessage)>>,
     pub restocks: Vec<PendingRestock>,
+    /// Units of reserved orders on their way back, and settle entries of
+    /// settled orders, that never made it into the queue.
+    pub entries: Vec<QueueMessage>,
 }
 
 /// A restock still to be applied.
@@ -648,11 +794,11 @@ pub struct PendingRestock {
 
 impl Stranded {
     pub fn is_empty(&self) -> bool {
-        self.orders.is_empty() && self.restocks.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.orders.len() + self.restocks.len()
+        self.orders.len() + self.carts.len() + self.restocks.len() + self.entries.len()
     }
 }
 
@@ -669,11 +815,18 @@ pub async fn stranded(
     // update): the rows at or above the partition's low-water mark are
     // read, so raise it first. Every pending row is at or above it
     // (`checkline_shared::pending` has the argument), whatever its
-    // created_at, so the sweep still finds every stranded order.
+    // created_at, so the sweep still finds every stranded order. An order
+    // with a queue position but still pending is parked: it had its turn.
+    // An order of several lines is stranded only while its first line (in
+    // this partition) has not had its turn: its lines are published in one
+    // atomic write, so then none has.
     checkline_shared::pending::measure(pool, &[partition]).await?;
     let orders: Vec<OrderRow> = sqlx::query_as(&format!(
         "SELECT {} FROM orders o \
          WHERE o.partition = $1 AND {} \
+           AND o.queue_sequence IS NULL \
+           AND (o.line_count = 1 OR EXISTS (SELECT 1 FROM order_lines l \
+                WHERE l.order_id = o.id AND l.line_no = 0 AND l.state = 'queued')) \
            AND o.created_at < now() - make_interval(secs => $2) \
            AND ($4::timestamptz IS NULL OR o.created_at < $4) \
          ORDER BY o.created_at LIMIT $3",
@@ -686,6 +839,38 @@ pub async fn stranded(
     .bind(before.written_before)
     .fetch_all(pool)
     .await?;
+    let (orders, carts): (Vec<Order>, Vec<Order>) = orders
+        .into_iter()
+        .map(Order::from)
+        .partition(|o| o.product_id.is_some());
+    let cart_ids: Vec<Uuid> = carts.iter().map(|o| o.id).collect();
+    let mut cart_lines: HashMap<Uuid, Vec<(Partition, QueueMessage)>> = HashMap::new();
+    if !cart_ids.is_empty() {
+        let rows: Vec<(Uuid, i32, Uuid, i32, Partition, String)> = sqlx::query_as(
+            "SELECT l.order_id, l.line_no, l.product_id, l.quantity, l.partition, o.customer_id \
+             FROM order_lines l JOIN orders o ON o.id = l.order_id \
+             WHERE l.order_id = ANY($1) AND l.state = 'queued' ORDER BY l.order_id, l.line_no",
+        )
+        .bind(&cart_ids)
+        .fetch_all(pool)
+        .await?;
+        for (order_id, line_no, product_id, quantity, line_partition, customer_id) in rows {
+            cart_lines.entry(order_id).or_default().push((
+                line_partition,
+                QueueMessage::Line {
+                    order_id,
+                    line_no,
+                    product_id,
+                    customer_id,
+                    quantity,
+                },
+            ));
+        }
+    }
+    let carts = cart_ids
+        .iter()
+        .filter_map(|id| cart_lines.remove(id))
+        .collect();
     let restocks: Vec<PendingRestock> = sqlx::query_as(
         "SELECT id, product_id, quantity FROM restocks \
          WHERE partition = $1 AND status = 'pending' \
@@ -699,8 +884,58 @@ pub async fn stranded(
     .bind(before.written_before)
     .fetch_all(pool)
     .await?;
+    let returns: Vec<(Uuid, Uuid, Uuid, i32)> = sqlx::query_as(
+        "SELECT id, order_id, product_id, quantity FROM stock_returns \
+         WHERE partition = $1 AND status = 'pending' \
+           AND created_at < now() - make_interval(secs => $2) \
+           AND ($4::timestamptz IS NULL OR created_at < $4) \
+         ORDER BY created_at LIMIT $3",
+    )
+    .bind(partition)
+    .bind(age)
+    .bind(limit)
+    .bind(before.written_before)
+    .fetch_all(pool)
+    .await?;
+    // A settle entry is published right after its order settles (its
+    // decision time), so the same bounds apply to that time.
+    let settles: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
+        "SELECT l.order_id, l.line_no, l.product_id FROM order_lines l \
+         JOIN orders o ON o.id = l.order_id \
+         WHERE l.partition = $1 AND l.state IN ('keep', 'release') \
+           AND o.decided_at < now() - make_interval(secs => $2) \
+           AND ($4::timestamptz IS NULL OR o.decided_at < $4) \
+         ORDER BY o.decided_at LIMIT $3",
+    )
+    .bind(partition)
+    .bind(age)
+    .bind(limit)
+    .bind(before.written_before)
+    .fetch_all(pool)
+    .await?;
+    let entries =
+        returns
+            .into_iter()
+            .map(
+                |(return_id, order_id, product_id, quantity)| QueueMessage::Return {
+                    return_id,
+                    order_id,
+                    product_id,
+                    quantity,
+                },
+            )
+            .chain(settles.into_iter().map(|(order_id, line_no, product_id)| {
+                QueueMessage::Settle {
+                    order_id,
+                    line_no,
+                    product_id,
+                }
+            }))
+            .collect();
     Ok(Stranded {
-        orders: orders.into_iter().map(Order::from).collect(),
+        orders,
+        carts,
         restocks,
+        entries,
     })
 }

@@ -71,7 +71,7 @@ impl Cache {
         }
     }
 
-    /// A decided order, if cached.
+    /// An order in a final state, if cached.
     pub async fn order(&self, id: Uuid) -> Option<Order> {
         let mut conn = self.manager.clone();
         let key = self.keys.order(id);
@@ -81,9 +81,10 @@ impl Cache {
             .and_then(|json| serde_json::from_str(&json).ok())
     }
 
-    /// Caches decided orders. Pending orders are never cached.
+    /// Caches orders in a final state. Pending and reserved orders are never
+    /// cached: they still change.
     pub async fn put_orders(&self, orders: &[Order]) {
-        let decided: Vec<&Order> = orders.iter().filter(|o| o.status.is_decided()).collect();
+        let decided: Vec<&Order> = orders.iter().filter(|o| o.status.is_final()).collect();
         if decided.is_empty() {
             return;
         }

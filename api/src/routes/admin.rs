@@ -29,16 +29,26 @@ pub struct ProductStats {
     sku: String,
     #[schema(minimum = 0)]
     stock: i64,
-    /// Sum of the quantities of confirmed orders.
+    /// Sum of the quantities of confirmed orders (their lines of this
+    /// product). Orders of several lines count for each of their products.
     #[schema(minimum = 0)]
     confirmed_units: i64,
     #[schema(minimum = 0)]
     confirmed_orders: i64,
     #[schema(minimum = 0)]
     rejected_orders: i64,
-    /// Sum of `total_cents` of confirmed orders.
+    /// Sum of `total_cents` of confirmed orders (for an order of several
+    /// lines, this product's line).
     #[schema(minimum = 0)]
     revenue_cents: i64,
+    /// Units in other buyers' carts: held by unsettled orders and reserved
+    /// by orders not paid yet (the product's `reserved`).
+    #[schema(minimum = 0)]
+    reserved_units: i64,
+    #[schema(minimum = 0)]
+    expired_orders: i64,
+    #[schema(minimum = 0)]
+    cancelled_orders: i64,
 }
 
 /// Queue state of one partition.
@@ -61,7 +71,7 @@ pub struct PartitionStats {
     as = AdminStats,
     examples(json!({"products": [{"id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "sku": "FLASH-1",
         "stock": 0, "confirmed_units": 100, "confirmed_orders": 100, "rejected_orders": 4211,
-        "revenue_cents": 1990000}],
+        "revenue_cents": 1990000, "reserved_units": 0, "expired_orders": 3, "cancelled_orders": 1}],
         "partitions": [{"partition": 3, "pending": 0, "owner": "worker-7f3a",
         "last_decided_at": "2026-11-22T10:00:09.310Z"},
         {"partition": 4, "pending": 0, "owner": null, "last_decided_at": null}]}))
@@ -91,12 +101,23 @@ pub async fn stats(
 ) -> Result<Json<Stats>, ApiError> {
     caller.require_admin()?;
     let products: Vec<ProductStats> = sqlx::query_as(
-        "SELECT p.id, p.sku, p.stock, \
-             COALESCE(SUM(o.quantity) FILTER (WHERE o.status = 'confirmed'), 0)::bigint AS confirmed_units, \
-             COUNT(o.id) FILTER (WHERE o.status = 'confirmed') AS confirmed_orders, \
-             COUNT(o.id) FILTER (WHERE o.status = 'rejected') AS rejected_orders, \
-             COALESCE(SUM(o.total_cents) FILTER (WHERE o.status = 'confirmed'), 0)::bigint AS revenue_cents \
-         FROM products p LEFT JOIN orders o ON o.product_id = p.id \
+        "WITH lines AS ( \
+             SELECT product_id, quantity, status, total_cents AS amount FROM orders \
+              WHERE line_count = 1 \
+             UNION ALL \
+             SELECT l.product_id, l.quantity, o.status, l.unit_price_cents * l.quantity \
+               FROM order_lines l JOIN orders o ON o.id = l.order_id \
+         ) \
+         SELECT p.id, p.sku, p.stock, \
+             COALESCE(SUM(x.quantity) FILTER (WHERE x.status = 'confirmed'), 0)::bigint AS confirmed_units, \
+             COUNT(x.status) FILTER (WHERE x.status = 'confirmed') AS confirmed_orders, \
+             COUNT(x.status) FILTER (WHERE x.status = 'rejected') AS rejected_orders, \
+             COALESCE(SUM(x.amount) FILTER (WHERE x.status = 'confirmed'), 0)::bigint AS revenue_cents, \
+             (p.held + COALESCE((SELECT SUM(r.quantity) FROM reservations r \
+                                 WHERE r.product_id = p.id), 0))::bigint AS reserved_units, \
+             COUNT(x.status) FILTER (WHERE x.status = 'expired') AS expired_orders, \
+             COUNT(x.status) FILTER (WHERE x.status = 'cancelled') AS cancelled_orders \
+         FROM products p LEFT JOIN lines x ON x.product_id = p.id \
          GROUP BY p.id ORDER BY p.id",
     )
     .fetch_all(&state.pool)

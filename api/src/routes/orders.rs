@@ -20,19 +20,23 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
-use checkline_shared::domain::{parse_id, request_hash, Order};
+use checkline_shared::domain::{Order, OrderStatus};
 use futures::Stream;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use checkline_shared::reservations::{self, Asked, Refusal};
+
 use crate::accept::{self, Accepted};
 use crate::auth::Caller;
+use crate::cart::CartRequest;
 use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, request_id, split_page};
 use crate::hub::Watch;
+use crate::order_request::{CreateOrder, Limits};
 use crate::state::AppState;
 
 /// The orders' routes, with their OpenAPI operations.
@@ -41,21 +45,8 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(list, create))
         .routes(routes!(get))
         .routes(routes!(events))
-}
-
-/// Body of `POST /v1/orders`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(
-    as = OrderCreate,
-    examples(json!({"product_id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "quantity": 1}))
-)]
-pub struct CreateOrder {
-    #[schema(value_type = Uuid)]
-    product_id: String,
-    /// Units to buy. The upper bound (100 by default) is configurable per deployment.
-    #[schema(minimum = 1, maximum = 100)]
-    quantity: i64,
+        .routes(routes!(confirm))
+        .routes(routes!(cancel))
 }
 
 /// One page of the caller's orders, newest first.
@@ -133,27 +124,42 @@ pub async fn create(
     let customer = caller.require_customer()?.clone();
     let key = idempotency_key(&headers)?;
     let input: CreateOrder = json_body(&headers, body, state.config.body_max_bytes)?;
-    let product_id = parse_id(&input.product_id)
-        .ok_or_else(|| ApiError::InvalidRequest("product_id must be a UUID".into()))?;
-    let max = state.config.order_quantity_max;
-    if !(1..=max).contains(&input.quantity) {
-        return Err(ApiError::InvalidRequest(format!(
-            "quantity must be from 1 to {max}"
-        )));
-    }
-    let quantity = i32::try_from(input.quantity).map_err(ApiError::internal)?;
-    let hash = request_hash(&["order", &product_id.to_string(), &quantity.to_string()]);
-    let request = accept::Request {
-        customer,
-        key,
-        hash,
-        product_id,
-        quantity,
-        request_id: request_id(&headers).map(str::to_owned),
+    let limits = Limits {
+        quantity_max: state.config.order_quantity_max,
+        lines_max: state.config.order_lines_max,
+        reserve_secs_max: state.config.reserve_secs_max,
     };
-    match state.acceptor.submit(request).await? {
+    let input = input.validate(&limits)?;
+    let hash = input.hash();
+    let request_id = request_id(&headers).map(str::to_owned);
+    let accepted = match input.lines.as_slice() {
+        [(product_id, quantity)] => {
+            let request = accept::Request {
+                customer,
+                key,
+                hash,
+                product_id: *product_id,
+                quantity: *quantity,
+                reserve_secs: input.reserve_secs,
+                request_id,
+            };
+            state.acceptor.submit(request).await?
+        }
+        _ => {
+            let request = CartRequest {
+                customer,
+                key,
+                hash,
+                lines: input.lines,
+                reserve_secs: input.reserve_secs,
+                request_id,
+            };
+            crate::cart::accept(state.acceptor.deps(), request).await?
+        }
+    };
+    match accepted {
         Accepted::New(order) => {
-            tracing::debug!(order_id = %order.id, %product_id, "order queued");
+            tracing::debug!(order_id = %order.id, "order queued");
             Ok(order_response(StatusCode::ACCEPTED, &order, false))
         }
         Accepted::Replayed(order) => Ok(order_response(StatusCode::OK, &order, true)),
@@ -169,7 +175,7 @@ async fn load_visible(state: &AppState, caller: &Caller, id: Uuid) -> Result<Ord
             let order = crate::db::fetch_order(&state.pool, id)
                 .await?
                 .ok_or(ApiError::OrderNotFound)?;
-            if order.status.is_decided() {
+            if order.status.is_final() {
                 state.cache.put_orders(std::slice::from_ref(&order)).await;
             }
             order
@@ -183,22 +189,33 @@ async fn load_visible(state: &AppState, caller: &Caller, id: Uuid) -> Result<Ord
     }
 }
 
-/// Waits until `order` is decided or `deadline` passes; returns the latest state.
-pub async fn wait_for_decision(
+/// How far an order has come: pending, then reserved, then a final state.
+/// Events may arrive late or out of order; only a later stage counts.
+fn stage(order: &Order) -> u8 {
+    match order.status {
+        OrderStatus::Pending => 0,
+        OrderStatus::Reserved => 1,
+        _ => 2,
+    }
+}
+
+/// Waits until `order` moves on (pending to decided, reserved to final) or
+/// `deadline` passes; returns the latest state.
+pub async fn wait_for_change(
     state: &AppState,
     order: Order,
     deadline: tokio::time::Instant,
 ) -> Result<Order, ApiError> {
-    if order.status.is_decided() {
+    if order.status.is_final() {
         return Ok(order);
     }
     let watch = state.hub.orders.subscribe(order.id);
-    // Re-read after subscribing: the decision may have come in between.
+    // Re-read after subscribing: the change may have come in between.
     wait_subscribed(state, order, watch, deadline, true).await
 }
 
-/// Waits on an order whose decision events are already subscribed to.
-/// `reread_first`: whether `order` may predate the subscription.
+/// Waits on an order whose change events are already subscribed to.
+/// `reread`: whether `order` may predate the subscription.
 async fn wait_subscribed(
     state: &AppState,
     order: Order,
@@ -206,6 +223,7 @@ async fn wait_subscribed(
     deadline: tokio::time::Instant,
     mut reread: bool,
 ) -> Result<Order, ApiError> {
+    let from = stage(&order);
     let mut latest = order;
     loop {
         // Also re-read periodically: a lost event must not leave us waiting.
@@ -215,13 +233,13 @@ async fn wait_subscribed(
             }
         }
         reread = true;
-        if latest.status.is_decided() {
+        if stage(&latest) > from {
             return Ok(latest);
         }
         tokio::select! {
             changed = watch.rx.changed() => {
                 if changed.is_ok() {
-                    if let Some(order) = watch.rx.borrow().clone().filter(|o| o.status.is_decided()) {
+                    if let Some(order) = watch.rx.borrow().clone().filter(|o| stage(o) > from) {
                         return Ok(order);
                     }
                 }
@@ -366,7 +384,7 @@ pub async fn events(
                     // No deadline: the stream lives until the decision or
                     // until the client goes away (which drops this future).
                     let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
-                    match wait_for_decision(&state, order, far).await {
+                    match wait_for_change(&state, order, far).await {
                         Ok(order) => order,
                         Err(err) => {
                             tracing::warn!(error = %err, "order stream ended early");
@@ -376,7 +394,7 @@ pub async fn events(
                 }
             };
             let event = order_event(&order);
-            let next = if order.status.is_decided() {
+            let next = if order.status.is_final() {
                 Phase::Done
             } else {
                 Phase::Waiting(order)
@@ -393,4 +411,97 @@ fn order_event(order: &Order) -> Event {
         .id(order.status.as_str())
         .json_data(order)
         .unwrap_or_else(|_| Event::default().event("order"))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/confirm",
+    operation_id = "confirmOrder",
+    tag = "orders",
+    summary = "Confirm a reserved order",
+    description = "The order's owner (role `customer`) or an `admin`; no body. Moves a `reserved` order to `confirmed` (call it once payment went through). Confirming a confirmed order answers `200` with the same order. A confirm answered `200` is never undone by expiry; a confirm that finds the reservation over expires it and answers `409 reservation_expired`.",
+    security(("bearerAuth" = [])),
+    params(("id" = Uuid, Path, description = "Order id (canonical UUID); anything else is `400 invalid_id`.")),
+    responses(
+        (status = 200, description = "The order, `confirmed`.", body = Order),
+        (status = 400, response = crate::openapi::InvalidId),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::OrderNotFound),
+        (status = 409, response = crate::openapi::ConfirmConflict),
+    )
+)]
+pub async fn confirm(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    change(&state, &caller, &id, Asked::Confirm).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/cancel",
+    operation_id = "cancelOrder",
+    tag = "orders",
+    summary = "Cancel a pending or reserved order",
+    description = "The order's owner (role `customer`) or an `admin`; no body. A `reserved` order becomes `cancelled` and its units go back to stock (to orders queued after the return); a `pending` order becomes `cancelled` and takes nothing when its turn comes. Cancelling a cancelled order answers `200` with the same order.",
+    security(("bearerAuth" = [])),
+    params(("id" = Uuid, Path, description = "Order id (canonical UUID); anything else is `400 invalid_id`.")),
+    responses(
+        (status = 200, description = "The order, `cancelled`.", body = Order),
+        (status = 400, response = crate::openapi::InvalidId),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::OrderNotFound),
+        (status = 409, response = crate::openapi::CancelConflict),
+    )
+)]
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    change(&state, &caller, &id, Asked::Cancel).await
+}
+
+/// A confirm or cancel: the change in PostgreSQL (`shared::reservations`),
+/// then, after its commit, the returned units queued and everyone told.
+async fn change(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    asked: Asked,
+) -> Result<Json<Order>, ApiError> {
+    caller.require_order_reader()?;
+    let id = path_id(id)?;
+    // Another customer's order does not exist, as far as this caller knows.
+    let customer = (!caller.admin).then(|| caller.subject.as_str());
+    let change = reservations::change(&state.pool, id, customer, asked)
+        .await?
+        .ok_or(ApiError::OrderNotFound)?;
+    // The return rows are the outbox: what is not queued here, the
+    // worker's sweep queues.
+    for chunk in change.returns.chunks(state.publisher.batch_max().max(1)) {
+        if let Err(err) = state.publisher.publish_atomic(chunk, None).await {
+            tracing::warn!(error = %err, "returned units not queued; the sweep will");
+        }
+    }
+    checkline_shared::events::publish_orders(
+        &state.client,
+        &state.subjects,
+        std::slice::from_ref(&change.order),
+    )
+    .await;
+    let products: Vec<Uuid> = change.order.lines.iter().map(|l| l.product_id).collect();
+    checkline_shared::events::publish_stock(&state.client, &state.subjects, &state.pool, &products)
+        .await;
+    change.result.map_err(|refusal| match refusal {
+        Refusal::Pending => ApiError::OrderPending,
+        Refusal::Expired => ApiError::ReservationExpired,
+        Refusal::Cancelled => ApiError::OrderCancelled,
+        Refusal::Rejected => ApiError::OrderRejected,
+        Refusal::Confirmed => ApiError::OrderConfirmed,
+    })?;
+    Ok(Json(change.order))
 }

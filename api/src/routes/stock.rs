@@ -12,7 +12,6 @@ use futures::Stream;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::catalog;
 use crate::error::ApiError;
 use crate::extract::path_id;
 use crate::hub::Watch;
@@ -46,10 +45,9 @@ pub async fn events(
     let id = path_id(&id)?;
     // Subscribe before reading, so no change falls between the two.
     let watch = state.hub.stock.subscribe(id);
-    let product = catalog::fetch_product(&state.pool, id)
+    let first = current(&state.pool, id)
         .await?
         .ok_or(ApiError::ProductNotFound)?;
-    let first = StockEvent::new(id, product.stock);
     let keepalive = state.config.sse_keepalive;
     struct Cursor {
         state: Arc<AppState>,
@@ -80,10 +78,7 @@ pub async fn events(
                 }
                 () = tokio::time::sleep(c.state.config.stock_refresh) => {
                     let product_id = c.last_sent.map(|e| e.product_id)?;
-                    match catalog::fetch_product(&c.state.pool, product_id).await {
-                        Ok(Some(p)) => Some(StockEvent::new(product_id, p.stock)),
-                        _ => None,
-                    }
+                    current(&c.state.pool, product_id).await.ok().flatten()
                 }
             };
             if let Some(event) = next.filter(|e| Some(*e) != c.last_sent) {
@@ -93,6 +88,15 @@ pub async fn events(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keepalive)))
+}
+
+/// The product's stock event as PostgreSQL has it now; `None` if there is
+/// no such product.
+async fn current(pool: &sqlx::PgPool, id: uuid::Uuid) -> Result<Option<StockEvent>, ApiError> {
+    Ok(checkline_shared::stock::events(pool, &[id])
+        .await?
+        .into_iter()
+        .next())
 }
 
 fn stock_event(event: &StockEvent) -> Event {

@@ -1,0 +1,43 @@
+//! Result events published outside a partition's batch (confirm, cancel,
+//! expiry): core NATS notifications, best effort like the workers' (a
+//! missed one costs a reader a fallback to PostgreSQL, never correctness).
+
+use async_nats::Client;
+use uuid::Uuid;
+
+use crate::domain::Order;
+use crate::subjects::Subjects;
+
+/// Tells every API instance that `orders` changed.
+pub async fn publish_orders(client: &Client, subjects: &Subjects, orders: &[Order]) {
+    if orders.is_empty() {
+        return;
+    }
+    send(client, subjects.order_changes_event(), orders).await;
+}
+
+/// Publishes the current stock events of `products`, read from `pool`.
+pub async fn publish_stock(
+    client: &Client,
+    subjects: &Subjects,
+    pool: &sqlx::PgPool,
+    products: &[Uuid],
+) {
+    match crate::stock::events(pool, products).await {
+        Ok(events) => {
+            for event in events {
+                send(client, subjects.stock_event(event.product_id), &event).await;
+            }
+        }
+        Err(err) => tracing::debug!(error = %err, "stock events not read"),
+    }
+}
+
+async fn send<T: serde::Serialize + ?Sized>(client: &Client, subject: String, value: &T) {
+    let Ok(payload) = serde_json::to_vec(value) else {
+        return;
+    };
+    if let Err(err) = client.publish(subject, payload.into()).await {
+        tracing::debug!(error = %err, "result event not published");
+    }
+}
