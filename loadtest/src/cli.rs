@@ -475,19 +475,19 @@ pub struct CartSettings {
     pub reserve_secs: u32,
     pub actions: ReservedActions,
     pub wait_expiry: bool,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "serialize_secs", rename = "expiry_timeout_secs")]
     pub expiry_timeout: Duration,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "serialize_secs", rename = "expiry_bound_secs")]
     pub expiry_bound: Duration,
     pub concurrency: usize,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "serialize_secs", rename = "decision_timeout_secs")]
     pub decision_timeout: Duration,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "serialize_secs", rename = "drain_timeout_secs")]
     pub drain_timeout: Duration,
     pub max_attempts: u32,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "serialize_secs", rename = "max_retry_after_secs")]
     pub max_retry_after: Duration,
-    #[serde(serialize_with = "serialize_secs")]
+    #[serde(serialize_with = "serialize_secs", rename = "request_timeout_secs")]
     pub request_timeout: Duration,
     #[serde(skip)]
     pub json_out: Option<PathBuf>,
