@@ -27,7 +27,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// `Retry-After` (capped) plus up to 10% jitter, so that buyers told to
     /// come back at the same moment do not all return in the same millisecond.
-    fn backpressure_delay(&self, retry_after: Option<Duration>) -> Duration {
+    pub fn backpressure_delay(&self, retry_after: Option<Duration>) -> Duration {
         let base = retry_after
             .unwrap_or(DEFAULT_RETRY_AFTER)
             .min(self.max_retry_after);
@@ -35,7 +35,7 @@ impl RetryPolicy {
     }
 
     /// Exponential backoff with jitter for the `retry`-th transport retry.
-    fn network_delay(&self, retry: u32) -> Duration {
+    pub fn network_delay(&self, retry: u32) -> Duration {
         let exp = NETWORK_BACKOFF_BASE.saturating_mul(1u32 << retry.saturating_sub(1).min(16));
         let capped = exp.min(NETWORK_BACKOFF_MAX);
         capped / 2 + jitter(capped / 2)
@@ -119,17 +119,37 @@ pub struct Submission {
 
 /// Places `request`'s order, retrying as a storefront would.
 pub async fn submit(client: ApiClient, request: OrderRequest, policy: RetryPolicy) -> Submission {
-    let mut backpressure_retries = 0u32;
-    let mut network_retries = 0u32;
-    let mut attempt = 1u32;
     let bytes = client.order_request(
         &request.token,
         &request.idempotency_key,
         request.product_id,
         request.quantity,
     );
+    let sent = send(&client, &bytes, policy).await;
+    Submission {
+        request,
+        answer: sent.answer,
+        backpressure_retries: sent.backpressure_retries,
+        network_retries: sent.network_retries,
+    }
+}
+
+/// The final answer to an order request, and the retries it took.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub answer: Answer,
+    pub backpressure_retries: u32,
+    pub network_retries: u32,
+}
+
+/// Sends the order `bytes` (one key, one body: every attempt is the same
+/// request), retrying 429/503 and transport failures as a storefront would.
+pub async fn send(client: &ApiClient, bytes: &[u8], policy: RetryPolicy) -> Sent {
+    let mut backpressure_retries = 0u32;
+    let mut network_retries = 0u32;
+    let mut attempt = 1u32;
     let answer = loop {
-        let result = client.place_order(&bytes).await;
+        let result = client.place_order(bytes).await;
         let may_retry = attempt < policy.max_attempts;
         attempt += 1;
         match result {
@@ -177,8 +197,7 @@ pub async fn submit(client: ApiClient, request: OrderRequest, policy: RetryPolic
             }
         }
     };
-    Submission {
-        request,
+    Sent {
         answer,
         backpressure_retries,
         network_retries,

@@ -45,7 +45,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(invariant: u8, name: &str, passed: bool, detail: String) -> Self {
+    pub fn new(invariant: u8, name: &str, passed: bool, detail: String) -> Self {
         Self {
             invariant,
             name: name.to_owned(),

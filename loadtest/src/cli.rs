@@ -86,6 +86,10 @@ pub enum Command {
     /// Sell a product out, then send a storm of buyers at it and measure how
     /// fast the API answers `409 sold_out`.
     SoldOutStorm(SoldOutStormArgs),
+    /// Checkout 1.1: buyers check out random carts of several products with
+    /// small stock, some reserving first and then confirming, cancelling or
+    /// abandoning the reservation; then invariants 1-8 are checked.
+    Cart(CartArgs),
     /// Print bearer tokens signed with the API's secret, one per line, for
     /// driving the API with another load generator (`scripts/bench-wrk.sh`).
     /// Sends no load.
@@ -306,6 +310,251 @@ pub struct SoldOutStormArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct CartArgs {
+    /// Buyers; each checks out one cart.
+    #[arg(long, value_name = "N", default_value_t = CART_BUYERS, help_heading = "Carts",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub buyers: u32,
+
+    /// Carts per customer: buyer i is customer i / K, so that a customer's
+    /// carts meet on the per-customer limits.
+    #[arg(long, value_name = "K", default_value_t = 2, help_heading = "Carts",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub carts_per_customer: u32,
+
+    /// Products the carts are drawn from.
+    #[arg(long, value_name = "P", default_value_t = 20, help_heading = "Carts",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub products: u32,
+
+    /// Initial stock of each product (small, so that carts compete).
+    #[arg(long, value_name = "S", default_value_t = 10, help_heading = "Carts",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
+    pub stock: u64,
+
+    /// Most lines of a cart: each cart has 1..=L distinct products.
+    #[arg(long, value_name = "L", default_value_t = 3, help_heading = "Carts",
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub max_lines: u32,
+
+    /// Most units of a line: each line orders 1..=Q.
+    #[arg(long, value_name = "Q", default_value_t = 2, help_heading = "Carts",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_quantity: u32,
+
+    /// How many of the products get a per-customer limit (the first ones).
+    #[arg(long, value_name = "N", default_value_t = 5, help_heading = "Carts",
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub limited_products: u32,
+
+    /// The limit set on those products.
+    #[arg(long, value_name = "M", default_value_t = 2, help_heading = "Carts",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_per_customer: u32,
+
+    /// Fraction of carts sent with `reserve_secs` (hold, then pay).
+    #[arg(long, value_name = "F", default_value_t = 0.5, help_heading = "Reservations",
+          value_parser = parse_fraction)]
+    pub reserve_fraction: f64,
+
+    /// `reserve_secs` of those carts.
+    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Reservations",
+          value_parser = clap::value_parser!(u32).range(30..=3_600))]
+    pub reserve_secs: u32,
+
+    /// Of the reserved carts, the fraction confirmed.
+    #[arg(long, value_name = "F", default_value_t = 0.5, help_heading = "Reservations",
+          value_parser = parse_fraction)]
+    pub confirm_fraction: f64,
+
+    /// Of the reserved carts, the fraction cancelled.
+    #[arg(long, value_name = "F", default_value_t = 0.2, help_heading = "Reservations",
+          value_parser = parse_fraction)]
+    pub cancel_fraction: f64,
+
+    /// Of the reserved carts, the fraction sent confirm and cancel at the
+    /// same moment (exactly one may win). The rest are abandoned.
+    #[arg(long, value_name = "F", default_value_t = 0.1, help_heading = "Reservations",
+          value_parser = parse_fraction)]
+    pub race_fraction: f64,
+
+    /// Wait until every abandoned reservation has expired, then try to
+    /// confirm each one (it must stay expired), before checking.
+    #[arg(long, help_heading = "Reservations")]
+    pub wait_expiry: bool,
+
+    /// --wait-expiry: longest wait for the expiries [default: reserve-secs + 60].
+    #[arg(long, value_name = "SECS", help_heading = "Reservations",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub expiry_timeout_secs: Option<u64>,
+
+    /// How late past `reserved_until` an order may still be `reserved`
+    /// (the expirer's bound) before the checks call it overdue.
+    #[arg(long, value_name = "SECS", default_value_t = 5, help_heading = "Reservations",
+          value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub expiry_bound_secs: u64,
+
+    /// Virtual users: carts in progress at once (submit, wait for the
+    /// decision, confirm or cancel).
+    #[arg(long, value_name = "C", default_value_t = DEFAULT_CONCURRENCY, help_heading = "Load",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+
+    /// Longest wait for one cart's decision.
+    #[arg(long, value_name = "SECS", default_value_t = 60, help_heading = "Load",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub decision_timeout_secs: u64,
+
+    /// Longest wait, once every buyer is done, for the queues to drain (no
+    /// pending order, held unit, unsettled line or returning unit).
+    #[arg(long, value_name = "SECS", default_value_t = 60, help_heading = "Load",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub drain_timeout_secs: u64,
+
+    /// Attempts per request (the first one included) on 429/503 or a
+    /// failed connection; retries reuse the same Idempotency-Key.
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Load",
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_attempts: u32,
+
+    /// Longest delay honoured from a Retry-After header.
+    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub max_retry_after_secs: u64,
+
+    /// Timeout of one HTTP request (a long-poll gets its wait on top).
+    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_timeout_secs: u64,
+
+    /// Also write the report, checks included, as JSON to this file.
+    #[arg(long, value_name = "FILE", help_heading = "Load")]
+    pub json_out: Option<PathBuf>,
+}
+
+/// A fraction between 0 and 1.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not between 0 and 1"))
+    }
+}
+
+/// What a reserved cart's buyer does once the reservation is made.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ReservedActions {
+    pub confirm: f64,
+    pub cancel: f64,
+    pub race: f64,
+}
+
+impl ReservedActions {
+    /// The part left to expire.
+    pub fn abandon(&self) -> f64 {
+        (1.0 - self.confirm - self.cancel - self.race).max(0.0)
+    }
+}
+
+/// The `cart` scenario, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct CartSettings {
+    pub buyers: u32,
+    pub carts_per_customer: u32,
+    pub products: u32,
+    pub stock: u64,
+    pub max_lines: u32,
+    pub max_quantity: u32,
+    pub limited_products: u32,
+    pub max_per_customer: u32,
+    pub reserve_fraction: f64,
+    pub reserve_secs: u32,
+    pub actions: ReservedActions,
+    pub wait_expiry: bool,
+    #[serde(serialize_with = "serialize_secs", rename = "expiry_timeout_secs")]
+    pub expiry_timeout: Duration,
+    #[serde(serialize_with = "serialize_secs", rename = "expiry_bound_secs")]
+    pub expiry_bound: Duration,
+    pub concurrency: usize,
+    #[serde(serialize_with = "serialize_secs", rename = "decision_timeout_secs")]
+    pub decision_timeout: Duration,
+    #[serde(serialize_with = "serialize_secs", rename = "drain_timeout_secs")]
+    pub drain_timeout: Duration,
+    pub max_attempts: u32,
+    #[serde(serialize_with = "serialize_secs", rename = "max_retry_after_secs")]
+    pub max_retry_after: Duration,
+    #[serde(serialize_with = "serialize_secs", rename = "request_timeout_secs")]
+    pub request_timeout: Duration,
+    #[serde(skip)]
+    pub json_out: Option<PathBuf>,
+}
+
+fn serialize_secs<S: serde::Serializer>(
+    value: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(value.as_secs_f64())
+}
+
+impl CartSettings {
+    pub fn from_args(args: &CartArgs) -> Result<Self> {
+        if args.limited_products > args.products {
+            bail!(
+                "--limited-products {} exceeds --products {}",
+                args.limited_products,
+                args.products
+            );
+        }
+        let actions = ReservedActions {
+            confirm: args.confirm_fraction,
+            cancel: args.cancel_fraction,
+            race: args.race_fraction,
+        };
+        let planned = actions.confirm + actions.cancel + actions.race;
+        if planned > 1.0 + 1e-9 {
+            bail!(
+                "--confirm-fraction + --cancel-fraction + --race-fraction = {planned}; \
+                 they share the reserved carts, so at most 1"
+            );
+        }
+        if args.expiry_timeout_secs.is_some() && !args.wait_expiry {
+            bail!("--expiry-timeout-secs is only used with --wait-expiry");
+        }
+        let expiry_timeout = Duration::from_secs(
+            args.expiry_timeout_secs
+                .unwrap_or(u64::from(args.reserve_secs) + 60),
+        );
+        Ok(Self {
+            buyers: args.buyers,
+            carts_per_customer: args.carts_per_customer,
+            products: args.products,
+            stock: args.stock,
+            max_lines: args.max_lines.min(args.products),
+            max_quantity: args.max_quantity,
+            limited_products: args.limited_products,
+            max_per_customer: args.max_per_customer,
+            reserve_fraction: args.reserve_fraction,
+            reserve_secs: args.reserve_secs,
+            actions,
+            wait_expiry: args.wait_expiry,
+            expiry_timeout,
+            expiry_bound: Duration::from_secs(args.expiry_bound_secs),
+            concurrency: to_usize(args.concurrency),
+            decision_timeout: Duration::from_secs(args.decision_timeout_secs),
+            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+            max_attempts: args.max_attempts,
+            max_retry_after: Duration::from_secs(args.max_retry_after_secs),
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
+            json_out: args.json_out.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct TokensArgs {
     /// Customer tokens to print, for the customers `<PREFIX>-0` …
     /// `<PREFIX>-<N-1>`, in that order.
@@ -390,6 +639,7 @@ pub const FLASH_SALE_BUYERS: u32 = 2000;
 pub const HOT_PRODUCT_BUYERS: u32 = 5000;
 pub const MANY_PRODUCTS_BUYERS: u32 = 5000;
 pub const SOLD_OUT_STORM_BUYERS: u32 = 20_000;
+pub const CART_BUYERS: u32 = 2000;
 /// Closed mode's virtual users when `--concurrency` is not given.
 pub const DEFAULT_CONCURRENCY: u32 = 256;
 /// Open mode's schedule length when neither `--duration-secs` nor `--buyers`
@@ -407,6 +657,7 @@ pub enum ScenarioKind {
     HotProduct,
     ManyProducts,
     SoldOutStorm,
+    Cart,
 }
 
 impl ScenarioKind {
@@ -416,6 +667,7 @@ impl ScenarioKind {
             Self::HotProduct => "hot-product",
             Self::ManyProducts => "many-products",
             Self::SoldOutStorm => "sold-out-storm",
+            Self::Cart => "cart",
         }
     }
 }
@@ -622,6 +874,7 @@ impl ScenarioSettings {
                 })
             }
             Command::Tokens(_) => bail!("`tokens` prints tokens; it is not a load scenario"),
+            Command::Cart(_) => bail!("`cart` has its own settings (CartSettings)"),
             Command::SoldOutStorm(args) => Ok(Self {
                 kind: ScenarioKind::SoldOutStorm,
                 load: LoadSettings::from_args(&args.load, SOLD_OUT_STORM_BUYERS)?,
@@ -862,6 +1115,81 @@ mod tests {
         // The largest demand the flags allow is exactly the largest stock.
         let max = settings(&["hot-product", "--buyers", "10000000", "--quantity", "100"]).unwrap();
         assert_eq!(max.stock, 1_000_000_000);
+    }
+
+    fn cart(args: &[&str]) -> Result<CartSettings> {
+        let cli = parse(&[&["cart"], args].concat())?;
+        let Command::Cart(args) = &cli.command else {
+            panic!("not cart: {:?}", cli.command);
+        };
+        CartSettings::from_args(args)
+    }
+
+    #[test]
+    fn cart_defaults_and_flags() {
+        let s = cart(&[]).unwrap();
+        assert_eq!((s.buyers, s.products, s.stock), (2000, 20, 10));
+        assert_eq!((s.max_lines, s.max_quantity), (3, 2));
+        assert_eq!((s.limited_products, s.max_per_customer), (5, 2));
+        assert_eq!((s.reserve_fraction, s.reserve_secs), (0.5, 30));
+        assert!((s.actions.abandon() - 0.2).abs() < 1e-9, "{:?}", s.actions);
+        assert!(!s.wait_expiry);
+        assert_eq!(s.expiry_timeout, Duration::from_secs(90));
+        assert_eq!(s.concurrency, 256);
+        assert!(settings(&["cart"]).is_err(), "cart has its own settings");
+
+        let s = cart(&[
+            "--buyers",
+            "50",
+            "--products",
+            "2",
+            "--stock",
+            "3",
+            "--max-lines",
+            "5",
+            "--limited-products",
+            "0",
+            "--reserve-fraction",
+            "1",
+            "--confirm-fraction",
+            "1",
+            "--cancel-fraction",
+            "0",
+            "--race-fraction",
+            "0",
+            "--wait-expiry",
+            "--expiry-timeout-secs",
+            "200",
+        ])
+        .unwrap();
+        assert_eq!(s.max_lines, 2, "no more lines than products");
+        assert_eq!(s.actions.abandon(), 0.0);
+        assert!(s.wait_expiry);
+        assert_eq!(s.expiry_timeout, Duration::from_secs(200));
+
+        for (args, needle) in [
+            (
+                &["--confirm-fraction", "0.8", "--cancel-fraction", "0.3"][..],
+                "at most 1",
+            ),
+            (
+                &["--products", "3", "--limited-products", "4"][..],
+                "--limited-products",
+            ),
+            (&["--expiry-timeout-secs", "10"][..], "--wait-expiry"),
+        ] {
+            let err = cart(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        for (args, flag) in [
+            (&["--reserve-fraction", "1.5"][..], "--reserve-fraction"),
+            (&["--reserve-secs", "29"][..], "--reserve-secs"),
+            (&["--max-lines", "21"][..], "--max-lines"),
+            (&["--buyers", "0"][..], "--buyers"),
+        ] {
+            let err = parse(&[&["cart"], args].concat()).unwrap_err().to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
     }
 
     #[test]

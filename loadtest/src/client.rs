@@ -42,32 +42,56 @@ pub struct Product {
     pub stock: i64,
     pub max_per_customer: Option<i64>,
     pub partition: i64,
+    /// Checkout 1.1: units in other carts (held and reserved).
+    #[serde(default)]
+    pub reserved: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// An order's status. v1 knows `pending`, `confirmed` and `rejected`;
+/// checkout 1.1 adds `reserved` (a decision: its units are held until
+/// confirm, cancel or expiry) and the final `cancelled` and `expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     Pending,
+    Reserved,
     Confirmed,
     Rejected,
+    Cancelled,
+    Expired,
 }
 
 impl OrderStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Reserved,
+        Self::Confirmed,
+        Self::Rejected,
+        Self::Cancelled,
+        Self::Expired,
+    ];
+
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "pending" => Some(Self::Pending),
-            "confirmed" => Some(Self::Confirmed),
-            "rejected" => Some(Self::Rejected),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
+            Self::Reserved => "reserved",
             Self::Confirmed => "confirmed",
             Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
+    }
+
+    /// Nothing moves the order any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Confirmed | Self::Rejected | Self::Cancelled | Self::Expired
+        )
     }
 }
 
@@ -79,6 +103,24 @@ pub struct Order {
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub decided_at: Option<DateTime<Utc>>,
+    /// Checkout 1.1: the first failing line's product of a rejected order.
+    #[serde(default)]
+    pub rejected_product_id: Option<Uuid>,
+}
+
+/// One line of a cart (`POST /v1/orders` with `lines`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CartLine {
+    pub product_id: Uuid,
+    pub quantity: u32,
+}
+
+/// The checkout 1.1 body of `POST /v1/orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CartBody {
+    pub lines: Vec<CartLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserve_secs: Option<u32>,
 }
 
 /// An RFC 9457 problem document (the fields the load test uses).
@@ -276,6 +318,15 @@ impl ApiClient {
         )
     }
 
+    /// The bytes of a cart's `POST /v1/orders` (customer), sent by every
+    /// attempt with [`ApiClient::place_order`].
+    pub fn cart_request(&self, token: &str, idempotency_key: &str, cart: &CartBody) -> Vec<u8> {
+        // A struct of uuids and integers always serialises.
+        let body = serde_json::to_string(cart).unwrap_or_default();
+        self.orders
+            .json_request(self.orders_path, token, idempotency_key, &body)
+    }
+
     /// Sends an order built by [`ApiClient::order_request`]: one attempt,
     /// bounded by the request timeout like every other call.
     pub async fn place_order(&self, request: &[u8]) -> Result<Reply, OrderError> {
@@ -315,6 +366,30 @@ impl ApiClient {
             .header(AUTHORIZATION, bearer(token));
         let timeout = self.request_timeout + Duration::from_secs(wait_secs);
         self.execute(request, timeout).await
+    }
+
+    /// `POST /v1/orders/{id}/confirm` (owner): a reserved order is paid for.
+    pub async fn confirm_order(&self, token: &str, id: Uuid) -> Result<Reply, reqwest::Error> {
+        self.order_action(token, id, "confirm").await
+    }
+
+    /// `POST /v1/orders/{id}/cancel` (owner): a pending or reserved order is
+    /// given up.
+    pub async fn cancel_order(&self, token: &str, id: Uuid) -> Result<Reply, reqwest::Error> {
+        self.order_action(token, id, "cancel").await
+    }
+
+    async fn order_action(
+        &self,
+        token: &str,
+        id: Uuid,
+        action: &str,
+    ) -> Result<Reply, reqwest::Error> {
+        let request = self
+            .http
+            .post(self.url(&format!("/v1/orders/{id}/{action}")))
+            .header(AUTHORIZATION, bearer(token));
+        self.execute(request, self.request_timeout).await
     }
 
     async fn execute(
@@ -523,17 +598,55 @@ mod tests {
         let decided = order.decided_at.unwrap();
         assert_eq!((decided - order.created_at).num_milliseconds(), 250);
 
-        for status in [
-            OrderStatus::Pending,
-            OrderStatus::Confirmed,
-            OrderStatus::Rejected,
-        ] {
+        for status in OrderStatus::ALL {
             assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
         }
+        assert!(!OrderStatus::Reserved.is_final());
+        assert!(OrderStatus::Expired.is_final());
         assert_eq!(OrderStatus::parse("lost"), None);
 
         let unknown_status = body.replace("rejected", "lost");
         assert!(reply(200, &unknown_status).json::<Order>().is_err());
+    }
+
+    #[test]
+    fn carts_serialise_as_the_contract_says() {
+        let line = CartLine {
+            product_id: Uuid::from_u128(1),
+            quantity: 2,
+        };
+        let reserved = CartBody {
+            lines: vec![line],
+            reserve_secs: Some(30),
+        };
+        assert_eq!(
+            serde_json::to_string(&reserved).unwrap(),
+            r#"{"lines":[{"product_id":"00000000-0000-0000-0000-000000000001","quantity":2}],"reserve_secs":30}"#
+        );
+        let bought = CartBody {
+            lines: vec![line],
+            reserve_secs: None,
+        };
+        assert!(!serde_json::to_string(&bought)
+            .unwrap()
+            .contains("reserve_secs"));
+
+        let body = r#"{"id":"0b8f2d7e-3c1a-4b7e-9a51-2f0c6d1e8a90","customer_id":"alice",
+            "product_id":null,"quantity":null,"lines":[],"status":"rejected","reason":"sold_out",
+            "rejected_product_id":"5e0c3f8a-1d2b-4c6e-8f9a-0b1c2d3e4f50",
+            "created_at":"2026-11-22T10:00:00Z","decided_at":"2026-11-22T10:00:01Z"}"#;
+        let order: Order = reply(200, body).json().unwrap();
+        assert_eq!(
+            order.rejected_product_id,
+            Some(Uuid::parse_str("5e0c3f8a-1d2b-4c6e-8f9a-0b1c2d3e4f50").unwrap())
+        );
+        let reserved = body
+            .replace("\"rejected\"", "\"reserved\"")
+            .replace("\"sold_out\"", "null");
+        assert_eq!(
+            reply(200, &reserved).json::<Order>().unwrap().status,
+            OrderStatus::Reserved
+        );
     }
 
     #[test]

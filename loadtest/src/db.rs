@@ -294,6 +294,7 @@ pub async fn fetch_decisions(pool: &PgPool, product_ids: &[Uuid]) -> Result<Vec<
             reason: row.try_get("reason")?,
             created_at: row.try_get("created_at")?,
             decided_at: row.try_get("decided_at")?,
+            rejected_product_id: None,
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()

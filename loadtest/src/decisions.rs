@@ -140,16 +140,19 @@ impl Decisions {
     }
 }
 
-struct Decision {
-    order: Order,
-    accepted_at: Instant,
-    sent_at: Instant,
-    observed_at: Instant,
+/// A decision observed by a long-poll.
+pub struct Decision {
+    pub order: Order,
+    pub accepted_at: Instant,
+    pub sent_at: Instant,
+    pub observed_at: Instant,
 }
 
-struct PollOutcome {
-    decision: Option<Decision>,
-    errors: Vec<String>,
+/// How following one order ended: its decision, or none when a poll got an
+/// answer that retrying cannot change; the failed polls on the way.
+pub struct PollOutcome {
+    pub decision: Option<Decision>,
+    pub errors: Vec<String>,
 }
 
 /// Follows every order received on `accepted` until decided; see the module
@@ -204,10 +207,17 @@ pub async fn run(
 }
 
 async fn follow(client: ApiClient, order: Accepted, slots: Arc<Semaphore>) -> PollOutcome {
-    let mut errors = Vec::new();
     // The semaphore is never closed; if it were, polling without a slot is
     // still correct, merely less bounded.
     let _slot = slots.acquire_owned().await.ok();
+    await_decision(&client, &order).await
+}
+
+/// Long-polls `order` until it is decided (`reserved` counts: `?wait`
+/// returns at the first decision) or an answer says retrying cannot help.
+/// Unbounded in time: callers bound it.
+pub async fn await_decision(client: &ApiClient, order: &Accepted) -> PollOutcome {
+    let mut errors = Vec::new();
     let mut failures = 0u32;
     loop {
         let pause = match client
@@ -393,6 +403,7 @@ mod tests {
             reason: None,
             created_at: created,
             decided_at: Some(created + chrono::TimeDelta::milliseconds(40)),
+            rejected_product_id: None,
         };
         let mut decisions = Decisions::default();
         decisions.absorb(PollOutcome {

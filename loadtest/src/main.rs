@@ -18,6 +18,7 @@
 mod auth;
 mod baseline;
 mod buyer;
+mod cart;
 mod checks;
 mod cli;
 mod client;

@@ -361,6 +361,9 @@ pub fn summarize_decisions<'a>(
                         *summary.rejected.entry(reason.to_owned()).or_default() += 1;
                     }
                     OrderStatus::Pending => summary.undecided += 1,
+                    // The v1 scenarios reserve nothing; a cart run has its
+                    // own figures (crate::cart::report).
+                    OrderStatus::Reserved | OrderStatus::Cancelled | OrderStatus::Expired => {}
                 }
             }
             None => summary.undecided += 1,
@@ -752,9 +755,9 @@ fn describe_product(product: &ProductInfo) -> String {
 }
 
 /// Width of the label column of the table.
-const LABEL_WIDTH: usize = 27;
+pub const LABEL_WIDTH: usize = 27;
 
-fn row(out: &mut String, label: &str, value: impl std::fmt::Display) {
+pub fn row(out: &mut String, label: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "  {label:<LABEL_WIDTH$} {value}");
 }
 
@@ -771,6 +774,7 @@ mod tests {
             reason: reason.map(str::to_owned),
             created_at: now,
             decided_at: (status != OrderStatus::Pending).then_some(now),
+            rejected_product_id: None,
         }
     }
 

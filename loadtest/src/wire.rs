@@ -174,6 +174,18 @@ impl Endpoint {
         quantity: u32,
     ) -> Vec<u8> {
         let body = format!(r#"{{"product_id":"{product_id}","quantity":{quantity}}}"#);
+        self.json_request(path, token, idempotency_key, &body)
+    }
+
+    /// The bytes of `POST <prefix><path>` with the JSON `body` (a cart, or
+    /// any order body), built like [`Endpoint::order_request`].
+    pub fn json_request(
+        &self,
+        path: &str,
+        token: &str,
+        idempotency_key: &str,
+        body: &str,
+    ) -> Vec<u8> {
         format!(
             "POST {prefix}{path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: {agent}\r\n\
              authorization: Bearer {token}\r\nidempotency-key: {idempotency_key}\r\n\

@@ -9,6 +9,7 @@
 //! ([`crate::cli::ScenarioSettings`]): products, stock, default buyers, and
 //! the sell-out phase.
 
+mod cart;
 mod runner;
 mod system;
 
@@ -21,7 +22,7 @@ use sqlx::PgPool;
 
 use crate::auth::TokenMinter;
 use crate::checks::{self, Check};
-use crate::cli::{Cli, Connection, ScenarioSettings};
+use crate::cli::{CartSettings, Cli, Command, Connection, ScenarioSettings};
 use crate::client::{error_chain, ApiClient, NewProduct, Product};
 use crate::db;
 
@@ -62,6 +63,9 @@ impl Verdict {
 /// Runs the scenario the command line asks for.
 pub async fn run(cli: Cli) -> Result<Verdict> {
     let connection = Connection::from_args(&cli.connection)?;
+    if let Command::Cart(args) = &cli.command {
+        return cart::run(&connection, CartSettings::from_args(args)?).await;
+    }
     let settings = ScenarioSettings::from_command(&cli.command)?;
     runner::run(&connection, settings).await
 }

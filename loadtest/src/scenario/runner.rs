@@ -438,7 +438,7 @@ fn db_watch_view(
 }
 
 /// A short random run id (8 hex digits): names the buyers and the SKUs.
-fn new_run_id() -> String {
+pub(super) fn new_run_id() -> String {
     let mut id = Uuid::new_v4().simple().to_string();
     id.truncate(8);
     id
