@@ -507,6 +507,15 @@ Demo tokens (valid 24 h), for the examples below:
   curl -sS "\$CHECKLINE_API_URL/v1/orders/<order id>?wait=5" \\
     -H "Authorization: Bearer \$ALICE_TOKEN"
 
+4. A cart of two products, held 5 minutes, then paid (confirm):
+
+  curl -sS -X POST "\$CHECKLINE_API_URL/v1/orders" \\
+    -H "Authorization: Bearer \$ALICE_TOKEN" -H 'Content-Type: application/json' \\
+    -H 'Idempotency-Key: demo-cart-1' \\
+    -d '{"lines":[{"product_id":"<product id>","quantity":1},{"product_id":"<another id>","quantity":1}],"reserve_secs":300}'
+  curl -sS -X POST "\$CHECKLINE_API_URL/v1/orders/<order id>/confirm" \\
+    -H "Authorization: Bearer \$ALICE_TOKEN"
+
 More tokens: CHECKLINE_JWT_SECRET=... $BIN/checkline-token --sub bob --role customer
 
 Flash-sale demo (10,000 buyers racing for 100 units): scripts/run.sh --demo,
