@@ -69,10 +69,10 @@ done
 # and lengths; wrk's length.
 if [[ $QUICK == 1 ]]; then
     CLOSED=2000 STORM=2000 FLASH=1000 HIGH_RATE=1000 LOW_RATE=500 MID_RATE=1000
-    OPEN_SECS=3 WRK_SECS=3
+    OPEN_SECS=3 WRK_SECS=3 CARTS=2000
 else
     CLOSED=50000 STORM=50000 FLASH=10000 HIGH_RATE=10000 LOW_RATE=2000 MID_RATE=5000
-    OPEN_SECS=15 WRK_SECS=20
+    OPEN_SECS=15 WRK_SECS=20 CARTS=20000
 fi
 
 # Each run's per-process CPU is taken over the load's own windows (the run's
@@ -110,6 +110,13 @@ run many-open-10000 many-products --products 100 --mode open --rate $HIGH_RATE -
     --decisions db
 run storm-closed sold-out-storm --buyers $STORM --concurrency 512 --baseline --baseline-pool 16
 run flash-sale flash-sale --buyers $FLASH --stock 100 --concurrency 256
+# Carts of 1-3 lines over the same 100 products, stock enough for most: half
+# reserved (then confirmed, cancelled, raced or abandoned), beside the
+# one-line many-products run above.
+run cart cart --buyers $CARTS --products 100 --stock 1000 --concurrency 256
+# The same carts fighting over 20 products with small stock: holds, waits
+# and releases on every product.
+run cart-contended cart --buyers $CARTS --products 20 --stock 50 --concurrency 256
 run_wrk wrk-hot --products 1 --customers 2000 --duration $WRK_SECS --threads 2 --connections 256
 run_wrk wrk-many --products 100 --customers 2000 --duration $WRK_SECS --threads 2 --connections 256
 
