@@ -449,6 +449,26 @@ mod tests {
         assert!(json["decided_at"].is_null());
     }
 
+    #[test]
+    fn a_stock_event_says_when_units_may_come_back_and_whether_the_door_is_open() {
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        // Sold out, one unit reserved: the release time is shown.
+        let reserved = StockEvent::with_reserved(Uuid::nil(), 0, 0, 1, Some(at));
+        assert!(reserved.sold_out);
+        assert_eq!(reserved.next_release_at, Some(at));
+        assert_eq!(reserved.open_units(), 0, "reserved units are nobody else's");
+        // Units held by an unsettled cart may come back: orders may queue.
+        let held = StockEvent::with_reserved(Uuid::nil(), 0, 2, 2, None);
+        assert_eq!(held.open_units(), 2);
+        let json = serde_json::to_value(held).unwrap();
+        assert_eq!(json["held"], 2);
+        assert!(json.get("next_release_at").is_none());
+        // With stock left, no release time: it would mean nothing.
+        let open = StockEvent::with_reserved(Uuid::nil(), 3, 0, 1, Some(at));
+        assert_eq!(open.next_release_at, None);
+        assert!(serde_json::to_value(open).unwrap().get("held").is_none());
+    }
+
     proptest! {
         #[test]
         fn parsed_keys_are_visible_ascii(raw in "\\PC{0,300}") {
