@@ -14,6 +14,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::db::{CartDbView, CartOrderRow, LineRow};
+use super::replay::{self, Event, Got, Kind};
 use super::{ActionAnswer, ActionKind, BuyerRecord, Intent, Submitted};
 use crate::checks::{is_stock_reason, Check, QueuePos};
 use crate::client::OrderStatus;
@@ -55,6 +56,7 @@ pub fn evaluate(expect: &CartExpectation, buyers: &[BuyerRecord], db: &CartDbVie
     checks.push(every_order_decided(expect, &world));
     checks.push(seen_decisions_agree(&world));
     checks.push(queue_order(expect, &world));
+    checks.push(queue_replayed(expect, &world));
     checks.push(first_come_first_served(expect, &world));
     checks.push(limits_hold(expect, &world));
     checks.push(served_carts_took_every_line(&world));
@@ -745,6 +747,178 @@ fn queue_order(expect: &CartExpectation, world: &World<'_>) -> Check {
     )
 }
 
+/// Invariant 4 by [`replay`]: each product's queue run again with the
+/// rules from its initial stock. Every entry must have got what the rules
+/// give it at its turn, nothing be left waiting or held, and the stock end
+/// where the database says.
+fn queue_replayed(expect: &CartExpectation, world: &World<'_>) -> Check {
+    let mut events = replay_events(world);
+    let stocks: HashMap<Uuid, i64> = world
+        .db
+        .audits
+        .iter()
+        .map(|audit| (audit.product_id, audit.stock))
+        .collect();
+    let (mut entries, mut waited, mut gives, mut took, mut refused) = (0, 0, 0, 0, 0);
+    let mut bad = Vec::new();
+    for product in &expect.products {
+        let events = events.remove(&product.id).unwrap_or_default();
+        for event in &events {
+            match &event.kind {
+                Kind::Wants { got: Got::Took, .. } => took += 1,
+                Kind::Wants {
+                    got: Got::NoStock { .. },
+                    ..
+                } => refused += 1,
+                _ => {}
+            }
+        }
+        let out = replay::replay(product.initial_stock, events);
+        entries += out.entries;
+        waited += out.waited;
+        gives += out.gives;
+        let sku = &product.sku;
+        bad.extend(out.mismatches.iter().map(|m| format!("{sku}: {m}")));
+        if !out.left_waiting.is_empty() {
+            bad.push(format!("{sku}: left waiting: {}", list(&out.left_waiting)));
+        }
+        if out.held != 0 {
+            bad.push(format!("{sku}: {} units still held at the end", out.held));
+        }
+        match stocks.get(&product.id) {
+            Some(&stock) if stock == out.stock => {}
+            Some(&stock) => bad.push(format!(
+                "{sku}: stock {stock} in the database, {} by the rules",
+                out.stock
+            )),
+            None => bad.push(format!("{sku}: no stock_audit row")),
+        }
+    }
+    Check::new(
+        4,
+        "queue replayed by the rules: every entry got what its turn gives it",
+        bad.is_empty(),
+        format!(
+            "{entries} entries replayed over {} products ({took} took units, {refused} refused \
+             for stock, {waited} waited behind holds) with {gives} settle, return and restock \
+             entries; {} departures from the rules{}",
+            expect.products.len(),
+            bad.len(),
+            failures(&bad)
+        ),
+    )
+}
+
+/// Every product's queue entries, as PostgreSQL recorded them: one-line
+/// orders and lines with a turn, settle entries of held lines, applied
+/// returns and restocks.
+fn replay_events(world: &World<'_>) -> HashMap<Uuid, Vec<Event>> {
+    let mut events: HashMap<Uuid, Vec<Event>> = HashMap::new();
+    for order in &world.db.orders {
+        let (1, Some(product), Some(quantity), Some(sequence)) = (
+            order.line_count,
+            order.product_id,
+            order.quantity,
+            order.queue_sequence,
+        ) else {
+            continue;
+        };
+        let got = if order.total_cents.is_some() {
+            Got::Took
+        } else if order.status == OrderStatus::Pending {
+            Got::Waiting
+        } else {
+            refusal(
+                order.reason.as_deref(),
+                order.status == OrderStatus::Cancelled,
+            )
+        };
+        events.entry(product).or_default().push(Event {
+            position: (sequence, order.queue_index.unwrap_or(0)),
+            kind: Kind::Wants {
+                quantity,
+                holds: false,
+                got,
+            },
+            what: format!("order {}", order.id),
+        });
+    }
+    for lines in world.lines.values() {
+        for line in lines {
+            let queue = events.entry(line.product_id).or_default();
+            let what = format!("order {} line {}", line.order_id, line.line_no);
+            if let Some(sequence) = line.queue_sequence {
+                let got = if line.unit_price_cents.is_some() {
+                    Got::Took
+                } else if line.state == "parked" {
+                    Got::Waiting
+                } else {
+                    let cancelled = world
+                        .orders
+                        .get(&line.order_id)
+                        .is_some_and(|order| order.status == OrderStatus::Cancelled);
+                    refusal(line.reason.as_deref(), cancelled)
+                };
+                queue.push(Event {
+                    position: (sequence, line.queue_index.unwrap_or(0)),
+                    kind: Kind::Wants {
+                        quantity: line.quantity,
+                        holds: true,
+                        got,
+                    },
+                    what: what.clone(),
+                });
+            }
+            if let Some(sequence) = line.settle_sequence {
+                queue.push(Event {
+                    position: (sequence, 0),
+                    kind: Kind::Settle {
+                        quantity: line.quantity,
+                        keep: line.state == "taken",
+                    },
+                    what: format!("settle of {what}"),
+                });
+            }
+        }
+    }
+    for ret in &world.db.returns {
+        if let (true, Some(sequence)) = (ret.applied, ret.queue_sequence) {
+            events.entry(ret.product_id).or_default().push(Event {
+                position: (sequence, 0),
+                kind: Kind::Back {
+                    quantity: ret.quantity,
+                },
+                what: format!("stock return of order {}", ret.order_id),
+            });
+        }
+    }
+    for restock in &world.db.restocks {
+        if let Some(sequence) = restock.queue_sequence {
+            events.entry(restock.product_id).or_default().push(Event {
+                position: (sequence, 0),
+                kind: Kind::Back {
+                    quantity: restock.quantity,
+                },
+                what: format!("restock at {sequence}"),
+            });
+        }
+    }
+    events
+}
+
+/// An entry that took nothing: refused for stock, or for what needs none
+/// (the limit, an inactive product, withdrawn with its cancelled order).
+fn refusal(reason: Option<&str>, cancelled: bool) -> Got {
+    match reason {
+        Some(reason) if is_stock_reason(reason) => Got::NoStock {
+            reason: Some(reason.to_owned()),
+        },
+        Some(_) => Got::Refused,
+        None if cancelled => Got::Refused,
+        None => Got::NoStock { reason: None },
+    }
+}
+
 /// Invariant 4's v1 form, on every product whose entries are all one-line
 /// orders of one unit with nothing given back: the entries that took units
 /// are exactly the first `stock` in queue order (limits and reused keys
@@ -1185,6 +1359,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     const PRODUCTS: u128 = 4;
+    const PRICE: i64 = 100;
 
     fn product(n: u128) -> Uuid {
         Uuid::from_u128(n + 1)
@@ -1319,8 +1494,8 @@ mod tests {
                 (None, true) => OrderStatus::Reserved,
                 (None, false) => OrderStatus::Confirmed,
             };
-            // A rejected cart's holds are released at a later turn.
-            let settle = failed.map(|_| self.next_sequence());
+            // A cart's holds are kept or released at a later turn.
+            let settle = (lines.len() > 1).then(|| self.next_sequence());
             for (line_no, &(pid, quantity, reason)) in outcomes.iter().enumerate() {
                 if failed.is_some() && reason.is_none() {
                     *self.stock.get_mut(&pid).unwrap() += quantity;
@@ -1341,13 +1516,10 @@ mod tests {
                         }
                         .to_owned(),
                         reason: reason.map(str::to_owned),
+                        unit_price_cents: reason.is_none().then_some(PRICE),
                         queue_sequence: Some(sequence),
                         queue_index: Some(line_no as i64),
-                        settle_sequence: if failed.is_some() && reason.is_none() {
-                            settle
-                        } else {
-                            None
-                        },
+                        settle_sequence: if reason.is_none() { settle } else { None },
                     });
                 }
             }
@@ -1361,6 +1533,9 @@ mod tests {
                 product_id: one.then(|| product(lines[0].0)),
                 quantity: one.then_some(lines[0].1),
                 line_count: lines.len() as i64,
+                total_cents: failed
+                    .is_none()
+                    .then(|| PRICE * lines.iter().map(|&(_, q)| q).sum::<i64>()),
                 queue_sequence: one.then_some(sequence),
                 queue_index: None,
                 rejected_product_id: failed.map(|(pid, ..)| pid),
@@ -1566,7 +1741,7 @@ mod tests {
         sim.finish()
     }
 
-    const ALL: [&str; 17] = [
+    const ALL: [&str; 18] = [
         "stock audit balanced per product",
         "drained: nothing held or returning",
         "stock not negative",
@@ -1578,6 +1753,7 @@ mod tests {
         "every accepted cart decided, reservations final or open in time",
         "every buyer saw its decision, and the database agrees",
         "units go in queue order: nothing taken after a refusal but what came back",
+        "queue replayed by the rules: every entry got what its turn gives it",
         "one-unit one-line orders without returns: the first stock served",
         "reserved + confirmed units per (customer, product) within the limit",
         "confirmed and reserved carts took every line",
@@ -1678,6 +1854,8 @@ mod tests {
         ghost.customer_id = refused.customer_id;
         ghost.idempotency_key = refused.idempotency_key;
         ghost.status = OrderStatus::Rejected;
+        ghost.total_cents = None;
+        ghost.queue_sequence = None;
         world.db.orders.push(ghost);
         assert_eq!(world.failed(), ["no order for a request answered 4xx"]);
 
@@ -1801,6 +1979,7 @@ mod tests {
             order.status = OrderStatus::Confirmed;
             order.reason = None;
             order.rejected_product_id = None;
+            order.total_cents = Some(PRICE);
         }
         let seen = broken.buyer_mut(jumped).seen.as_mut().unwrap();
         seen.status = OrderStatus::Confirmed;
@@ -1813,6 +1992,7 @@ mod tests {
             "{}",
             check.detail
         );
+        broken.assert_fails(ALL[11]);
 
         // The same with a unit given back after the refusal: allowed.
         let mut sim = Sim::new(1, None);
@@ -1868,6 +2048,74 @@ mod tests {
         world.assert_fails(ALL[10]);
     }
 
+    /// Product 0 has 1 unit. A cart holds it and fails on product 1 (sold
+    /// out first); its release comes after a buyer of product 0 had its turn.
+    /// `b_took`: the buyer waited and got the unit, as the rules say; else it
+    /// was refused `sold_out` and the unit came back to nobody.
+    fn refused_behind_a_hold(b_took: bool) -> World2 {
+        let mut sim = Sim::new(1, None);
+        sim.cart("z", &[(1, 1)], Intent::Buy);
+        let cart = sim.cart("a", &[(0, 1), (1, 1)], Intent::Buy);
+        let buyer = sim.cart("b", &[(0, 1)], Intent::Buy);
+        let mut world = sim.finish();
+        assert_eq!(world.order_mut(cart).status, OrderStatus::Rejected);
+        let buyer_turn = world.order_mut(buyer).queue_sequence.unwrap();
+        let hold = world
+            .db
+            .lines
+            .iter_mut()
+            .find(|l| l.order_id == cart && l.product_id == product(0))
+            .unwrap();
+        assert_eq!(hold.state, "released");
+        hold.settle_sequence = Some(buyer_turn + 1);
+        if !b_took {
+            let order = world.order_mut(buyer);
+            order.status = OrderStatus::Rejected;
+            order.reason = Some("sold_out".into());
+            order.rejected_product_id = Some(product(0));
+            order.total_cents = None;
+            let seen = world.buyer_mut(buyer).seen.as_mut().unwrap();
+            seen.status = OrderStatus::Rejected;
+            seen.reason = Some("sold_out".into());
+            seen.rejected_product_id = Some(product(0));
+            // The unit is back in stock: the audit still balances.
+            let audit = &mut world.db.audits[0];
+            assert_eq!(audit.product_id, product(0));
+            audit.stock = 1;
+            audit.confirmed_units = 0;
+            world.expect.products[0].api_stock = Some(1);
+        }
+        world
+    }
+
+    #[test]
+    fn a_buyer_refused_while_units_were_only_held_fails_the_replay() {
+        let waited = refused_behind_a_hold(true);
+        let checks = waited.checks();
+        assert!(crate::checks::all_passed(&checks), "{checks:#?}");
+        let replayed = checks.iter().find(|c| c.name == ALL[11]).unwrap();
+        assert!(
+            replayed
+                .detail
+                .starts_with("4 entries replayed over 4 products (3 took units, 1 refused for stock, 1 waited behind holds) with 1 settle"),
+            "{}",
+            replayed.detail
+        );
+
+        // Refused instead: every other check passes (nothing was taken
+        // after the refusal, one unit came back after it), the replay
+        // does not.
+        let refused = refused_behind_a_hold(false);
+        assert_eq!(refused.failed(), [ALL[11]]);
+        let checks = refused.checks();
+        let detail = &checks.iter().find(|c| c.name == ALL[11]).unwrap().detail;
+        assert!(
+            detail.contains("refused sold_out, the rules give took")
+                && detail.contains("P0: stock 1 in the database, 0 by the rules"),
+            "{detail}"
+        );
+    }
+
     #[test]
     fn one_unit_orders_out_of_turn_fail_the_first_come_check() {
         let mut sim = Sim::new(2, None);
@@ -1876,7 +2124,7 @@ mod tests {
             .collect();
         let mut world = sim.finish();
         let checks = world.checks();
-        let fcfs = checks.iter().find(|c| c.name == ALL[11]).unwrap();
+        let fcfs = checks.iter().find(|c| c.name == ALL[12]).unwrap();
         assert!(
             fcfs.passed && fcfs.detail.starts_with("1 of 4 products"),
             "{fcfs:?}"
@@ -1891,13 +2139,15 @@ mod tests {
             let order = world.order_mut(id);
             order.status = status;
             order.reason = reason.clone();
+            order.total_cents = (status == OrderStatus::Confirmed).then_some(PRICE);
             let seen = world.buyer_mut(id).seen.as_mut().unwrap();
             seen.status = status;
             seen.reason = reason;
         }
         let failed = world.failed();
-        assert!(failed.contains(&ALL[11].to_owned()), "{failed:?}");
+        assert!(failed.contains(&ALL[12].to_owned()), "{failed:?}");
         assert!(failed.contains(&ALL[10].to_owned()), "{failed:?}");
+        assert!(failed.contains(&ALL[11].to_owned()), "{failed:?}");
         assert!(!failed.contains(&ALL[0].to_owned()), "{failed:?}");
     }
 
@@ -1929,7 +2179,7 @@ mod tests {
             line.reason = None;
             line.settle_sequence = None;
         }
-        world.assert_fails(ALL[12]);
+        world.assert_fails(ALL[13]);
         // A cancelled order gives its units back to the limit.
         let mut sim = Sim::new(10, Some(2));
         sim.cart("c", &[(0, 2)], Intent::Cancel);
@@ -1959,7 +2209,7 @@ mod tests {
             .find(|l| l.order_id == served && l.line_no == 2)
             .unwrap()
             .state = "failed".into();
-        broken.assert_fails(ALL[13]);
+        broken.assert_fails(ALL[14]);
         // A line missing altogether.
         let mut broken = World2 {
             expect: world.expect.clone(),
@@ -1970,7 +2220,7 @@ mod tests {
             .db
             .lines
             .retain(|l| !(l.order_id == served && l.line_no == 1));
-        broken.assert_fails(ALL[13]);
+        broken.assert_fails(ALL[14]);
 
         // A rejected cart still holding a line.
         let mut broken = World2 {
@@ -1985,7 +2235,7 @@ mod tests {
             .find(|l| l.order_id == rejected && l.state == "released")
             .unwrap();
         line.state = "taken".into();
-        broken.assert_fails(ALL[14]);
+        broken.assert_fails(ALL[15]);
         // ... or naming the wrong product.
         let mut broken = World2 {
             expect: world.expect,
@@ -1999,7 +2249,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .rejected_product_id = Some(product(3));
-        assert_eq!(broken.failed(), [ALL[14]]);
+        assert_eq!(broken.failed(), [ALL[15]]);
     }
 
     #[test]
@@ -2020,7 +2270,7 @@ mod tests {
                 .db
                 .returns
                 .retain(|r| !(r.order_id == id && r.product_id == product(product_n)));
-            broken.assert_fails(ALL[15]);
+            broken.assert_fails(ALL[16]);
         }
         // Returned twice.
         let mut broken = World2 {
@@ -2030,7 +2280,7 @@ mod tests {
         };
         let again = broken.db.returns[0].clone();
         broken.db.returns.push(again);
-        broken.assert_fails(ALL[15]);
+        broken.assert_fails(ALL[16]);
         // Not applied yet.
         let mut broken = World2 {
             expect: world.expect.clone(),
@@ -2038,7 +2288,7 @@ mod tests {
             db: world.db.clone(),
         };
         broken.db.returns[0].applied = false;
-        broken.assert_fails(ALL[15]);
+        broken.assert_fails(ALL[16]);
         // A return for an order that was confirmed.
         let mut broken = World2 {
             expect: world.expect,
@@ -2054,7 +2304,7 @@ mod tests {
         confirmed.quantity = Some(1);
         confirmed.idempotency_key = "key-0".into();
         broken.db.orders.push(confirmed);
-        broken.assert_fails(ALL[15]);
+        broken.assert_fails(ALL[16]);
     }
 
     #[test]
@@ -2076,26 +2326,26 @@ mod tests {
         let cancel = &mut broken.buyer_mut(raced).actions[1];
         cancel.status = Some(200);
         cancel.code = None;
-        assert_eq!(broken.failed(), [ALL[16]]);
+        assert_eq!(broken.failed(), [ALL[17]]);
 
         // Confirm answered 200, yet the order was cancelled.
         let mut broken = clone(&world);
         let buyer = broken.buyer_mut(cancelled);
         buyer.actions[0].kind = ActionKind::Confirm;
         buyer.actions[0].order_status = Some(OrderStatus::Confirmed);
-        broken.assert_fails(ALL[16]);
+        broken.assert_fails(ALL[17]);
 
         // A confirm after the expiry answered 200.
         let mut broken = clone(&world);
         let late = &mut broken.buyer_mut(expired).actions[0];
         late.status = Some(200);
         late.code = None;
-        broken.assert_fails(ALL[16]);
+        broken.assert_fails(ALL[17]);
 
         // The client was told "expired", but the order ended confirmed.
         let mut broken = clone(&world);
         broken.order_mut(expired).status = OrderStatus::Confirmed;
-        broken.assert_fails(ALL[16]);
+        broken.assert_fails(ALL[17]);
 
         // A 429 once the attempts ran out says nothing: not a failure.
         let mut unknown = clone(&world);

@@ -46,6 +46,8 @@ pub struct CartOrderRow {
     pub product_id: Option<Uuid>,
     pub quantity: Option<i64>,
     pub line_count: i64,
+    /// Set once the order took its units, kept after a reservation ends.
+    pub total_cents: Option<i64>,
     pub queue_sequence: Option<i64>,
     pub queue_index: Option<i64>,
     pub rejected_product_id: Option<Uuid>,
@@ -62,6 +64,8 @@ pub struct LineRow {
     pub quantity: i64,
     pub state: String,
     pub reason: Option<String>,
+    /// Set once the line held its units, kept when they are released.
+    pub unit_price_cents: Option<i64>,
     pub queue_sequence: Option<i64>,
     pub queue_index: Option<i64>,
     pub settle_sequence: Option<i64>,
@@ -104,13 +108,13 @@ pub fn customer_pattern(run_id: &str) -> String {
 }
 
 const ORDERS: &str = "SELECT id, customer_id, idempotency_key, status, reason, product_id, \
-            quantity::bigint AS quantity, line_count::bigint AS line_count, queue_sequence, \
+            quantity::bigint AS quantity, line_count::bigint AS line_count, total_cents, queue_sequence, \
             queue_index::bigint AS queue_index, rejected_product_id, \
             reserve_secs::bigint AS reserve_secs, reserved_until \
      FROM orders WHERE customer_id LIKE $1";
 
 const LINES: &str = "SELECT l.order_id, l.line_no::bigint AS line_no, l.product_id, \
-            l.quantity::bigint AS quantity, l.state, l.reason, l.queue_sequence, \
+            l.quantity::bigint AS quantity, l.state, l.reason, l.unit_price_cents, l.queue_sequence, \
             l.queue_index::bigint AS queue_index, l.settle_sequence \
      FROM order_lines l JOIN orders o ON o.id = l.order_id \
      WHERE o.customer_id LIKE $1 ORDER BY l.order_id, l.line_no";
@@ -146,6 +150,7 @@ pub async fn fetch_view(pool: &PgPool, run_id: &str, products: &[Uuid]) -> Resul
                 product_id: row.try_get("product_id")?,
                 quantity: row.try_get("quantity")?,
                 line_count: row.try_get("line_count")?,
+                total_cents: row.try_get("total_cents")?,
                 queue_sequence: row.try_get("queue_sequence")?,
                 queue_index: row.try_get("queue_index")?,
                 rejected_product_id: row.try_get("rejected_product_id")?,
@@ -165,6 +170,7 @@ pub async fn fetch_view(pool: &PgPool, run_id: &str, products: &[Uuid]) -> Resul
                 quantity: row.try_get("quantity")?,
                 state: row.try_get("state")?,
                 reason: row.try_get("reason")?,
+                unit_price_cents: row.try_get("unit_price_cents")?,
                 queue_sequence: row.try_get("queue_sequence")?,
                 queue_index: row.try_get("queue_index")?,
                 settle_sequence: row.try_get("settle_sequence")?,
@@ -467,8 +473,9 @@ mod tests {
              VALUES ('{cart}', 'buyer-{RUN}-1', 'k2', '\\x00', NULL, NULL, 0, 'pending', 2, \
                  '[{{\"product_id\": \"{A}\", \"quantity\": 1}}, {{\"product_id\": \"{B}\", \"quantity\": 1}}]');
              INSERT INTO order_lines (order_id, line_no, product_id, quantity, partition, state, \
-                 queue_sequence, queue_index) \
-             VALUES ('{cart}', 0, '{A}', 1, 0, 'held', 12, 0), ('{cart}', 1, '{B}', 1, 1, 'queued', NULL, NULL);
+                 unit_price_cents, queue_sequence, queue_index) \
+             VALUES ('{cart}', 0, '{A}', 1, 0, 'held', 100, 12, 0), \
+                 ('{cart}', 1, '{B}', 1, 1, 'queued', NULL, NULL, NULL);
              -- Another run's order on A: not this run's.
              INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, \
                  quantity, partition, status, decided_at, reason) \
@@ -520,10 +527,19 @@ mod tests {
         assert_eq!(gone.status, OrderStatus::Expired);
         assert_eq!((gone.queue_sequence, gone.queue_index), (Some(11), Some(3)));
         assert_eq!(gone.reserve_secs, Some(30));
+        assert_eq!(gone.total_cents, Some(100));
+        assert_eq!(cart.total_cents, None);
         assert!(gone.reserved_until.is_some_and(|until| until < view.now));
         assert_eq!(view.lines.len(), 2);
         assert_eq!(view.lines[0].state, "held");
         assert_eq!(view.lines[0].queue_sequence, Some(12));
+        assert_eq!(
+            (
+                view.lines[0].unit_price_cents,
+                view.lines[1].unit_price_cents
+            ),
+            (Some(100), None)
+        );
         assert_eq!(view.lines[1].queue_sequence, None);
         assert_eq!(
             view.returns,

@@ -9,10 +9,12 @@
 //!   then confirm, cancel, both at once, or nothing. Every answer is kept in
 //!   a [`BuyerRecord`]: the checks judge the system by what clients saw.
 //! - [`checks`] evaluates invariants 1-8 from the records and PostgreSQL
-//!   ([`db`]); [`report`] holds the figures.
+//!   ([`db`]), invariant 4 also by a [`replay`] of each product's queue;
+//!   [`report`] holds the figures.
 
 pub mod checks;
 pub mod db;
+pub mod replay;
 pub mod report;
 
 use std::sync::Arc;
