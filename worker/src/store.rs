@@ -215,7 +215,6 @@ pub async fn apply_batch(
     let purchases_before = purchases.clone();
 
     let decisions = decide::decide(&mut products, &mut purchases, &mut parked, entries);
-    write_products(&mut tx, &before, &products).await?;
     let mut decided_orders = write_orders(&mut tx, &decisions).await?;
     let settled = carts::write_lines(&mut tx, &decisions).await?;
     decided_orders.extend(settled.orders);
@@ -225,11 +224,12 @@ pub async fn apply_batch(
     faults.at("mid_batch").await;
     let restock_results = write_restocks(&mut tx, &decisions).await?;
     carts::write_parked(&mut tx, &was_parked, &parked).await?;
+    // Last: its stock events read the reservations this batch wrote.
+    let stock = write_products(&mut tx, &before, &products).await?;
     faults.at("before_commit").await;
     tx.commit().await?;
     faults.at("after_commit").await;
 
-    let stock = checkline_shared::stock::events(pool, &product_ids).await?;
     Ok(Applied {
         orders: decided_orders,
         stock,
@@ -503,12 +503,14 @@ async fn read_purchases(
 /// One conditional update per changed product: the changes must leave
 /// stock and held units non-negative and land exactly where the decision
 /// says (the CHECK constraints back it up). If the database disagrees with
-/// the in-memory decision, the whole batch rolls back.
+/// the in-memory decision, the whole batch rolls back. Returns the changed
+/// products' stock events, read in the same statement (with the units of
+/// their reservations, this batch's included): no extra round trip.
 async fn write_products(
     tx: &mut Transaction<'_, Postgres>,
     before: &HashMap<Uuid, ProductState>,
     after: &HashMap<Uuid, ProductState>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<StockEvent>, StoreError> {
     let mut ids = Vec::new();
     let mut stock_deltas = Vec::new();
     let mut held_deltas = Vec::new();
@@ -521,21 +523,28 @@ async fn write_products(
         }
     }
     if ids.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+    /// id, stock, held, units of reserved orders, earliest end.
+    type Row = (Uuid, i64, i64, i64, Option<DateTime<Utc>>);
+    let rows: Vec<Row> = sqlx::query_as(&format!(
         "UPDATE products p SET stock = p.stock + d.stock, held = p.held + d.held, updated_at = now() \
          FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS d(id, stock, held) \
          WHERE p.id = d.id AND p.stock + d.stock >= 0 AND p.held + d.held >= 0 \
-         RETURNING p.id, p.stock, p.held",
-    )
+         RETURNING p.id, p.stock, p.held, \
+             COALESCE((SELECT r.units FROM ({0}) r), 0)::bigint, \
+             (SELECT r.next FROM ({0}) r)",
+        checkline_shared::stock::reserved_units("r.product_id = p.id")
+    ))
     .bind(&ids)
     .bind(&stock_deltas)
     .bind(&held_deltas)
     .fetch_all(&mut **tx)
     .await?;
-    let updated: HashMap<Uuid, (i64, i64)> =
-        rows.into_iter().map(|(id, s, h)| (id, (s, h))).collect();
+    let updated: HashMap<Uuid, (i64, i64)> = rows
+        .iter()
+        .map(|(id, s, h, _, _)| (*id, (*s, *h)))
+        .collect();
     for id in &ids {
         let expected = after.get(id).map(|p| (p.stock, p.held));
         if updated.get(id).copied() != expected {
@@ -549,7 +558,12 @@ async fn write_products(
             return Err(StoreError::StockGuard { product_id: *id });
         }
     }
-    Ok(())
+    Ok(rows
+        .into_iter()
+        .map(|(id, stock, held, reserved, next)| {
+            StockEvent::with_reserved(id, stock, held, held + reserved, next)
+        })
+        .collect())
 }
 
 /// The decisions of one-line orders: confirmed, reserved (with its
@@ -599,38 +613,52 @@ async fn write_orders(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "WITH decided AS ( \
-             UPDATE orders o SET \
-                 status = CASE WHEN NOT d.taken THEN 'rejected' \
-                               WHEN o.reserve_secs IS NULL THEN 'confirmed' ELSE 'reserved' END, \
-                 reason = d.reason, \
-                 rejected_product_id = CASE WHEN d.taken THEN NULL ELSE o.product_id END, \
-                 unit_price_cents = d.unit_price_cents, total_cents = d.total_cents, \
-                 decided_at = now(), \
-                 reserved_until = CASE WHEN d.taken AND o.reserve_secs IS NOT NULL \
-                                       THEN now() + make_interval(secs => o.reserve_secs) END, \
-                 queue_sequence = d.seq, queue_index = d.idx \
-             FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[]) \
-                 AS d(id, taken, reason, unit_price_cents, total_cents, seq, idx) \
-             WHERE o.id = d.id AND o.status = 'pending' \
-             RETURNING {} \
-         ), reserved AS ( \
-             INSERT INTO reservations (order_id, product_id, quantity, reserved_until) \
-             SELECT id, product_id, quantity, reserved_until FROM decided WHERE status = 'reserved' \
-         ) \
-         SELECT * FROM decided",
+    // The decision; with a reservation row for each order reserved. Most
+    // batches reserve nothing and skip the insert (and the CTE it needs).
+    let reserving = decisions.iter().any(|d| {
+        matches!(
+            (&d.entry.item, d.outcome),
+            (Item::Order { reserve: true, .. }, Outcome::Taken { .. })
+        )
+    });
+    let decide = format!(
+        "UPDATE orders o SET \
+             status = CASE WHEN NOT d.taken THEN 'rejected' \
+                           WHEN o.reserve_secs IS NULL THEN 'confirmed' ELSE 'reserved' END, \
+             reason = d.reason, \
+             rejected_product_id = CASE WHEN d.taken THEN NULL ELSE o.product_id END, \
+             unit_price_cents = d.unit_price_cents, total_cents = d.total_cents, \
+             decided_at = now(), \
+             reserved_until = CASE WHEN d.taken AND o.reserve_secs IS NOT NULL \
+                                   THEN now() + make_interval(secs => o.reserve_secs) END, \
+             queue_sequence = d.seq, queue_index = d.idx \
+         FROM unnest($1::uuid[], $2::bool[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::int[]) \
+             AS d(id, taken, reason, unit_price_cents, total_cents, seq, idx) \
+         WHERE o.id = d.id AND o.status = 'pending' \
+         RETURNING {}",
         order_columns("o")
-    ))
-    .bind(&ids)
-    .bind(&taken)
-    .bind(&reasons)
-    .bind(&prices)
-    .bind(&totals)
-    .bind(&seqs)
-    .bind(&indexes)
-    .fetch_all(&mut **tx)
-    .await?;
+    );
+    let sql = if reserving {
+        format!(
+            "WITH decided AS ({decide}), reserved AS ( \
+                 INSERT INTO reservations (order_id, product_id, quantity, reserved_until) \
+                 SELECT id, product_id, quantity, reserved_until FROM decided WHERE status = 'reserved' \
+             ) \
+             SELECT * FROM decided"
+        )
+    } else {
+        decide
+    };
+    let rows: Vec<OrderRow> = sqlx::query_as(&sql)
+        .bind(&ids)
+        .bind(&taken)
+        .bind(&reasons)
+        .bind(&prices)
+        .bind(&totals)
+        .bind(&seqs)
+        .bind(&indexes)
+        .fetch_all(&mut **tx)
+        .await?;
     // Every row read pending at the start of the transaction is still
     // pending unless a cancel got in between (see `read_entries`); then the
     // stock taken for it must not stand: the whole batch rolls back, and
