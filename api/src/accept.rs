@@ -88,10 +88,10 @@ impl Acceptor {
         Self { tx, deps }
     }
 
-    /// What the acceptor works with, for the paths that do not batch
+    /// What the acceptor works with, shared with the carts' acceptor
     /// (`crate::cart`).
-    pub fn deps(&self) -> &Deps {
-        &self.deps
+    pub fn deps(&self) -> Arc<Deps> {
+        self.deps.clone()
     }
 
     pub async fn submit(&self, request: Request) -> Result<Accepted, ApiError> {

@@ -125,6 +125,7 @@ impl Application {
             verifier,
             metrics,
             catalog,
+            carts: crate::cart::CartAcceptor::start(acceptor.deps()),
             acceptor,
             limiter,
             streams,

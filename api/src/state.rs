@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub catalog: Arc<Catalog>,
     pub acceptor: Acceptor,
+    /// Orders of several lines, batched like the acceptor's.
+    pub carts: crate::cart::CartAcceptor,
     pub limiter: RateLimiter,
     pub streams: Arc<StreamSlots>,
     /// Undecided orders per partition, for backpressure and `/metrics`.

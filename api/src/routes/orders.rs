@@ -154,7 +154,7 @@ pub async fn create(
                 reserve_secs: input.reserve_secs,
                 request_id,
             };
-            crate::cart::accept(state.acceptor.deps(), request).await?
+            state.carts.submit(request).await?
         }
     };
     match accepted {

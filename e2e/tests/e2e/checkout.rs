@@ -686,3 +686,33 @@ async fn limits_count_reserved_and_confirmed_units_and_get_back_expired_and_canc
     audit(&app).await;
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn carts_arriving_together_are_cut_between_carts_into_queue_writes() {
+    // Writes of at most three messages: carts of two lines each go two-line
+    // writes, never split inside a cart.
+    let mut app = TestApp::spawn_with(&[("CHECKLINE_QUEUE_BATCH_MAX", "3")]).await;
+    app.start_worker().await;
+    let app = Arc::new(app);
+    let a = id(&app.create_product(100, None).await);
+    let b = id(&app.create_product(100, None).await);
+    let buyers = (0..24).map(|i| {
+        let app = app.clone();
+        let (a, b) = (a.clone(), b.clone());
+        tokio::spawn(async move {
+            let token = app.customer(&format!("buyer-{i}"));
+            let (status, order) = cart(&app, &token, "k", &[(&a, 1), (&b, 2)], None).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{order}");
+            (token, id(&order))
+        })
+    });
+    for buyer in futures::future::join_all(buyers).await {
+        let (token, order) = buyer.unwrap();
+        assert_eq!(app.decided(&token, &order).await["status"], "confirmed");
+    }
+    drained(&app, Duration::from_secs(30)).await;
+    assert_eq!(app.product(&a).await["stock"], 100 - 24);
+    assert_eq!(app.product(&b).await["stock"], 100 - 48);
+    audit(&app).await;
+    Arc::into_inner(app).unwrap().shutdown().await;
+}

@@ -96,25 +96,48 @@ pub async fn run(connection: &Connection, settings: CartSettings) -> Result<Verd
         ));
     }
 
-    let mut setups = Vec::with_capacity(products.len());
-    for (info, limit) in &products {
-        let api = match api_product(&harness, info.id).await {
-            Ok(product) => Some(product),
-            Err(err) => {
-                report_note(&mut notes, format!("{err:#}"));
-                None
-            }
-        };
-        setups.push(ProductSetup {
-            id: info.id,
-            sku: info.sku.clone(),
-            initial_stock: info.initial_stock,
-            max_per_customer: limit.map(i64::from),
-            api_stock: api.as_ref().map(|product| product.stock),
-            api_reserved: api.and_then(|product| product.reserved),
+    // Abandoned reservations may expire while the products are read through
+    // the API and then from PostgreSQL: the two reads are taken again (a
+    // few times) until no product's stock moved between them.
+    let mut attempt = 0;
+    let (setups, db) = loop {
+        attempt += 1;
+        let mut setups = Vec::with_capacity(products.len());
+        let mut api_notes = Vec::new();
+        for (info, limit) in &products {
+            let api = match api_product(&harness, info.id).await {
+                Ok(product) => Some(product),
+                Err(err) => {
+                    report_note(&mut api_notes, format!("{err:#}"));
+                    None
+                }
+            };
+            setups.push(ProductSetup {
+                id: info.id,
+                sku: info.sku.clone(),
+                initial_stock: info.initial_stock,
+                max_per_customer: limit.map(i64::from),
+                api_stock: api.as_ref().map(|product| product.stock),
+                api_reserved: api.and_then(|product| product.reserved),
+            });
+        }
+        let db = cart_db::fetch_view(&harness.pool, &run_id, &ids).await;
+        let moved = db.as_ref().is_ok_and(|view| {
+            setups.iter().any(|setup| {
+                view.audits
+                    .iter()
+                    .find(|a| a.product_id == setup.id)
+                    .is_some_and(|a| setup.api_stock.is_some_and(|s| s != a.stock))
+            })
         });
-    }
-    let db = cart_db::fetch_view(&harness.pool, &run_id, &ids).await;
+        if !moved || attempt >= 5 {
+            for note in api_notes {
+                report_note(&mut notes, note);
+            }
+            break (setups, db);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
     let (responses, carts, actions, throughput, latency_ms, submission) =
         figures(&buyers, db.as_ref().ok(), released);
     let mut report = CartReport {
