@@ -60,7 +60,7 @@ pub enum Accepted {
     Replayed(Order),
 }
 
-type Reply = oneshot::Sender<Result<Accepted, ApiError>>;
+pub(crate) type Reply = oneshot::Sender<Result<Accepted, ApiError>>;
 
 /// Handle to the batching task.
 #[derive(Clone)]
@@ -95,27 +95,45 @@ impl Acceptor {
     }
 
     pub async fn submit(&self, request: Request) -> Result<Accepted, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .try_send((request, reply))
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => ApiError::Overloaded(
-                    "too many orders are waiting; retry shortly with the same Idempotency-Key"
-                        .into(),
-                ),
-                mpsc::error::TrySendError::Closed(_) => {
-                    ApiError::Unavailable("the api is shutting down".into())
-                }
-            })?;
-        answer.await.unwrap_or_else(|_| {
-            Err(ApiError::Internal(
-                "accept batch ended without an answer".into(),
-            ))
-        })
+        submit_to(&self.tx, request).await
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<(Request, Reply)>, deps: Arc<Deps>) {
+/// Hands `request` to a batching task's channel and waits for its answer:
+/// `503 overloaded` at once when the channel is full.
+pub(crate) async fn submit_to<R>(
+    tx: &mpsc::Sender<(R, Reply)>,
+    request: R,
+) -> Result<Accepted, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    tx.try_send((request, reply)).map_err(|err| match err {
+        mpsc::error::TrySendError::Full(_) => ApiError::Overloaded(
+            "too many orders are waiting; retry shortly with the same Idempotency-Key".into(),
+        ),
+        mpsc::error::TrySendError::Closed(_) => {
+            ApiError::Unavailable("the api is shutting down".into())
+        }
+    })?;
+    answer.await.unwrap_or_else(|_| {
+        Err(ApiError::Internal(
+            "accept batch ended without an answer".into(),
+        ))
+    })
+}
+
+/// The batching task: gathers whatever has arrived into a batch (up to
+/// `CHECKLINE_ACCEPT_BATCH_MAX`) and hands it to `process`, at most
+/// `CHECKLINE_ACCEPT_PIPELINES` batches at once. Used for one-line orders
+/// and for carts.
+pub(crate) async fn gather<R, F, Fut>(
+    mut rx: mpsc::Receiver<(R, Reply)>,
+    deps: Arc<Deps>,
+    process: F,
+) where
+    R: Send + 'static,
+    F: Fn(Arc<Deps>, Vec<(R, Reply)>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let pipelines = Arc::new(Semaphore::new(deps.config.accept_pipelines));
     loop {
         // Take a pipeline first: while all are busy, requests pile up in the
@@ -134,14 +152,21 @@ async fn run(mut rx: mpsc::Receiver<(Request, Reply)>, deps: Arc<Deps>) {
                 Err(_) => break,
             }
         }
-        let deps = deps.clone();
+        let work = process(deps.clone(), batch);
         tokio::spawn(async move {
-            deps.metrics.accept_batches.inc();
-            deps.metrics.accept_batch_orders.add(batch.len() as u64);
-            process(&deps, batch).await;
+            work.await;
             drop(permit);
         });
     }
+}
+
+async fn run(rx: mpsc::Receiver<(Request, Reply)>, deps: Arc<Deps>) {
+    gather(rx, deps, |deps, batch| async move {
+        deps.metrics.accept_batches.inc();
+        deps.metrics.accept_batch_orders.add(batch.len() as u64);
+        process(&deps, batch).await;
+    })
+    .await;
 }
 
 /// Where a request of the batch stands.

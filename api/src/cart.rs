@@ -28,10 +28,10 @@ use checkline_shared::db::{order_columns, OrderRow};
 use checkline_shared::domain::{CustomerId, IdempotencyKey, Order, OrderLine};
 use checkline_shared::messages::QueueMessage;
 use checkline_shared::partition::Partition;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::accept::{self, Accepted, Deps};
+use crate::accept::{self, Accepted, Deps, Reply};
 use crate::catalog::Known;
 use crate::error::ApiError;
 
@@ -46,8 +46,6 @@ pub struct CartRequest {
     pub request_id: Option<String>,
 }
 
-type Reply = oneshot::Sender<Result<Accepted, ApiError>>;
-
 /// Handle to the cart batching task.
 #[derive(Clone)]
 pub struct CartAcceptor {
@@ -59,52 +57,14 @@ impl CartAcceptor {
     /// dependencies.
     pub fn start(deps: Arc<Deps>) -> Self {
         let (tx, rx) = mpsc::channel(deps.config.accept_queue_max);
-        tokio::spawn(run(rx, deps));
+        tokio::spawn(accept::gather(rx, deps, |deps, batch| async move {
+            process(&deps, batch).await;
+        }));
         Self { tx }
     }
 
     pub async fn submit(&self, request: CartRequest) -> Result<Accepted, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .try_send((request, reply))
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => ApiError::Overloaded(
-                    "too many orders are waiting; retry shortly with the same Idempotency-Key"
-                        .into(),
-                ),
-                mpsc::error::TrySendError::Closed(_) => {
-                    ApiError::Unavailable("the api is shutting down".into())
-                }
-            })?;
-        answer.await.unwrap_or_else(|_| {
-            Err(ApiError::Internal(
-                "cart batch ended without an answer".into(),
-            ))
-        })
-    }
-}
-
-async fn run(mut rx: mpsc::Receiver<(CartRequest, Reply)>, deps: Arc<Deps>) {
-    let pipelines = Arc::new(Semaphore::new(deps.config.accept_pipelines));
-    loop {
-        let Ok(permit) = pipelines.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < deps.config.accept_batch_max {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
-        let deps = deps.clone();
-        tokio::spawn(async move {
-            process(&deps, batch).await;
-            drop(permit);
-        });
+        accept::submit_to(&self.tx, request).await
     }
 }
 
