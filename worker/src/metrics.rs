@@ -20,6 +20,8 @@ const BATCH_BUCKETS: [u64; 9] = [1, 2, 5, 10, 50, 100, 500, 1000, 10_000];
 #[derive(Default)]
 pub struct Metrics {
     pub confirmed: AtomicU64,
+    /// Decided `reserved` (held until confirm, cancel or expiry).
+    pub reserved: AtomicU64,
     pub rejected: [AtomicU64; 5],
     pub duplicates: AtomicU64,
     pub batches: AtomicU64,
@@ -59,6 +61,9 @@ impl Metrics {
 
     pub fn observe_decision(&self, order: &checkline_shared::domain::Order) {
         match order.reason {
+            None if order.status == checkline_shared::domain::OrderStatus::Reserved => {
+                self.reserved.fetch_add(1, Ordering::Relaxed)
+            }
             None => self.confirmed.fetch_add(1, Ordering::Relaxed),
             Some(reason) => {
                 let i = REASONS
@@ -98,6 +103,11 @@ impl Metrics {
             out,
             "checkline_worker_decisions_total{{outcome=\"confirmed\"}} {}",
             get(&self.confirmed)
+        );
+        let _ = writeln!(
+            out,
+            "checkline_worker_decisions_total{{outcome=\"reserved\"}} {}",
+            get(&self.reserved)
         );
         for (reason, n) in REASONS.iter().zip(&self.rejected) {
             let _ = writeln!(
@@ -248,5 +258,32 @@ mod tests {
         assert!(text.contains("checkline_worker_batch_size_bucket{le=\"1000\"} 2"));
         assert!(text.contains("checkline_worker_batch_size_count 2"));
         assert!(text.contains("checkline_worker_decisions_total{outcome=\"confirmed\"} 0"));
+    }
+
+    #[test]
+    fn reserved_decisions_are_counted_apart() {
+        use checkline_shared::domain::{Order, OrderStatus};
+        let m = Metrics::default();
+        let mut order = Order {
+            id: uuid::Uuid::nil(),
+            customer_id: "c".into(),
+            product_id: None,
+            quantity: None,
+            lines: Vec::new(),
+            status: OrderStatus::Reserved,
+            reason: None,
+            rejected_product_id: None,
+            unit_price_cents: None,
+            total_cents: Some(1),
+            created_at: chrono::Utc::now(),
+            decided_at: Some(chrono::Utc::now()),
+            reserved_until: Some(chrono::Utc::now()),
+        };
+        m.observe_decision(&order);
+        order.status = OrderStatus::Confirmed;
+        m.observe_decision(&order);
+        let text = m.render();
+        assert!(text.contains("checkline_worker_decisions_total{outcome=\"reserved\"} 1"));
+        assert!(text.contains("checkline_worker_decisions_total{outcome=\"confirmed\"} 1"));
     }
 }
