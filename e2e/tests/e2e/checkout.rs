@@ -716,3 +716,87 @@ async fn carts_arriving_together_are_cut_between_carts_into_queue_writes() {
     audit(&app).await;
     Arc::into_inner(app).unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn reservations_expire_on_time_while_their_products_queue_is_stuck() {
+    let mut app = TestApp::spawn_with(&[("CHECKLINE_EXPIRY_INTERVAL_MS", "200")]).await;
+    app.start_worker().await;
+    let p = id(&app.create_product(5, None).await);
+    let alice = app.customer("alice");
+    let (_, reserved) = reserve(&app, &alice, "r", &p, 60).await;
+    assert_eq!(
+        app.decided(&alice, &id(&reserved)).await["status"],
+        "reserved"
+    );
+    app.stop_worker().await;
+
+    // A worker whose first batch never finishes: the product's queue stops
+    // there, and everything queued after it waits (a backlog that does not
+    // drain), while the worker lives on and keeps its leases.
+    let mut stuck =
+        crate::process::spawn_worker(&app, "stuck", &[("CHECKLINE_FAULTS", "mid_batch:hang")]);
+    let mut backlog = Vec::new();
+    for i in 0..6 {
+        let token = app.customer(&format!("buyer-{i}"));
+        let (status, order) = buy_one(&app, &token, "k", &p).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        backlog.push((token, id(&order)));
+    }
+    // The reservation ends now; the expirer is a query on the database's
+    // clock, not a queue entry, so it does not wait for the queue.
+    force_reserved_until(&app, &[id(&reserved)], 0).await;
+    let ended = tokio::time::Instant::now();
+    loop {
+        let now: Value = app
+            .http
+            .get(app.url(&format!("/v1/orders/{}", id(&reserved))))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if now["status"] == "expired" {
+            break;
+        }
+        assert!(
+            ended.elapsed() < Duration::from_millis(200 + 1_500),
+            "not expired {:?} after its end",
+            ended.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The queue is still stuck: its orders wait, and so does the return.
+    assert!(app.count_pending().await >= 5, "the backlog drained");
+    let returning: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM stock_returns WHERE status = 'pending'")
+            .fetch_one(&app.env.pool)
+            .await
+            .unwrap();
+    assert_eq!(returning, 1);
+
+    stuck.start_kill().unwrap();
+    stuck.wait().await.unwrap();
+    app.start_worker().await;
+    // Four free units for six buyers queued before the return: the first
+    // four take them; the return comes after all six, so its unit is left.
+    let mut confirmed = 0;
+    for (token, order) in &backlog {
+        if app.decided(token, order).await["status"] == "confirmed" {
+            confirmed += 1;
+        }
+    }
+    assert_eq!(
+        confirmed, 4,
+        "the returned unit went to no order queued before it"
+    );
+    drained(&app, Duration::from_secs(30)).await;
+    assert_eq!(
+        app.product(&p).await["stock"],
+        1,
+        "the returned unit is back"
+    );
+    audit(&app).await;
+    app.shutdown().await;
+}
