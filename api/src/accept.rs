@@ -413,6 +413,8 @@ pub(crate) async fn refresh_products(deps: &Deps, products: Vec<Uuid>) -> Result
         let rows: Vec<(Uuid, Partition, i64, Vec<Uuid>)> = sqlx::query_as(
             "SELECT p.id, p.partition, p.stock + p.held, \
                  ARRAY(SELECT r.id FROM restocks r WHERE r.product_id = p.id AND r.status = 'pending') \
+                 || ARRAY(SELECT s.id FROM stock_returns s \
+                          WHERE s.product_id = p.id AND s.status = 'pending') \
              FROM products p WHERE p.id = ANY($1)",
         )
         .bind(&ask)

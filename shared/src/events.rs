@@ -16,6 +16,33 @@ pub async fn publish_orders(client: &Client, subjects: &Subjects, orders: &[Orde
     send(client, subjects.order_changes_event(), orders).await;
 }
 
+/// Announces units on their way back to stock (returned by an expiry or a
+/// cancel), as restocks are announced: an API instance does not answer
+/// "sold out" at its door for such a product until the return is applied
+/// (the worker then publishes the return's result like a restock's).
+pub async fn announce_returns(
+    client: &Client,
+    subjects: &Subjects,
+    returns: &[(crate::partition::Partition, crate::messages::QueueMessage)],
+) {
+    for (_, message) in returns {
+        if let crate::messages::QueueMessage::Return {
+            return_id,
+            product_id,
+            ..
+        } = message
+        {
+            let payload = bytes::Bytes::from(return_id.to_string());
+            if let Err(err) = client
+                .publish(subjects.restocking_event(*product_id), payload)
+                .await
+            {
+                tracing::debug!(error = %err, "return announcement not published");
+            }
+        }
+    }
+}
+
 /// Publishes the current stock events of `products`, read from `pool`.
 pub async fn publish_stock(
     client: &Client,

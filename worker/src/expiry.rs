@@ -57,6 +57,7 @@ impl Expirer {
             return false;
         }
         tracing::debug!(count = orders.len(), "reservations expired");
+        checkline_shared::events::announce_returns(&self.client, &self.subjects, &returns).await;
         // The returns' rows are the outbox: what is not queued here, the
         // partitions' sweeps queue.
         for chunk in returns.chunks(self.publisher.batch_max().max(1)) {

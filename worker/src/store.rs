@@ -219,10 +219,13 @@ pub async fn apply_batch(
     let settled = carts::write_lines(&mut tx, &decisions).await?;
     decided_orders.extend(settled.orders);
     carts::write_settles(&mut tx, &decisions).await?;
-    write_returns(&mut tx, &decisions).await?;
+    let returned = write_returns(&mut tx, &decisions).await?;
     write_purchases(&mut tx, &purchases_before, &purchases).await?;
     faults.at("mid_batch").await;
-    let restock_results = write_restocks(&mut tx, &decisions).await?;
+    let mut restock_results = write_restocks(&mut tx, &decisions).await?;
+    // A return's result is published like a restock's: the API instances
+    // that were told it was on its way open their door until then.
+    restock_results.extend(returned);
     carts::write_parked(&mut tx, &was_parked, &parked).await?;
     // Last: its stock events read the reservations this batch wrote.
     let stock = write_products(&mut tx, &before, &products).await?;
@@ -672,20 +675,37 @@ async fn write_orders(
     Ok(rows.into_iter().map(Order::from).collect())
 }
 
-/// Returned units applied.
+/// Returned units applied; their results, as restocks' are.
 async fn write_returns(
     tx: &mut Transaction<'_, Postgres>,
     decisions: &[Decision],
-) -> Result<(), StoreError> {
-    let (ids, seqs): (Vec<Uuid>, Vec<i64>) = decisions
-        .iter()
-        .filter_map(|d| match d.entry.item {
-            Item::Return { return_id, .. } => Some((return_id, seq_i64(d.entry.position.0))),
-            _ => None,
-        })
-        .unzip();
+) -> Result<Vec<(Uuid, RestockResult)>, StoreError> {
+    let mut ids = Vec::new();
+    let mut seqs = Vec::new();
+    let mut results = Vec::new();
+    for d in decisions {
+        if let (
+            Item::Return {
+                return_id,
+                product_id,
+                ..
+            },
+            Outcome::Applied { stock_after },
+        ) = (&d.entry.item, d.outcome)
+        {
+            ids.push(*return_id);
+            seqs.push(seq_i64(d.entry.position.0));
+            results.push((
+                *return_id,
+                RestockResult {
+                    product_id: *product_id,
+                    stock: stock_after,
+                },
+            ));
+        }
+    }
     if ids.is_empty() {
-        return Ok(());
+        return Ok(results);
     }
     sqlx::query(
         "UPDATE stock_returns r SET status = 'applied', applied_at = now(), queue_sequence = d.seq \
@@ -696,7 +716,7 @@ async fn write_returns(
     .bind(&seqs)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(results)
 }
 
 async fn write_purchases(

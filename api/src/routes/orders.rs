@@ -480,6 +480,20 @@ async fn change(
     let change = reservations::change(&state.pool, id, customer, asked)
         .await?
         .ok_or(ApiError::OrderNotFound)?;
+    // Units on their way back keep the products open at the door (here at
+    // once, on the other instances by the announcement).
+    for (_, message) in &change.returns {
+        if let checkline_shared::messages::QueueMessage::Return {
+            return_id,
+            product_id,
+            ..
+        } = message
+        {
+            state.catalog.restocking(*product_id, *return_id);
+        }
+    }
+    checkline_shared::events::announce_returns(&state.client, &state.subjects, &change.returns)
+        .await;
     // The return rows are the outbox: what is not queued here, the
     // worker's sweep queues.
     for chunk in change.returns.chunks(state.publisher.batch_max().max(1)) {
