@@ -18,8 +18,8 @@ use checkline_shared::partition::Partition;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::batch_error::StoreError;
 use crate::decide::{Decision, Entry, Item, Outcome, Parked, Position};
-use crate::store::StoreError;
 
 /// A line's product, quantity, customer and one more text column (the
 /// order's status or the line's state), as [`read_lines`] returns them.

@@ -20,6 +20,7 @@
 //! - [`deadletter`]: messages that can never be processed, kept for ops.
 //! - [`metrics`]: the worker's Prometheus metrics.
 
+pub mod batch_error;
 pub mod carts;
 pub mod cli;
 pub mod config;
