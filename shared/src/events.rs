@@ -60,7 +60,9 @@ pub async fn publish_stock(
     }
 }
 
-async fn send<T: serde::Serialize + ?Sized>(client: &Client, subject: String, value: &T) {
+/// Publishes `value` as JSON on `subject`, best effort: a failure is
+/// logged, never returned.
+pub async fn send<T: serde::Serialize + ?Sized>(client: &Client, subject: String, value: &T) {
     let Ok(payload) = serde_json::to_vec(value) else {
         return;
     };

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_nats::Client;
+use checkline_shared::events::send;
 use checkline_shared::faults::Faults;
 use checkline_shared::partition::Partition;
 use checkline_shared::subjects::Subjects;
@@ -38,14 +39,5 @@ pub async fn publish(
     };
     if tokio::time::timeout(limit, all).await.is_err() {
         tracing::debug!(?limit, "result events not all published in time");
-    }
-}
-
-async fn send<T: serde::Serialize + ?Sized>(client: &Client, subject: String, value: &T) {
-    let Ok(payload) = serde_json::to_vec(value) else {
-        return;
-    };
-    if let Err(err) = client.publish(subject, payload.into()).await {
-        tracing::debug!(error = %err, "result event not published");
     }
 }
