@@ -23,7 +23,7 @@ use checkline_shared::partition::Partition;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::db::{ProductRow, PRODUCT_COLUMNS};
+use crate::db::{product_columns, ProductRow};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
@@ -161,12 +161,12 @@ impl Catalog {
 
 /// The product as PostgreSQL has it now, or `None` if there is none.
 pub async fn fetch_product(pool: &PgPool, id: Uuid) -> Result<Option<Product>, ApiError> {
-    let row: Option<ProductRow> = sqlx::query_as(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+    let columns = product_columns();
+    let row: Option<ProductRow> =
+        sqlx::query_as(&format!("SELECT {columns} FROM products WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
     Ok(row.map(Product::from))
 }
 

@@ -5,21 +5,26 @@ use checkline_shared::db::{OrderRow, ORDER_COLUMNS};
 use checkline_shared::domain::{Order, Product};
 use checkline_shared::partition::Partition;
 use chrono::{DateTime, Utc};
+use std::sync::OnceLock;
+
 use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Columns selected for a [`Product`], in [`ProductRow`]'s order, from the
 /// `products` table (not aliased: `reserved` refers to it by name). A
 /// product's `reserved` is what is in other buyers' carts: units held by
-/// orders not settled yet and units of reserved orders.
-/// (`checkline_shared::stock` has the rule.)
-pub const PRODUCT_COLUMNS: &str =
-    "id, sku, name, price_cents, stock, max_per_customer, active, partition, updated_at, \
-     held + COALESCE((SELECT SUM(r.quantity) FROM reservations r \
-                      WHERE r.product_id = products.id AND NOT EXISTS ( \
-                          SELECT 1 FROM order_lines l WHERE l.order_id = r.order_id \
-                          AND l.product_id = r.product_id AND l.state = 'keep')), 0)::bigint \
-     AS reserved";
+/// orders not settled yet and units of reserved orders, counted by the
+/// rule of `checkline_shared::stock::reserved_units`.
+pub fn product_columns() -> &'static str {
+    static COLUMNS: OnceLock<String> = OnceLock::new();
+    COLUMNS.get_or_init(|| {
+        format!(
+            "id, sku, name, price_cents, stock, max_per_customer, active, partition, updated_at, \
+             held + COALESCE((SELECT r.units FROM ({}) r), 0)::bigint AS reserved",
+            checkline_shared::stock::reserved_units("r.product_id = products.id")
+        )
+    })
+}
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct ProductRow {

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::catalog;
-use crate::db::{ProductRow, PRODUCT_COLUMNS};
+use crate::db::{product_columns, ProductRow};
 use crate::error::ApiError;
 use crate::extract::{idempotency_key, json_body, page, path_id, request_id, split_page};
 use crate::restock::{self, Restocked};
@@ -183,10 +183,11 @@ pub async fn create(
         check_range("max_per_customer", max, 1, MAX_PER_CUSTOMER_MAX)?;
     }
     let id = Uuid::now_v7();
+    let columns = product_columns();
     let result: Result<ProductRow, sqlx::Error> = sqlx::query_as(&format!(
         "INSERT INTO products (id, sku, name, price_cents, stock, initial_stock, max_per_customer, active, partition) \
          VALUES ($1, $2, $3, $4, $5, $5, $6, $7, (nextval('product_partition_seq') % $8)::int) \
-         RETURNING {PRODUCT_COLUMNS}"
+         RETURNING {columns}"
     ))
     .bind(id)
     .bind(&input.sku)
@@ -235,8 +236,9 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<ProductPage>, ApiError> {
     let (limit, cursor) = page(&query)?;
+    let columns = product_columns();
     let rows: Vec<ProductRow> = sqlx::query_as(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        "SELECT {columns} FROM products WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
     ))
     .bind(cursor)
     .bind(limit + 1)
@@ -320,11 +322,12 @@ pub async fn patch(
     if let Some(Some(max)) = input.max_per_customer {
         check_range("max_per_customer", max, 1, MAX_PER_CUSTOMER_MAX)?;
     }
+    let columns = product_columns();
     let row: Option<ProductRow> = sqlx::query_as(&format!(
         "UPDATE products SET name = COALESCE($2, name), price_cents = COALESCE($3, price_cents), \
              max_per_customer = CASE WHEN $4 THEN $5 ELSE max_per_customer END, \
              active = COALESCE($6, active), updated_at = now() \
-         WHERE id = $1 RETURNING {PRODUCT_COLUMNS}"
+         WHERE id = $1 RETURNING {columns}"
     ))
     .bind(id)
     .bind(&input.name)
