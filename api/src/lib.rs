@@ -37,6 +37,8 @@
 //!
 //! HTTP, from the handlers out:
 //! - [`routes`]: the handlers, and each resource's routes.
+//! - [`pages`]: the storefront and the operations console, embedded files
+//!   served under a strict content security policy.
 //! - [`router`]: every route with its middleware, and the OpenAPI 3.1
 //!   document built from the same list.
 //! - [`server`]: the accept loop: connection cap, header read timeout,
@@ -59,6 +61,7 @@ pub mod hub;
 pub mod metrics;
 pub mod openapi;
 pub mod order_request;
+pub mod pages;
 pub mod ratelimit;
 pub mod redis;
 pub mod requeue;

@@ -4,8 +4,9 @@
 //! registered with its OpenAPI operation, plus `GET /openapi.json`, which is
 //! served here because it describes all the others. The router ([`router`],
 //! with its middleware) and the document ([`document`]) are the two halves
-//! of that one value, so the router cannot serve a route the document does
-//! not describe.
+//! of that one value, so the router cannot serve an API route the document
+//! does not describe. The pages for people (`crate::pages`) are merged in
+//! beside it: they are HTML, not part of the JSON API the document covers.
 
 use std::sync::{Arc, OnceLock};
 
@@ -24,6 +25,7 @@ use utoipa_axum::routes;
 use crate::edge;
 use crate::error::ApiError;
 use crate::openapi::{self, ApiDoc};
+use crate::pages;
 use crate::routes;
 use crate::state::AppState;
 
@@ -49,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_max = state.config.body_max_bytes;
     let (routes, _openapi) = api_router().split_for_parts();
     routes
+        .merge(pages::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), edge::bound))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
