@@ -186,4 +186,7 @@ if command -v psql >/dev/null 2>&1; then
     psql -q "${CHECKLINE_DATABASE_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS $ST_DB WITH (FORCE)" || true
 fi
 
+step "browser: the storefront and the console in headless Chromium (Playwright), about 3 minutes"
+bash "$ROOT/scripts/browser-test.sh"
+
 step "all checks passed"
