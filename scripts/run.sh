@@ -479,6 +479,11 @@ cat <<EOF
  checkline is running at $CHECKLINE_API_URL   ($WORKERS worker(s))
 =====================================================================
 
+  Storefront  $CHECKLINE_API_URL/#token=$ALICE_TOKEN
+  Console     $CHECKLINE_API_URL/ops#token=$ADMIN_TOKEN
+              (the token after # stays in the browser: it is never sent
+              to the server; the pages keep it for the tab's life)
+
   NATS        $CHECKLINE_NATS_URL
   PostgreSQL  $CHECKLINE_DATABASE_URL
   Redis       $CHECKLINE_REDIS_URL
