@@ -184,18 +184,38 @@ function applyStock(event) {
 /**
  * Live stock: the stream of every product's stock changes is opened first,
  * then the list is read, then the events that arrived meanwhile are applied
- * in order, so no change falls between the list and the stream.
+ * in order, so no change falls between the list and the stream. The same
+ * again after every reconnect (a stream that fell behind is ended by the
+ * server, and what it missed is only in the list).
  */
-async function watchStock() {
-  const early = [];
-  let opened;
-  const open = new Promise((resolve) => (opened = resolve));
+function watchStock() {
+  let early = null; // events buffered while the list is read; null when live
+  let first = true;
+  let loaded;
+  const ready = new Promise((resolve) => (loaded = resolve));
+
+  async function resync() {
+    early = [];
+    try {
+      for (const p of await all("/v1/products?limit=100", { max: 1000 })) products.set(p.id, p);
+    } catch (err) {
+      notify(describe(err));
+    }
+    const buffered = early;
+    early = null;
+    productsLoaded = true;
+    for (const data of buffered) applyStock(data);
+    if (products.size === 0) setText($("#stock-state"), "No products yet.");
+    renderProducts();
+    loaded();
+  }
+
   follow(
     "/v1/products/events",
     (event) => {
       if (event.event !== "stock") return;
       const data = JSON.parse(event.data);
-      if (!productsLoaded) {
+      if (early) {
         early.push(data);
         return;
       }
@@ -205,23 +225,19 @@ async function watchStock() {
     {
       onState(state) {
         setText($("#stock-state"), state === "open" ? "Stock is live." : "Reconnecting to live stock…");
-        if (state === "open") opened();
+        if (state === "open") {
+          first = false;
+          resync();
+        }
       },
     },
   ).catch((err) => notify(describe(err)));
-  // Read the list once the stream is open (or after 3 s without it: the
-  // page still works, with the list as it was).
-  await Promise.race([open, new Promise((resolve) => setTimeout(resolve, 3000))]);
-  try {
-    for (const p of await all("/v1/products?limit=100", { max: 1000 })) products.set(p.id, p);
-  } catch (err) {
-    setText($("#stock-state"), "");
-    notify(describe(err));
-  }
-  productsLoaded = true;
-  for (const data of early.splice(0)) applyStock(data);
-  if (products.size === 0) setText($("#stock-state"), "No products yet.");
-  renderProducts();
+  // Without the stream (after 3 s), the list is read anyway: the page still
+  // works, with the stock as it was.
+  setTimeout(() => {
+    if (first && !productsLoaded) resync();
+  }, 3000);
+  return ready;
 }
 
 // --------------------------------------------------------------- cart --
