@@ -292,6 +292,17 @@ pub async fn read_events(
     limit: usize,
     timeout: Duration,
 ) -> (Vec<(String, Value)>, bool) {
+    read_events_until(response, timeout, |events| events.len() >= limit).await
+}
+
+/// Reads server-sent events `(event, data)` until `done` says the events
+/// so far are enough or the stream ends, with an overall timeout. Whether
+/// the stream ended is returned with the events.
+pub async fn read_events_until(
+    response: reqwest::Response,
+    timeout: Duration,
+    done: impl Fn(&[(String, Value)]) -> bool,
+) -> (Vec<(String, Value)>, bool) {
     let mut events = Vec::new();
     let mut buffer = String::new();
     let mut stream = response.bytes_stream();
@@ -316,7 +327,7 @@ pub async fn read_events(
             }
             if !name.is_empty() {
                 events.push((name, serde_json::from_str(&data).unwrap_or(Value::Null)));
-                if events.len() >= limit {
+                if done(&events) {
                     return (events, false);
                 }
             }
