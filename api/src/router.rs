@@ -137,6 +137,7 @@ mod tests {
             ("/v1/products/{id}", vec!["GET", "PATCH"]),
             ("/v1/products/{id}/restock", vec!["POST"]),
             ("/v1/products/{id}/events", vec!["GET"]),
+            ("/v1/products/events", vec!["GET"]),
             ("/v1/orders", vec!["GET", "POST"]),
             ("/v1/orders/{id}", vec!["GET"]),
             ("/v1/orders/{id}/events", vec!["GET"]),
