@@ -5,7 +5,8 @@
 //! product's stock subscribe here by id. A `watch` channel per id keeps only
 //! the latest value, which is exactly the coalescing stock streams want.
 //! Streams of many products read every stock event from one `broadcast`
-//! channel instead (`crate::routes::stock`).
+//! channel instead (`crate::routes::stock`), and the activity series
+//! (`crate::activity`) counts the decisions and other instances' accepts.
 //! Events are hints: waiters re-read PostgreSQL periodically, so a lost event
 //! (NATS reconnecting, say) costs latency, never a missed decision.
 
@@ -19,6 +20,7 @@ use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
+use crate::activity::Activity;
 use crate::catalog::Catalog;
 
 /// Stock events a stream of many products may fall behind by before it is
@@ -126,6 +128,7 @@ impl Hub {
         client: async_nats::Client,
         subjects: Subjects,
         catalog: Arc<Catalog>,
+        activity: Arc<Activity>,
     ) {
         let mut subscription = match client.subscribe(subjects.events_all()).await {
             Ok(s) => s,
@@ -137,8 +140,12 @@ impl Hub {
         while let Some(message) = subscription.next().await {
             let payload = &message.payload;
             match subjects.parse_event(message.subject.as_str()) {
-                Some(EventSubject::Decisions) => {
+                Some(subject @ (EventSubject::Decisions | EventSubject::OrderChanges)) => {
                     if let Ok(orders) = serde_json::from_slice::<Vec<Order>>(payload) {
+                        // Confirms, cancels and expiries are not decisions.
+                        if subject == EventSubject::Decisions {
+                            activity.decided(&orders);
+                        }
                         for order in orders {
                             self.orders.publish(&order.id.clone(), order);
                         }
@@ -152,6 +159,7 @@ impl Hub {
                         let _ = self.all_stock.send(stock);
                     }
                 }
+                Some(EventSubject::Accepted(instance)) => activity.sample(instance, payload),
                 Some(EventSubject::Restock(id)) => {
                     if let Ok(result) = serde_json::from_slice::<RestockResult>(payload) {
                         catalog.restock_applied(result.product_id, id);
