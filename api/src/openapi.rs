@@ -335,7 +335,7 @@ const DESCRIPTION: &str = "checkline takes orders for limited-stock products und
     tags(
         (name = "products", description = "Catalogue, product management, restocks and stock events."),
         (name = "orders", description = "Placing and following orders."),
-        (name = "admin", description = "Administrative statistics."),
+        (name = "admin", description = "Administrative statistics and the activity series."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     ),
     components(schemas(

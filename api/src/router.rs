@@ -144,6 +144,7 @@ mod tests {
             ("/v1/orders/{id}/confirm", vec!["POST"]),
             ("/v1/orders/{id}/cancel", vec!["POST"]),
             ("/v1/admin/stats", vec!["GET"]),
+            ("/v1/admin/activity", vec!["GET"]),
             ("/healthz", vec!["GET"]),
             ("/readyz", vec!["GET"]),
             ("/metrics", vec!["GET"]),
