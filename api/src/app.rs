@@ -12,6 +12,7 @@ use checkline_shared::queue::StreamLimits;
 use tokio::net::TcpListener;
 
 use crate::accept::{self, Acceptor, Backlog};
+use crate::activity::Activity;
 use crate::auth::Verifier;
 use crate::catalog::Catalog;
 use crate::config::ApiConfig;
@@ -38,7 +39,8 @@ pub enum ApiSetupError {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
-    /// Background tasks (result events, backlog measurement).
+    /// Background tasks (result events, the activity samples, backlog
+    /// measurement).
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -62,12 +64,19 @@ impl Application {
         let cache = Cache::new(&config.redis, redis_keys.clone())?;
         let catalog = Arc::new(Catalog::new(config.sold_out_ttl));
         let hub = Arc::new(Hub::default());
+        let activity = Arc::new(Activity::default());
         let hub_task = tokio::spawn(hub.clone().run(
             client.clone(),
             subjects.clone(),
             catalog.clone(),
+            activity.clone(),
         ));
         let metrics = Arc::new(Metrics::default());
+        let activity_task = tokio::spawn(activity.clone().run(
+            client.clone(),
+            subjects.clone(),
+            metrics.clone(),
+        ));
         let backlog = Arc::new(Backlog::new(
             common.partitions,
             config.partition_backlog_max,
@@ -122,6 +131,7 @@ impl Application {
             cache,
             subjects,
             hub,
+            activity,
             verifier,
             metrics,
             catalog,
@@ -135,7 +145,7 @@ impl Application {
         Ok(Self {
             listener,
             state,
-            tasks: vec![hub_task, backlog_task],
+            tasks: vec![hub_task, activity_task, backlog_task],
         })
     }
 

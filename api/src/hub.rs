@@ -4,6 +4,9 @@
 //! requests waiting on an order (long polls, order streams), a restock or a
 //! product's stock subscribe here by id. A `watch` channel per id keeps only
 //! the latest value, which is exactly the coalescing stock streams want.
+//! Streams of many products read every stock event from one `broadcast`
+//! channel instead (`crate::routes::stock`), and the activity series
+//! (`crate::activity`) counts the decisions and other instances' accepts.
 //! Events are hints: waiters re-read PostgreSQL periodically, so a lost event
 //! (NATS reconnecting, say) costs latency, never a missed decision.
 
@@ -14,10 +17,17 @@ use std::sync::{Arc, Mutex};
 use checkline_shared::domain::{Order, RestockResult, StockEvent};
 use checkline_shared::subjects::{EventSubject, Subjects};
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
+use crate::activity::Activity;
 use crate::catalog::Catalog;
+
+/// Stock events a stream of many products may fall behind by before it is
+/// told it lagged (`crate::routes::stock`). Such a stream drains it
+/// continuously, coalescing per product, so only a client that stops
+/// reading falls this far behind; 4,096 events of about a hundred bytes.
+pub const STOCK_BROADCAST_CAPACITY: usize = 4096;
 
 /// The channel of one key and how many [`Watch`]es hold it. Counted here,
 /// under the map's lock, rather than read from the channel: a receiver
@@ -91,11 +101,24 @@ impl<K: Eq + Hash, V> Drop for Watch<K, V> {
     }
 }
 
-#[derive(Default)]
 pub struct Hub {
     pub orders: Watchers<Uuid, Order>,
     pub stock: Watchers<Uuid, StockEvent>,
     pub restocks: Watchers<Uuid, RestockResult>,
+    /// Every product's stock events, in arrival order, for the streams of
+    /// many products (`GET /v1/products/events`).
+    pub all_stock: broadcast::Sender<StockEvent>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            orders: Watchers::default(),
+            stock: Watchers::default(),
+            restocks: Watchers::default(),
+            all_stock: broadcast::channel(STOCK_BROADCAST_CAPACITY).0,
+        }
+    }
 }
 
 impl Hub {
@@ -105,6 +128,7 @@ impl Hub {
         client: async_nats::Client,
         subjects: Subjects,
         catalog: Arc<Catalog>,
+        activity: Arc<Activity>,
     ) {
         let mut subscription = match client.subscribe(subjects.events_all()).await {
             Ok(s) => s,
@@ -116,8 +140,12 @@ impl Hub {
         while let Some(message) = subscription.next().await {
             let payload = &message.payload;
             match subjects.parse_event(message.subject.as_str()) {
-                Some(EventSubject::Decisions) => {
+                Some(subject @ (EventSubject::Decisions | EventSubject::OrderChanges)) => {
                     if let Ok(orders) = serde_json::from_slice::<Vec<Order>>(payload) {
+                        // Confirms, cancels and expiries are not decisions.
+                        if subject == EventSubject::Decisions {
+                            activity.decided(&orders);
+                        }
                         for order in orders {
                             self.orders.publish(&order.id.clone(), order);
                         }
@@ -127,8 +155,11 @@ impl Hub {
                     if let Ok(stock) = serde_json::from_slice::<StockEvent>(payload) {
                         catalog.observe_stock(id, stock.open_units());
                         self.stock.publish(&id, stock);
+                        // An error only says no stream listens.
+                        let _ = self.all_stock.send(stock);
                     }
                 }
+                Some(EventSubject::Accepted(instance)) => activity.sample(instance, payload),
                 Some(EventSubject::Restock(id)) => {
                     if let Ok(result) = serde_json::from_slice::<RestockResult>(payload) {
                         catalog.restock_applied(result.product_id, id);

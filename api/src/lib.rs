@@ -23,7 +23,9 @@
 //! - [`streams`]: the cap on open event streams.
 //! - [`catalog`]: what the accept path knows about products (partition, sold
 //!   out), and the read of a product.
-//! - [`hub`]: result events fanned out to waiting requests.
+//! - [`activity`]: accepted and decided orders per second, for the whole
+//!   deployment, from the events every instance receives.
+//! - [`hub`]: result events fanned out to waiting requests and streams.
 //! - [`requeue`]: publishing again, in the background, what may not be queued.
 //! - [`accept`]: the batched accept path (group commit of orders).
 //! - [`openapi`]: what the OpenAPI document shares (problem responses,
@@ -47,6 +49,7 @@
 //! - [`fuzzing`]: the request parsing as one entry point, for fuzzers.
 
 pub mod accept;
+pub mod activity;
 pub mod app;
 pub mod auth;
 pub mod cart;

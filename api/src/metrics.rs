@@ -36,6 +36,7 @@ pub struct Metrics {
     pub rate_local_decisions: Counter,
     pub connections_refused: Counter,
     pub streams_refused: Counter,
+    pub stock_streams_lagged: Counter,
     pub request_timeouts: Counter,
 }
 
@@ -103,6 +104,11 @@ impl Metrics {
                 "checkline_streams_refused_total",
                 "Event streams refused 503 over the stream caps.",
                 self.streams_refused.get(),
+            ),
+            (
+                "checkline_stock_streams_lagged_total",
+                "Stock streams of every product ended because their client fell behind (it reconnects).",
+                self.stock_streams_lagged.get(),
             ),
             (
                 "checkline_request_timeouts_total",

@@ -315,7 +315,7 @@ const DESCRIPTION: &str = "checkline takes orders for limited-stock products und
 
 **Idempotency.** Order placement and restocks require an `Idempotency-Key` header (1-255 visible ASCII characters), scoped per caller and kept at least 24 hours. Retrying with the same key and body returns the same result (`200` with `Idempotent-Replayed: true` for orders); the same key with a different body is `422 idempotency_key_reused`. However many identical requests arrive, at most one order exists for them.
 
-**Following an order.** Poll `GET /v1/orders/{id}`, optionally long-polling with `?wait=` (up to 30 seconds), or subscribe to the server-sent events of `GET /v1/orders/{id}/events`, which end after the decision. `GET /v1/products/{id}/events` streams a product's stock.
+**Following an order.** Poll `GET /v1/orders/{id}`, optionally long-polling with `?wait=` (up to 30 seconds), or subscribe to the server-sent events of `GET /v1/orders/{id}/events`, which end after the decision. `GET /v1/products/{id}/events` streams a product's stock, and `GET /v1/products/events` the stock of every product (or of up to 100 chosen ones) on one stream.
 
 **Conventions.** Ids are canonical lowercase UUIDs, times RFC 3339 UTC, money integer cents. Requests with a body must be `application/json` (else `415`) and at most 16 KiB (else `413`). Every error is an RFC 9457 problem document (`application/problem+json`) whose `code` is a stable identifier to switch on; unknown routes answer `404 not_found` and unsupported methods `405 method_not_allowed`. Every response carries `x-request-id`.
 
@@ -335,7 +335,7 @@ const DESCRIPTION: &str = "checkline takes orders for limited-stock products und
     tags(
         (name = "products", description = "Catalogue, product management, restocks and stock events."),
         (name = "orders", description = "Placing and following orders."),
-        (name = "admin", description = "Administrative statistics."),
+        (name = "admin", description = "Administrative statistics and the activity series."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     ),
     components(schemas(

@@ -8,6 +8,7 @@ use checkline_shared::subjects::Subjects;
 use sqlx::PgPool;
 
 use crate::accept::{Acceptor, Backlog};
+use crate::activity::Activity;
 use crate::auth::Verifier;
 use crate::catalog::Catalog;
 use crate::config::ApiConfig;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub cache: Cache,
     pub subjects: Subjects,
     pub hub: Arc<Hub>,
+    /// Accepted and decided orders per second, for the deployment.
+    pub activity: Arc<Activity>,
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     pub catalog: Arc<Catalog>,

@@ -36,8 +36,30 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub admin: String,
     api: Option<Task>,
+    /// API instances started beside the first ([`TestApp::start_api`]).
+    more_apis: Vec<Task>,
     worker: Option<Task>,
     extra: Vec<(String, String)>,
+}
+
+/// Builds an API instance from `vars` and runs it until its task is
+/// stopped; returns the task and the instance's base URL.
+async fn start_api_task(vars: &[(String, String)]) -> (Task, String) {
+    let config = ApiConfig::from_env(&Env::from_pairs(
+        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ))
+    .expect("api config");
+    let app = Application::build(config).await.expect("api starts");
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let _ = app
+            .run_until_stopped(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (Task { stop, handle }, format!("http://{addr}"))
 }
 
 impl TestApp {
@@ -60,38 +82,41 @@ impl TestApp {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let mut vars = env.vars();
-        vars.push(("CHECKLINE_JWT_SECRET".into(), SECRET.into()));
-        vars.push(("CHECKLINE_HTTP_ADDR".into(), "127.0.0.1:0".into()));
-        vars.extend(extra.iter().cloned());
-        let config = ApiConfig::from_env(&Env::from_pairs(
-            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        ))
-        .expect("api config");
-        let app = Application::build(config).await.expect("api starts");
-        let addr = app.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            let _ = app
-                .run_until_stopped(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        let admin =
-            checkline_api::auth::mint(SECRET.as_bytes(), "admin", &["admin"], 3600).unwrap();
-        Self {
+        let mut app = Self {
             env,
-            base: format!("http://{addr}"),
+            base: String::new(),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()
                 .unwrap(),
-            admin,
-            api: Some(Task { stop, handle }),
+            admin: checkline_api::auth::mint(SECRET.as_bytes(), "admin", &["admin"], 3600).unwrap(),
+            api: None,
+            more_apis: Vec::new(),
             worker: None,
             extra,
-        }
+        };
+        let (api, base) = start_api_task(&app.api_vars()).await;
+        app.api = Some(api);
+        app.base = base;
+        app
+    }
+
+    /// Settings an API instance of this app runs with.
+    fn api_vars(&self) -> Vec<(String, String)> {
+        let mut vars = self.env.vars();
+        vars.push(("CHECKLINE_JWT_SECRET".into(), SECRET.into()));
+        vars.push(("CHECKLINE_HTTP_ADDR".into(), "127.0.0.1:0".into()));
+        vars.extend(self.extra.iter().cloned());
+        vars
+    }
+
+    /// Starts another API instance on this app's database and prefix (in
+    /// process, with its own port, connections and state, as a second API
+    /// process would have); returns its base URL. Stopped with the app.
+    pub async fn start_api(&mut self) -> String {
+        let (api, base) = start_api_task(&self.api_vars()).await;
+        self.more_apis.push(api);
+        base
     }
 
     /// Settings a worker process or task of this app runs with.
@@ -132,7 +157,7 @@ impl TestApp {
 
     pub async fn shutdown(mut self) {
         self.stop_worker().await;
-        if let Some(api) = self.api.take() {
+        for api in self.api.take().into_iter().chain(self.more_apis.drain(..)) {
             api.stop().await;
         }
         self.env.cleanup().await;
@@ -292,6 +317,17 @@ pub async fn read_events(
     limit: usize,
     timeout: Duration,
 ) -> (Vec<(String, Value)>, bool) {
+    read_events_until(response, timeout, |events| events.len() >= limit).await
+}
+
+/// Reads server-sent events `(event, data)` until `done` says the events
+/// so far are enough or the stream ends, with an overall timeout. Whether
+/// the stream ended is returned with the events.
+pub async fn read_events_until(
+    response: reqwest::Response,
+    timeout: Duration,
+    done: impl Fn(&[(String, Value)]) -> bool,
+) -> (Vec<(String, Value)>, bool) {
     let mut events = Vec::new();
     let mut buffer = String::new();
     let mut stream = response.bytes_stream();
@@ -316,7 +352,7 @@ pub async fn read_events(
             }
             if !name.is_empty() {
                 events.push((name, serde_json::from_str(&data).unwrap_or(Value::Null)));
-                if events.len() >= limit {
+                if done(&events) {
                     return (events, false);
                 }
             }

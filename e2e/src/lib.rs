@@ -5,8 +5,9 @@
 //!
 //! - [`app`]: [`TestApp`], the API in process with an optional in-process
 //!   worker, on a fresh database and prefix; requests and checks the tests
-//!   share; [`buy`], a crowd of buyers at once; [`read_events`] for
-//!   server-sent events.
+//!   share, and more API instances on the same database and prefix;
+//!   [`buy`], a crowd of buyers at once; [`read_events`] and
+//!   [`read_events_until`] for server-sent events.
 //! - [`env`]: [`env::TestEnv`], a fresh PostgreSQL database and a unique
 //!   NATS and Redis prefix per test, on the servers the `CHECKLINE_*`
 //!   variables name.
@@ -22,4 +23,4 @@
 pub mod app;
 pub mod env;
 
-pub use app::{buy, read_events, TestApp, SECRET};
+pub use app::{buy, read_events, read_events_until, TestApp, SECRET};

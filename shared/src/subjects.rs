@@ -95,15 +95,26 @@ impl Subjects {
     pub fn restock_event(&self, restock_id: Uuid) -> String {
         format!("{}.events.restock.{restock_id}", self.prefix)
     }
+
+    /// Orders one API instance accepted in one second (its activity
+    /// sample), for every API instance's activity series.
+    pub fn accepted_event(&self, instance: Uuid) -> String {
+        format!("{}.events.accepted.{instance}", self.prefix)
+    }
 }
 
 /// What a result event subject refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventSubject {
+    /// A partition's batch decided these orders.
     Decisions,
+    /// Orders changed outside a batch (confirmed, cancelled, expired).
+    OrderChanges,
     Stock(Uuid),
     Restock(Uuid),
     Restocking(Uuid),
+    /// An API instance's accepted orders of one second.
+    Accepted(Uuid),
 }
 
 impl Subjects {
@@ -114,13 +125,18 @@ impl Subjects {
             .strip_prefix(".events.")?;
         let (kind, id) = rest.split_once('.')?;
         if kind == "decisions" {
-            return Some(EventSubject::Decisions);
+            return Some(if id == "changes" {
+                EventSubject::OrderChanges
+            } else {
+                EventSubject::Decisions
+            });
         }
         let id = Uuid::try_parse(id).ok()?;
         match kind {
             "stock" => Some(EventSubject::Stock(id)),
             "restock" => Some(EventSubject::Restock(id)),
             "restocking" => Some(EventSubject::Restocking(id)),
+            "accepted" => Some(EventSubject::Accepted(id)),
             _ => None,
         }
     }
@@ -154,6 +170,14 @@ mod tests {
         assert_eq!(
             s.parse_event(&s.restock_event(id)),
             Some(EventSubject::Restock(id))
+        );
+        assert_eq!(
+            s.parse_event(&s.order_changes_event()),
+            Some(EventSubject::OrderChanges)
+        );
+        assert_eq!(
+            s.parse_event(&s.accepted_event(id)),
+            Some(EventSubject::Accepted(id))
         );
         assert_eq!(s.parse_event("other.events.order.x"), None);
     }

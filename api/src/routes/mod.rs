@@ -8,6 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
 
+pub mod activity;
 pub mod admin;
 pub mod ops;
 pub mod orders;
@@ -21,5 +22,6 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .merge(stock::router())
         .merge(orders::router())
         .merge(admin::router())
+        .merge(activity::router())
         .merge(ops::router())
 }
