@@ -49,9 +49,10 @@ async fn poison_is_dead_lettered_and_the_partition_moves_on() {
     );
 
     let mut stream = js.get_stream(subjects.dead_letter_stream()).await.unwrap();
-    let letters = checkline_worker::deadletter::list(&mut stream, 10)
+    let letters = checkline_shared::deadletter::list(&mut stream, &subjects, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .letters;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].original_subject, subject);
     assert!(
@@ -179,9 +180,10 @@ async fn a_full_dead_letter_stream_holds_the_partition_and_loses_nothing() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let mut stream = js.get_stream(subjects.dead_letter_stream()).await.unwrap();
-    let letters = checkline_worker::deadletter::list(&mut stream, 10)
+    let letters = checkline_shared::deadletter::list(&mut stream, &subjects, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .letters;
     assert_eq!(letters.len(), 1, "only the first fits");
     assert_eq!(&letters[0].payload[..], poison[0].as_bytes());
     let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1::uuid")
@@ -201,9 +203,10 @@ async fn a_full_dead_letter_stream_holds_the_partition_and_loses_nothing() {
         "confirmed",
         "the partition moved on once there was room"
     );
-    let letters = checkline_worker::deadletter::list(&mut stream, 10)
+    let letters = checkline_shared::deadletter::list(&mut stream, &subjects, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .letters;
     assert!(
         letters
             .iter()
