@@ -9,6 +9,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::state::AppState;
 
 pub mod admin;
+pub mod dead_letters;
 pub mod ops;
 pub mod orders;
 pub mod products;
@@ -21,5 +22,6 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .merge(stock::router())
         .merge(orders::router())
         .merge(admin::router())
+        .merge(dead_letters::router())
         .merge(ops::router())
 }
