@@ -339,7 +339,7 @@ const DESCRIPTION: &str = "checkline takes orders for limited-stock products und
     tags(
         (name = "products", description = "Catalogue, product management, restocks and stock events."),
         (name = "orders", description = "Placing and following orders."),
-        (name = "admin", description = "Administrative statistics and the dead letters (queue messages that could not be processed)."),
+        (name = "admin", description = "Administrative statistics, the stock audit, and the dead letters (queue messages that could not be processed)."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     ),
     components(schemas(

@@ -143,6 +143,7 @@ mod tests {
             ("/v1/orders/{id}/confirm", vec!["POST"]),
             ("/v1/orders/{id}/cancel", vec!["POST"]),
             ("/v1/admin/stats", vec!["GET"]),
+            ("/v1/admin/audit", vec!["GET"]),
             ("/v1/admin/dead-letters", vec!["GET"]),
             ("/v1/admin/dead-letters/{sequence}/replay", vec!["POST"]),
             ("/healthz", vec!["GET"]),

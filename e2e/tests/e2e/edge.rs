@@ -449,11 +449,12 @@ async fn roles_are_enforced_on_every_route_and_orders_stay_private() {
 
     // (method, path, roles allowed): every authenticated route of the contract.
     let customer_or_admin: &[&str] = &["customer", "admin"];
-    let routes: [(&str, String, &[&str]); 11] = [
+    let routes: [(&str, String, &[&str]); 12] = [
         ("POST", "/v1/products".to_owned(), &["admin"]),
         ("PATCH", format!("/v1/products/{pid}"), &["admin"]),
         ("POST", format!("/v1/products/{pid}/restock"), &["admin"]),
         ("GET", "/v1/admin/stats".to_owned(), &["admin"]),
+        ("GET", "/v1/admin/audit".to_owned(), &["admin"]),
         ("GET", "/v1/admin/dead-letters".to_owned(), &["admin"]),
         (
             "POST",

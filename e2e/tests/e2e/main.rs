@@ -5,6 +5,7 @@
 // A test fails by panicking, with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod checkout;
 mod checkout_load;
 mod contract;
