@@ -61,6 +61,7 @@ problem_codes! {
     Forbidden = "forbidden" => FORBIDDEN,
     ProductNotFound = "product_not_found" => NOT_FOUND,
     OrderNotFound = "order_not_found" => NOT_FOUND,
+    DeadLetterNotFound = "dead_letter_not_found" => NOT_FOUND,
     SkuTaken = "sku_taken" => CONFLICT,
     SoldOut = "sold_out" => CONFLICT,
     OrderPending = "order_pending" => CONFLICT,
@@ -99,6 +100,9 @@ pub enum ApiError {
     ProductNotFound,
     #[error("no such order")]
     OrderNotFound,
+    /// No dead letter at this sequence: never stored, or replayed already.
+    #[error("no dead letter at this sequence (never stored, or replayed already)")]
+    DeadLetterNotFound,
     #[error("a product with this sku exists")]
     SkuTaken,
     #[error("the product is sold out")]
@@ -173,6 +177,7 @@ impl ApiError {
             Self::Forbidden(_) => ProblemCode::Forbidden,
             Self::ProductNotFound => ProblemCode::ProductNotFound,
             Self::OrderNotFound => ProblemCode::OrderNotFound,
+            Self::DeadLetterNotFound => ProblemCode::DeadLetterNotFound,
             Self::SkuTaken => ProblemCode::SkuTaken,
             Self::SoldOut | Self::SoldOutLine(_) => ProblemCode::SoldOut,
             Self::OrderPending => ProblemCode::OrderPending,
@@ -231,6 +236,7 @@ impl ApiError {
             | Self::IdempotencyKeyReused
             | Self::ProductNotFound
             | Self::OrderNotFound
+            | Self::DeadLetterNotFound
             | Self::SkuTaken
             | Self::SoldOut
             | Self::OrderPending
@@ -377,6 +383,7 @@ mod tests {
             ApiError::Forbidden("f"),
             ApiError::ProductNotFound,
             ApiError::OrderNotFound,
+            ApiError::DeadLetterNotFound,
             ApiError::SkuTaken,
             ApiError::SoldOut,
             ApiError::SoldOutLine(uuid::Uuid::nil()),
@@ -407,7 +414,7 @@ mod tests {
                 assert_eq!(err.fixed_body(), Some(body), "{err:?}");
             }
         }
-        assert_eq!(fixed, 16);
+        assert_eq!(fixed, 17);
         let line: serde_json::Value =
             serde_json::from_slice(&ApiError::SoldOutLine(uuid::Uuid::nil()).problem_json())
                 .unwrap();

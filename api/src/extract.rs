@@ -71,16 +71,7 @@ pub fn page(query: &HashMap<String, String>) -> Result<(i64, Option<Uuid>), ApiE
             )));
         }
     }
-    let limit = match query.get("limit") {
-        None => 50,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=200).contains(l))
-            .ok_or_else(|| {
-                ApiError::InvalidRequest("limit must be an integer from 1 to 200".into())
-            })?,
-    };
+    let limit = parse_limit(query)?;
     let cursor = match query.get("cursor") {
         None => None,
         Some(raw) => Some(
@@ -88,6 +79,31 @@ pub fn page(query: &HashMap<String, String>) -> Result<(i64, Option<Uuid>), ApiE
         ),
     };
     Ok((limit, cursor))
+}
+
+/// `limit` of a list call that has no other query parameter (no cursor:
+/// the list is short, or reads from its start every time).
+pub fn limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    if let Some(key) = query.keys().find(|k| *k != "limit") {
+        return Err(ApiError::InvalidRequest(format!(
+            "unknown query parameter {key:?}"
+        )));
+    }
+    parse_limit(query)
+}
+
+/// `limit`: from 1 to 200; absent, 50.
+fn parse_limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match query.get("limit") {
+        None => Ok(50),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=200).contains(l))
+            .ok_or_else(|| {
+                ApiError::InvalidRequest("limit must be an integer from 1 to 200".into())
+            }),
+    }
 }
 
 /// The page out of rows fetched with `LIMIT limit + 1` (see [`page`]): at
@@ -185,6 +201,19 @@ mod tests {
         assert!(page(&q).is_err());
         let q = HashMap::from([("limit".to_string(), "200".to_string())]);
         assert_eq!(page(&q).unwrap(), (200, None));
+        assert_eq!(limit(&q).unwrap(), 200);
+        assert_eq!(limit(&HashMap::new()).unwrap(), 50);
+        let with_cursor = HashMap::from([("cursor".to_string(), Uuid::nil().to_string())]);
+        assert!(page(&with_cursor).is_ok());
+        for (k, v) in [
+            ("limit", "0"),
+            ("limit", "201"),
+            ("limit", "x"),
+            ("cursor", "a"),
+        ] {
+            let q = HashMap::from([(k.to_string(), v.to_string())]);
+            assert_eq!(limit(&q).unwrap_err().code(), ProblemCode::InvalidRequest);
+        }
         let q = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
         assert_eq!(
             wait(&q("wait", "1.5"), 30).unwrap(),

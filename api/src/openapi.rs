@@ -192,6 +192,10 @@ problem_responses! {
         retry_after = false, [("product_not_found", 404, "Not Found", "no such product")];
     OrderNotFound: "`order_not_found`: no order has this id, or it belongs to another customer (the two cases are indistinguishable).",
         retry_after = false, [("order_not_found", 404, "Not Found", "no such order")];
+    InvalidSequence: "`invalid_request`: the sequence in the path is not a positive integer.",
+        retry_after = false, [("invalid_request", 400, "Bad Request", "the sequence must be a positive integer")];
+    DeadLetterNotFound: "`dead_letter_not_found`: no dead letter is stored at this sequence: there never was one, or it was replayed already.",
+        retry_after = false, [("dead_letter_not_found", 404, "Not Found", "no dead letter at this sequence (never stored, or replayed already)")];
     SkuTaken: "`sku_taken`: another product already has this sku.",
         retry_after = false, [("sku_taken", 409, "Conflict", "a product with this sku exists")];
     SoldOut: "`sold_out`: the product (for an order of several lines: a line's product, named by `product_id` in the problem document) is known to be sold out; answered at once, nothing is queued.",
@@ -335,7 +339,7 @@ const DESCRIPTION: &str = "checkline takes orders for limited-stock products und
     tags(
         (name = "products", description = "Catalogue, product management, restocks and stock events."),
         (name = "orders", description = "Placing and following orders."),
-        (name = "admin", description = "Administrative statistics and the activity series."),
+        (name = "admin", description = "Administrative statistics, the activity series, the stock audit, and the dead letters (queue messages that could not be processed)."),
         (name = "operations", description = "Health, readiness, metrics and this document."),
     ),
     components(schemas(

@@ -15,6 +15,8 @@
 //!   write it.
 //! - [`queue`]: NATS connection, the JetStream stream definition and the
 //!   [`queue::Publisher`] every queue write goes through.
+//! - [`deadletter`]: reading and replaying the messages that could never be
+//!   processed (the worker writes them; its CLI and the API read them).
 //! - [`infra`]: the start-up both binaries share (database, partitions, NATS,
 //!   queue stream, publisher).
 //! - [`faults`]: fault points that tests arm to force rare interleavings.
@@ -22,6 +24,7 @@
 
 pub mod config;
 pub mod db;
+pub mod deadletter;
 pub mod domain;
 pub mod events;
 pub mod faults;

@@ -232,11 +232,11 @@ pub struct Published {
 }
 
 /// Every write to the queue goes through a `Publisher`: the API's accepted
-/// orders and restocks, its background requeues, and the worker's sweep of
-/// stranded rows. It names the subject (the product's queue in its
-/// partition), sets `Nats-Msg-Id` and the request id, and waits for
-/// JetStream's acknowledgement, which under `sync_interval: always` means the
-/// message is on disk.
+/// orders and restocks, its background requeues, the worker's sweep of
+/// stranded rows, and dead letters replayed. It names the subject (the
+/// product's queue in its partition), sets `Nats-Msg-Id` and the request
+/// id, and waits for JetStream's acknowledgement, which under
+/// `sync_interval: always` means the message is on disk.
 #[derive(Clone)]
 pub struct Publisher {
     js: jetstream::Context,
@@ -431,6 +431,28 @@ impl Publisher {
         self.send(partition, message, id, None).await
     }
 
+    /// Publishes `payload` as it is to `subject`, which must be a product's
+    /// queue subject of this deployment, with `message_id`: a dead letter
+    /// published back where it came from (its bytes may not decode, so it
+    /// is not a [`QueueMessage`]).
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        payload: bytes::Bytes,
+        message_id: String,
+    ) -> Result<Published, PublishError> {
+        if self.subjects.parse_queue(subject).is_none() {
+            return Err(PublishError::Failed(format!(
+                "{subject:?} is not a queue subject of prefix {:?}",
+                self.subjects.prefix()
+            )));
+        }
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(message_id);
+        self.store(subject.to_owned(), publish).await
+    }
+
     async fn send(
         &self,
         partition: Partition,
@@ -445,6 +467,16 @@ impl Publisher {
         if let Some(request_id) = request_id {
             publish = publish.header(REQUEST_ID_HEADER, request_id);
         }
+        self.store(subject, publish).await
+    }
+
+    /// Sends one message and waits, for at most the timeout, for JetStream
+    /// to store it.
+    async fn store(
+        &self,
+        subject: String,
+        publish: jetstream::message::PublishMessage,
+    ) -> Result<Published, PublishError> {
         let attempt = async {
             let ack = self
                 .js

@@ -66,6 +66,22 @@ impl Subjects {
         format!("{}.orders.p{partition}.{product_id}", self.prefix)
     }
 
+    /// The partition and product of a subject written by
+    /// [`Subjects::product_queue`] (with this prefix); `None` for any other
+    /// subject.
+    pub fn parse_queue(&self, subject: &str) -> Option<(Partition, Uuid)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".orders.p")?;
+        let (partition, product_id) = rest.split_once('.')?;
+        let parsed = (
+            Partition::new(partition.parse::<u16>().ok()?),
+            Uuid::try_parse(product_id).ok()?,
+        );
+        // Only the form `product_queue` writes (no `+3`, `03`, upper case).
+        (self.product_queue(parsed.0, parsed.1) == subject).then_some(parsed)
+    }
+
     /// All result events (core NATS, not persisted).
     pub fn events_all(&self) -> String {
         format!("{}.events.>", self.prefix)
@@ -180,5 +196,26 @@ mod tests {
             Some(EventSubject::Accepted(id))
         );
         assert_eq!(s.parse_event("other.events.order.x"), None);
+    }
+
+    #[test]
+    fn queue_subjects_parse_back() {
+        let s = Subjects::new("checkline");
+        let id = Uuid::now_v7();
+        let p = Partition::new(12);
+        assert_eq!(s.parse_queue(&s.product_queue(p, id)), Some((p, id)));
+        let upper = id.to_string().to_uppercase();
+        for other in [
+            format!("other.orders.p12.{id}"),
+            format!("checkline.orders.p012.{id}"),
+            format!("checkline.orders.p+12.{id}"),
+            format!("checkline.orders.p12.{upper}"),
+            format!("checkline.orders.p12.{id}.x"),
+            format!("checkline.orders.px.{id}"),
+            "checkline.orders.p12".to_owned(),
+            s.dead_letter_subject(p),
+        ] {
+            assert_eq!(s.parse_queue(&other), None, "{other}");
+        }
     }
 }

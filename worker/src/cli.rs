@@ -9,6 +9,7 @@
 use crate::{deadletter, WorkerConfig};
 use anyhow::Context;
 use checkline_shared::config::{CommonConfig, Env};
+use checkline_shared::deadletter as dead_letters;
 use checkline_shared::{queue, subjects::Subjects};
 use clap::{Parser, Subcommand};
 
@@ -60,7 +61,9 @@ pub async fn main() -> anyhow::Result<()> {
             let mut stream = deadletter::ensure_stream(&js, &subjects, max_bytes).await?;
             match action {
                 DeadLetterAction::List { limit } => {
-                    let letters = deadletter::list(&mut stream, limit).await?;
+                    let letters = dead_letters::list(&mut stream, &subjects, limit)
+                        .await?
+                        .letters;
                     println!(
                         "{:>10}  {:<44}  {:>10}  reason",
                         "sequence", "original subject", "orig. seq"
@@ -68,17 +71,20 @@ pub async fn main() -> anyhow::Result<()> {
                     for l in &letters {
                         println!(
                             "{:>10}  {:<44}  {:>10}  {}",
-                            l.sequence, l.original_subject, l.original_sequence, l.reason
+                            l.sequence,
+                            l.original_subject,
+                            original_sequence(l),
+                            l.reason
                         );
                     }
                     println!("{} dead letter(s)", letters.len());
                 }
                 DeadLetterAction::Show { sequence } => {
-                    let l = deadletter::get(&stream, sequence).await?;
+                    let l = dead_letters::get(&stream, &subjects, sequence).await?;
                     println!("sequence           {}", l.sequence);
                     println!("reason             {}", l.reason);
                     println!("original subject   {}", l.original_subject);
-                    println!("original sequence  {}", l.original_sequence);
+                    println!("original sequence  {}", original_sequence(&l));
                     println!(
                         "payload ({} bytes):\n{}",
                         l.payload.len(),
@@ -86,13 +92,24 @@ pub async fn main() -> anyhow::Result<()> {
                     );
                 }
                 DeadLetterAction::Replay { sequence } => {
-                    let subject = deadletter::replay(&js, &stream, sequence)
+                    let publisher =
+                        queue::Publisher::new(js.clone(), subjects.clone(), common.publish_timeout);
+                    let replayed = dead_letters::replay(&publisher, &stream, &subjects, sequence)
                         .await
                         .with_context(|| format!("replaying dead letter {sequence}"))?;
+                    let subject = replayed.subject;
                     println!("dead letter {sequence} published again to {subject}");
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The original sequence as the header wrote it; empty when missing.
+fn original_sequence(letter: &dead_letters::DeadLetter) -> String {
+    letter
+        .original_sequence
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }

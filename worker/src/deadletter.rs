@@ -5,24 +5,17 @@
 //! full (`discard=new`, `CHECKLINE_DEAD_LETTER_MAX_BYTES`) rather than drop
 //! old ones; the partition then waits at the message, retrying, until ops
 //! make room. Transient failures are retried instead and never end up here.
-//! Ops list, inspect and replay them with `checkline-worker dead-letters`.
+//!
+//! This module writes them and declares the stream; reading and replaying
+//! them is `checkline_shared::deadletter`, shared with the API. Ops list,
+//! inspect and replay them with `checkline-worker dead-letters` or the API's
+//! `/v1/admin/dead-letters`.
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, stream};
+use checkline_shared::deadletter::{DeadLetterError, ORIGINAL_SEQUENCE, ORIGINAL_SUBJECT, REASON};
 use checkline_shared::partition::Partition;
 use checkline_shared::subjects::Subjects;
-
-pub const REASON: &str = "Checkline-Reason";
-pub const ORIGINAL_SUBJECT: &str = "Checkline-Original-Subject";
-pub const ORIGINAL_SEQUENCE: &str = "Checkline-Original-Sequence";
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeadLetterError {
-    #[error("dead-letter stream: {0}")]
-    Stream(String),
-    #[error("no dead letter at sequence {0}")]
-    NotFound(u64),
-}
 
 fn err(e: impl std::fmt::Display) -> DeadLetterError {
     DeadLetterError::Stream(e.to_string())
@@ -90,82 +83,4 @@ pub async fn send(
         .await
         .map_err(|_| DeadLetterError::Stream(format!("no acknowledgement within {limit:?}")))??;
     Ok(())
-}
-
-/// One dead letter, as ops see it.
-#[derive(Debug)]
-pub struct DeadLetter {
-    pub sequence: u64,
-    pub reason: String,
-    pub original_subject: String,
-    pub original_sequence: String,
-    pub payload: bytes::Bytes,
-}
-
-/// Reads the dead letter at `sequence`.
-pub async fn get(stream: &stream::Stream, sequence: u64) -> Result<DeadLetter, DeadLetterError> {
-    let message = stream
-        .get_raw_message(sequence)
-        .await
-        .map_err(|_| DeadLetterError::NotFound(sequence))?;
-    let value = |name: &str| {
-        message
-            .headers
-            .get(name)
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default()
-    };
-    Ok(DeadLetter {
-        sequence,
-        reason: value(REASON),
-        original_subject: value(ORIGINAL_SUBJECT),
-        original_sequence: value(ORIGINAL_SEQUENCE),
-        payload: message.payload.clone(),
-    })
-}
-
-/// Every dead letter still stored, oldest first (at most `limit`).
-pub async fn list(
-    stream: &mut stream::Stream,
-    limit: usize,
-) -> Result<Vec<DeadLetter>, DeadLetterError> {
-    let info = stream.info().await.map_err(err)?;
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    let mut letters = Vec::new();
-    if info.state.messages == 0 {
-        return Ok(letters);
-    }
-    for sequence in first..=last {
-        if letters.len() >= limit {
-            break;
-        }
-        match get(stream, sequence).await {
-            Ok(letter) => letters.push(letter),
-            Err(DeadLetterError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(letters)
-}
-
-/// Publishes a dead letter back to its original subject (for instance once
-/// a worker that understands it is deployed) and removes it.
-pub async fn replay(
-    js: &jetstream::Context,
-    stream: &stream::Stream,
-    sequence: u64,
-) -> Result<String, DeadLetterError> {
-    let letter = get(stream, sequence).await?;
-    if letter.original_subject.is_empty() {
-        return Err(DeadLetterError::Stream(format!(
-            "dead letter {sequence} has no original subject"
-        )));
-    }
-    js.publish(letter.original_subject.clone(), letter.payload)
-        .await
-        .map_err(err)?
-        .await
-        .map_err(err)?;
-    stream.delete_message(sequence).await.map_err(err)?;
-    Ok(letter.original_subject)
 }

@@ -17,7 +17,8 @@
 //! - [`partition`]: the per-partition consumer loop.
 //! - [`stream_watch`]: notices a queue stream that is gone or created anew.
 //! - [`notify`]: result events after commit.
-//! - [`deadletter`]: messages that can never be processed, kept for ops.
+//! - [`deadletter`]: messages that can never be processed, kept for ops
+//!   (read and replayed through `checkline_shared::deadletter`).
 //! - [`metrics`]: the worker's Prometheus metrics.
 
 pub mod batch_error;
@@ -53,7 +54,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
     #[error(transparent)]
-    DeadLetter(#[from] deadletter::DeadLetterError),
+    DeadLetter(#[from] checkline_shared::deadletter::DeadLetterError),
 }
 
 /// Connects, then runs the partitions this worker is assigned until

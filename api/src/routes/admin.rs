@@ -1,4 +1,6 @@
-//! `GET /v1/admin/stats`: per-product sales and per-partition queue state.
+//! `GET /v1/admin/stats`: per-product sales and per-partition queue state;
+//! `GET /v1/admin/audit`: whether invariant 1 (the stock balance) holds
+//! right now, per product.
 
 use std::sync::Arc;
 
@@ -18,7 +20,9 @@ use crate::state::AppState;
 
 /// The administrative routes, with their OpenAPI operations.
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(stats))
+    OpenApiRouter::new()
+        .routes(routes!(stats))
+        .routes(routes!(audit))
 }
 
 /// Sales of one product.
@@ -139,4 +143,183 @@ pub async fn stats(
         products,
         partitions,
     }))
+}
+
+/// Where a product stands with invariant 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditState {
+    /// initial + restocked = stock + held + taken + returning.
+    Balanced,
+    /// Off by exactly the units of kept lines still settling: they count
+    /// in `held` and in `taken_units` until their settle entry's turn.
+    Settling,
+    /// Off by anything else: the invariant is broken.
+    Unbalanced,
+}
+
+impl AuditState {
+    /// The state of a product whose `stock_audit` row is `balanced` (or
+    /// not), off by `gap` units (stock + held + taken + returning − initial
+    /// − restocked), while lines of its holding `kept_units` units are kept
+    /// by a decided order and wait for their settle entry.
+    fn of(balanced: bool, gap: i128, kept_units: i64) -> Self {
+        if balanced {
+            Self::Balanced
+        } else if kept_units > 0 && gap == i128::from(kept_units) {
+            Self::Settling
+        } else {
+            Self::Unbalanced
+        }
+    }
+}
+
+/// A product's row of the `stock_audit` view, with its settling lines.
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: Uuid,
+    sku: String,
+    initial_stock: i64,
+    restocked: i64,
+    stock: i64,
+    held: i64,
+    taken_units: i64,
+    returning_units: i64,
+    settling_lines: i64,
+    kept_units: i64,
+    balanced: Option<bool>,
+}
+
+/// Invariant 1 for one product: initial_stock + restocked = stock + held +
+/// taken_units + returning_units.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductAudit {
+    id: Uuid,
+    #[schema(min_length = 1, max_length = 64)]
+    sku: String,
+    #[schema(minimum = 0)]
+    initial_stock: i64,
+    /// Units of applied restocks.
+    #[schema(minimum = 0)]
+    restocked: i64,
+    #[schema(minimum = 0)]
+    stock: i64,
+    /// Units held by lines of orders of several lines not settled yet, and
+    /// by kept lines whose settle entry has not had its turn.
+    #[schema(minimum = 0)]
+    held: i64,
+    /// Units of reserved and confirmed orders (their lines of this product).
+    #[schema(minimum = 0)]
+    taken_units: i64,
+    /// Units of expired and cancelled reservations on their way back to stock.
+    #[schema(minimum = 0)]
+    returning_units: i64,
+    /// Lines of this product whose order settled and whose settle entry has
+    /// not had its turn yet (state `keep` or `release`).
+    #[schema(minimum = 0)]
+    settling_lines: i64,
+    state: AuditState,
+}
+
+impl From<AuditRow> for ProductAudit {
+    fn from(row: AuditRow) -> Self {
+        let gap = [row.stock, row.held, row.taken_units, row.returning_units]
+            .into_iter()
+            .map(i128::from)
+            .sum::<i128>()
+            - i128::from(row.initial_stock)
+            - i128::from(row.restocked);
+        Self {
+            state: AuditState::of(row.balanced.unwrap_or(false), gap, row.kept_units),
+            id: row.id,
+            sku: row.sku,
+            initial_stock: row.initial_stock,
+            restocked: row.restocked,
+            stock: row.stock,
+            held: row.held,
+            taken_units: row.taken_units,
+            returning_units: row.returning_units,
+            settling_lines: row.settling_lines,
+        }
+    }
+}
+
+/// Whether invariant 1 holds, per product.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    as = StockAudit,
+    examples(json!({"holds": true, "products": [
+        {"id": "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d", "sku": "FLASH-1", "initial_stock": 100,
+         "restocked": 20, "stock": 7, "held": 2, "taken_units": 111, "returning_units": 2,
+         "settling_lines": 1, "state": "settling"},
+        {"id": "1c8d2f63-4a1b-4d9f-8e2b-6f3a7b8c9d0e", "sku": "FLASH-2", "initial_stock": 50,
+         "restocked": 0, "stock": 0, "held": 0, "taken_units": 50, "returning_units": 0,
+         "settling_lines": 0, "state": "balanced"}]}))
+)]
+pub struct StockAudit {
+    /// No product is `unbalanced`.
+    holds: bool,
+    /// Every product, by sku.
+    products: Vec<ProductAudit>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    operation_id = "getStockAudit",
+    tag = "admin",
+    summary = "Stock audit (invariant 1)",
+    description = "Requires the `admin` role. Per product, from one consistent read of the database: initial_stock + restocked = stock + held + taken_units + returning_units (invariant 1, with the units of carts being settled and of reservations on their way back). Once the queues are drained `held` and `returning_units` are 0. While they are not, a line kept by a decided order counts both in `held` and in `taken_units` until its settle entry's turn: a product off by exactly those units is `settling`, not `unbalanced`. Nothing else in flight unbalances it.",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "Whether invariant 1 holds, per product.", body = StockAudit),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+    )
+)]
+pub async fn audit(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<StockAudit>, ApiError> {
+    caller.require_admin()?;
+    // One statement, so one snapshot: the view and the lines agree.
+    let rows: Vec<AuditRow> = sqlx::query_as(
+        "SELECT p.id, p.sku, a.initial_stock, a.restocked, a.stock, a.held, \
+             a.confirmed_units AS taken_units, a.returning_units, \
+             COALESCE(s.lines, 0) AS settling_lines, COALESCE(s.kept_units, 0)::bigint AS kept_units, \
+             a.balanced \
+         FROM stock_audit a JOIN products p ON p.id = a.product_id \
+         LEFT JOIN ( \
+             SELECT product_id, COUNT(*) AS lines, \
+                 SUM(quantity) FILTER (WHERE state = 'keep') AS kept_units \
+             FROM order_lines WHERE state IN ('keep', 'release') GROUP BY product_id \
+         ) s ON s.product_id = p.id \
+         ORDER BY p.sku",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let products: Vec<ProductAudit> = rows.into_iter().map(ProductAudit::from).collect();
+    Ok(Json(StockAudit {
+        holds: products.iter().all(|p| p.state != AuditState::Unbalanced),
+        products,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_kept_units_in_flight_excuse_a_gap() {
+        assert_eq!(AuditState::of(true, 0, 0), AuditState::Balanced);
+        // Released lines settle without a gap: nothing to excuse.
+        assert_eq!(AuditState::of(true, 0, 3), AuditState::Balanced);
+        assert_eq!(AuditState::of(false, 3, 3), AuditState::Settling);
+        // A gap other than the kept units is a broken invariant, lines
+        // settling or not.
+        assert_eq!(AuditState::of(false, 4, 3), AuditState::Unbalanced);
+        assert_eq!(AuditState::of(false, -3, 3), AuditState::Unbalanced);
+        assert_eq!(AuditState::of(false, 1, 0), AuditState::Unbalanced);
+        assert_eq!(AuditState::of(false, 0, 0), AuditState::Unbalanced);
+    }
 }

@@ -10,6 +10,7 @@ use crate::state::AppState;
 
 pub mod activity;
 pub mod admin;
+pub mod dead_letters;
 pub mod ops;
 pub mod orders;
 pub mod products;
@@ -23,5 +24,6 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .merge(orders::router())
         .merge(admin::router())
         .merge(activity::router())
+        .merge(dead_letters::router())
         .merge(ops::router())
 }

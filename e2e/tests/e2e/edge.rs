@@ -449,11 +449,18 @@ async fn roles_are_enforced_on_every_route_and_orders_stay_private() {
 
     // (method, path, roles allowed): every authenticated route of the contract.
     let customer_or_admin: &[&str] = &["customer", "admin"];
-    let routes: [(&str, String, &[&str]); 9] = [
+    let routes: [(&str, String, &[&str]); 12] = [
         ("POST", "/v1/products".to_owned(), &["admin"]),
         ("PATCH", format!("/v1/products/{pid}"), &["admin"]),
         ("POST", format!("/v1/products/{pid}/restock"), &["admin"]),
         ("GET", "/v1/admin/stats".to_owned(), &["admin"]),
+        ("GET", "/v1/admin/audit".to_owned(), &["admin"]),
+        ("GET", "/v1/admin/dead-letters".to_owned(), &["admin"]),
+        (
+            "POST",
+            "/v1/admin/dead-letters/1/replay".to_owned(),
+            &["admin"],
+        ),
         ("POST", "/v1/orders".to_owned(), &["customer"]),
         ("GET", "/v1/orders".to_owned(), &["customer"]),
         ("GET", format!("/v1/orders/{oid}"), customer_or_admin),

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod activity;
+mod audit;
 mod checkout;
 mod checkout_load;
 mod contract;
