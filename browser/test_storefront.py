@@ -4,6 +4,7 @@ nothing a product's name holds is ever run."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -183,3 +184,34 @@ def test_the_store_is_usable_at_phone_width_with_the_keyboard(system, open_page)
     assert focused == "Add to cart: Pocket torch"
     page.keyboard.press("Enter")
     expect(page.locator("#cart li")).to_have_count(1)
+
+
+def test_a_busy_answer_is_waited_out_and_retried_with_the_same_key(system, open_page):
+    product = system.create_product("Busy gadget", 10)
+    _, token = customer(system)
+    page = open_page(f"{system.url}/#token={token}").page
+    add(page, product, 1)
+    page.get_by_label("Hold the items while I pay").select_option("")
+    keys = []
+
+    def busy_once(route):
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        keys.append(route.request.headers.get("idempotency-key"))
+        if len(keys) == 1:
+            route.fulfill(
+                status=429,
+                headers={"Retry-After": "2", "Content-Type": "application/problem+json"},
+                body=json.dumps({"type": "about:blank", "title": "Too Many Requests", "status": 429,
+                                 "detail": "too many requests; retry after 2 s", "code": "rate_limited"}),
+            )
+        else:
+            route.continue_()
+
+    page.route("**/v1/orders", busy_once)
+    page.get_by_role("button", name="Check out").click()
+    expect(page.locator("#checkout-state")).to_contain_text("Trying again in 2 s")
+    expect(page.locator("#order-panel")).to_have_attribute("data-status", "confirmed", timeout=20_000)
+    assert len(keys) == 2 and keys[0] == keys[1] and keys[0], keys
+    assert len(system.orders_of(token)) == 1
