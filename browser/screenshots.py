@@ -41,11 +41,11 @@ def token(sub: str, role: str) -> str:
 @pytest.mark.skipif(not os.environ.get("CHECKLINE_SCREENSHOTS"), reason="set CHECKLINE_SCREENSHOTS=1")
 def test_screenshots(system, open_page):
     catalog = [
-        ("Flash phone", 120, 19900),
-        ("Wireless earbuds", 400, 5900),
-        ("Fast charger", 600, 1900),
-        ("Phone case", 300, 1500),
-        ("Smartwatch", 60, 14900),
+        ("Flash phone", 3000, 19900),
+        ("Wireless earbuds", 5000, 5900),
+        ("Fast charger", 8000, 1900),
+        ("Phone case", 4000, 1500),
+        ("Smartwatch", 150, 14900),
         ("Tablet", 8, 32900),
     ]
     products = [system.create_product(name, stock, price) for name, stock, price in catalog]
@@ -77,13 +77,13 @@ def test_screenshots(system, open_page):
             ).click()
         store.get_by_role("button", name="Check out").click()
         expect(store.locator("#order-panel")).to_have_attribute("data-status", "reserved", timeout=20_000)
-        time.sleep(6)
+        time.sleep(4)
         OUT.mkdir(parents=True, exist_ok=True)
         store.screenshot(path=str(OUT / "storefront.png"), full_page=True)
 
         console = open_page(f"{system.url}/ops#token={system.admin}").page
         expect(console.locator("#partitions tbody tr").first).to_be_visible()
-        time.sleep(12)
+        time.sleep(10)
         console.screenshot(path=str(OUT / "console.png"), full_page=True)
     finally:
         stop.set()

@@ -2,7 +2,6 @@
 // two series of a few hundred points). Colours are told apart by a dash too.
 
 const NS = "http://www.w3.org/2000/svg";
-const WIDTH = 600;
 const HEIGHT = 180;
 const LEFT = 48;
 const RIGHT = 8;
@@ -30,13 +29,16 @@ export function niceMax(value) {
  * `summary` is the chart's text alternative.
  */
 export function lineChart(container, points, series, summary) {
+  // One unit of the drawing is one CSS pixel of the container, so the
+  // labels keep their size at any width (redrawn on every refresh).
+  const WIDTH = Math.max(240, Math.round(container.clientWidth || 600));
   const max = niceMax(Math.max(0, ...points.flatMap((p) => series.map((s) => p[s.key] ?? 0))));
   const plotWidth = WIDTH - LEFT - RIGHT;
   const plotHeight = HEIGHT - TOP - BOTTOM;
   const x = (i) => LEFT + (points.length > 1 ? (i * plotWidth) / (points.length - 1) : 0);
   const y = (v) => TOP + plotHeight - (v / max) * plotHeight;
 
-  const root = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", class: "line-chart", preserveAspectRatio: "none" });
+  const root = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, width: WIDTH, height: HEIGHT, role: "img", class: "line-chart" });
   root.append(svg("title", {}, summary));
   for (const fraction of [0, 0.5, 1]) {
     const value = max * fraction;
