@@ -68,6 +68,7 @@ static ASSETS: &[File] = &[
     embed!("js/chart.js", JS),
     embed!("js/dom.js", JS),
     embed!("js/ops.js", JS),
+    embed!("js/page.js", JS),
     embed!("js/session.js", JS),
     embed!("js/sse.js", JS),
     embed!("js/store.js", JS),

@@ -6,23 +6,13 @@
 import { all, call, newKey, Problem } from "./api.js";
 import { $, ago, clock, count, h, replace, setText, shortId, syncList } from "./dom.js";
 import { lineChart } from "./chart.js";
-import { claims, expired, forget, setToken, stash, takeFromFragment, token } from "./session.js";
+import { clearNotice, notify, onSignIn } from "./page.js";
+import { claims, expired, forget, stash, takeFromFragment, token } from "./session.js";
 
 const ACTIVITY_SECONDS = 300;
 const RESTOCK = "checkline.restock."; // + product id: {key, quantity} until answered
 
-// ------------------------------------------------------------ notices --
-
-function notify(text) {
-  const notice = $("#notice");
-  notice.hidden = false;
-  replace(notice, h("span", { text }), h("button", { type: "button", class: "link", text: "Dismiss", onclick: clearNotice }));
-}
-
-function clearNotice() {
-  $("#notice").hidden = true;
-  $("#notice").replaceChildren();
-}
+// --------------------------------------------------- problems in words --
 
 function describe(err) {
   if (!(err instanceof Problem)) return "Something went wrong. Please try again.";
@@ -354,13 +344,7 @@ let refreshDeadLetters = async () => {};
 function start() {
   takeFromFragment();
   renderAccount();
-  $("#sign-in").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const input = $("#token-input");
-    if (!input.value.trim()) return;
-    setToken(input.value);
-    input.value = "";
-    clearNotice();
+  onSignIn(() => {
     renderAccount();
     for (const poll of [refreshStats, refreshDeadLetters, refreshActivity, refreshAudit, loadProducts]) poll();
   });

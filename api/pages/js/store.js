@@ -9,7 +9,8 @@
 
 import { all, call, newKey, Problem } from "./api.js";
 import { $, clock, count, h, money, remaining, replace, setText, shortId, syncList } from "./dom.js";
-import { claims, expired, forget, setToken, stash, takeFromFragment, token } from "./session.js";
+import { clearNotice, notify, onSignIn } from "./page.js";
+import { claims, expired, forget, stash, takeFromFragment, token } from "./session.js";
 import { follow } from "./sse.js";
 
 const CART = "checkline.cart"; // [{product_id, quantity}], in the order added
@@ -41,19 +42,7 @@ let productsLoaded = false;
 let busy = false; // a checkout request is on its way
 let following = null; // AbortController of the order stream being followed
 
-// ------------------------------------------------------------ notices --
-
-function notify(text) {
-  const notice = $("#notice");
-  notice.hidden = false;
-  replace(notice, h("span", { text }), h("button", { type: "button", class: "link", text: "Dismiss", onclick: clearNotice }));
-}
-
-function clearNotice() {
-  const notice = $("#notice");
-  notice.hidden = true;
-  notice.replaceChildren();
-}
+// --------------------------------------------------- problems in words --
 
 /**
  * A problem in words: the server's `detail`, naming the product if any
@@ -551,14 +540,7 @@ async function resume() {
 
 function start() {
   takeFromFragment();
-  $("#sign-in").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const input = $("#token-input");
-    if (!input.value.trim()) return;
-    setToken(input.value);
-    input.value = "";
-    $("#sign-in").hidden = true;
-    clearNotice();
+  onSignIn(() => {
     renderAccount();
     loadOrders();
   });
