@@ -10,9 +10,10 @@
 //! however many deleted (replayed) sequences lie between them.
 //!
 //! A replay publishes the letter again to its original subject (through
-//! the [`Publisher`], like every queue write), then deletes it. A replay that fails between the two (the process dies, the
-//! delete times out) leaves the letter in place, and retrying it publishes
-//! the same payload twice. That is harmless: the copy carries a
+//! the [`Publisher`], like every queue write), then deletes it. A replay
+//! that fails between the two (the process dies, the delete times out)
+//! leaves the letter in place, and retrying it publishes the same payload
+//! twice. That is harmless: the copy carries a
 //! `Nats-Msg-Id` derived from the letter, so the queue stream drops a
 //! second copy inside its duplicate window; beyond the window, the worker
 //! applies every queue entry once by the state of its row (a decided
