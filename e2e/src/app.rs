@@ -203,20 +203,25 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET /v1/orders/{id}`, or with `?wait=` when `wait_secs` is given.
+    pub async fn read_order(&self, token: &str, order_id: &str, wait_secs: Option<u64>) -> Value {
+        let wait = wait_secs.map_or(String::new(), |secs| format!("?wait={secs}"));
+        self.http
+            .get(self.url(&format!("/v1/orders/{order_id}{wait}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Polls (long polls) until the order is decided; panics after 30 s.
     pub async fn decided(&self, token: &str, order_id: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let order: Value = self
-                .http
-                .get(self.url(&format!("/v1/orders/{order_id}?wait=5")))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let order = self.read_order(token, order_id, Some(5)).await;
             if order["status"] != "pending" {
                 return order;
             }

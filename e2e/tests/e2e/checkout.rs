@@ -494,16 +494,7 @@ async fn an_unpaid_reservation_expires_within_the_bound_and_its_units_go_to_the_
     // Expired within the bound: the expirer's interval, plus a second for
     // the round and the clocks.
     loop {
-        let now = app
-            .http
-            .get(app.url(&format!("/v1/orders/{}", id(&order))))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap();
+        let now = app.read_order(&alice, &id(&order), None).await;
         let late = chrono::Utc::now() - until;
         if now["status"] == "expired" {
             assert!(
@@ -746,16 +737,7 @@ async fn reservations_expire_on_time_while_their_products_queue_is_stuck() {
     force_reserved_until(&app, &[id(&reserved)], 0).await;
     let ended = tokio::time::Instant::now();
     loop {
-        let now: Value = app
-            .http
-            .get(app.url(&format!("/v1/orders/{}", id(&reserved))))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let now = app.read_order(&alice, &id(&reserved), None).await;
         if now["status"] == "expired" {
             break;
         }
