@@ -155,6 +155,9 @@ def test_a_product_name_is_text_never_markup(system, open_page):
     page = watched.page
     item = card(page, product)
     expect(item.locator("h3")).to_have_text(name)
+    # Nothing to tell: the notice stays out of sight (its flex layout once
+    # overrode the `hidden` attribute and showed an empty bar).
+    expect(page.locator("#notice")).to_be_hidden()
     assert item.locator("img").count() == 0
     assert page.locator("img").count() == 0
     page.wait_for_timeout(500)
