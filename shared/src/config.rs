@@ -114,8 +114,18 @@ impl Env {
 pub struct CommonConfig {
     /// PostgreSQL, the source of truth. The database is created if missing.
     pub database_url: String,
-    /// NATS with JetStream (2.12 or newer).
+    /// NATS with JetStream (2.12 or newer): `CHECKLINE_NATS_URL` as given,
+    /// one URL or several separated by commas, passed on as is to the
+    /// processes a test or a script starts.
     pub nats_url: String,
+    /// The same servers, parsed. A client connects to any of them, learns
+    /// the rest of a cluster from the server it reached, and reconnects to
+    /// another one when its server goes away.
+    pub nats_servers: Vec<async_nats::ServerAddr>,
+    /// Replicas of every JetStream stream and bucket checkline creates (the
+    /// queue, the dead letters, the leases): 1 on a single server, 3 in a
+    /// three-node cluster, where an acknowledged publish is on two disks.
+    pub stream_replicas: usize,
     /// Namespace of NATS subjects, the stream name and the API's Redis keys,
     /// so that several deployments (or test runs) can share one NATS and one
     /// Redis.
@@ -147,6 +157,23 @@ pub struct CommonConfig {
 }
 
 pub const PARTITIONS_MAX: u32 = 1024;
+/// JetStream's own limit on a stream's replicas.
+pub const STREAM_REPLICAS_MAX: usize = 5;
+
+/// `CHECKLINE_NATS_URL`: one `nats://host:port`, or several separated by
+/// commas (the servers of a cluster; any one reachable is enough to start).
+pub fn parse_nats_urls(raw: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .map(|url| {
+            if url.is_empty() {
+                return Err(format!("{raw:?} has an empty entry; expected nats://host:port, or several separated by commas"));
+            }
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("{url:?} is not a NATS URL ({e}); expected nats://host:port, or several separated by commas"))
+        })
+        .collect()
+}
 
 impl CommonConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -163,9 +190,13 @@ impl CommonConfig {
             ));
         }
         let nats_url = env.string("CHECKLINE_NATS_URL", "nats://127.0.0.1:4250");
+        let nats_servers =
+            parse_nats_urls(&nats_url).map_err(|m| ConfigError::new("CHECKLINE_NATS_URL", m))?;
         Ok(Self {
             database_url,
             nats_url,
+            nats_servers,
+            stream_replicas: env.number("CHECKLINE_STREAM_REPLICAS", 1, 1, STREAM_REPLICAS_MAX)?,
             prefix,
             partitions: env.number("CHECKLINE_PARTITIONS", 8, 1, PARTITIONS_MAX)?,
             startup_timeout: env.millis("CHECKLINE_STARTUP_TIMEOUT_MS", 30_000, 0, 600_000)?,
@@ -232,6 +263,43 @@ mod tests {
         assert_eq!(config.partitions, 8);
         assert_eq!(config.prefix, "checkline");
         assert_eq!(config.nats_url, "nats://127.0.0.1:4250");
+        assert_eq!(config.nats_servers.len(), 1);
+        assert_eq!(config.stream_replicas, 1);
+    }
+
+    #[test]
+    fn nats_url_takes_a_list_of_servers() {
+        let config = CommonConfig::from_env(&Env::from_pairs([(
+            "CHECKLINE_NATS_URL",
+            "nats://127.0.0.1:4261, nats://127.0.0.1:4262,nats://10.0.0.3:4222",
+        )]))
+        .unwrap();
+        let ports: Vec<u16> = config.nats_servers.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4261, 4262, 4222]);
+        assert_eq!(config.nats_servers[2].host(), "10.0.0.3");
+        for bad in [
+            "nats://a:1,,nats://b:2",
+            "nats://a:1,",
+            "http://[::1",
+            "nats://a:1,:::",
+        ] {
+            let err = CommonConfig::from_env(&Env::from_pairs([("CHECKLINE_NATS_URL", bad)]))
+                .unwrap_err();
+            assert_eq!(err.var, "CHECKLINE_NATS_URL", "{bad}");
+        }
+    }
+
+    #[test]
+    fn stream_replicas_are_bounded_by_jetstream() {
+        let config =
+            CommonConfig::from_env(&Env::from_pairs([("CHECKLINE_STREAM_REPLICAS", "3")])).unwrap();
+        assert_eq!(config.stream_replicas, 3);
+        for bad in ["0", "6", "three"] {
+            let err =
+                CommonConfig::from_env(&Env::from_pairs([("CHECKLINE_STREAM_REPLICAS", bad)]))
+                    .unwrap_err();
+            assert_eq!(err.var, "CHECKLINE_STREAM_REPLICAS", "{bad}");
+        }
     }
 
     #[test]

@@ -24,12 +24,23 @@ pub enum QueueSetupError {
     Connect(#[source] async_nats::ConnectError),
     #[error("CHECKLINE_NATS_URL: nats-server {found} is too old, {}.{} or newer is required", MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1)]
     ServerTooOld { found: String },
-    #[error("cannot create stream {name}: {source}")]
+    #[error("cannot create stream {name}: {source}{}", replicas_hint(*.replicas))]
     Stream {
         name: String,
+        replicas: usize,
         #[source]
         source: jetstream::context::CreateStreamError,
     },
+}
+
+/// What to add to a refused stream or bucket when it asked for replicas: a
+/// single server, or a cluster with fewer live servers, cannot place them.
+pub fn replicas_hint(replicas: usize) -> String {
+    if replicas > 1 {
+        format!(" (CHECKLINE_STREAM_REPLICAS={replicas} needs a JetStream cluster with at least {replicas} servers up)")
+    } else {
+        String::new()
+    }
 }
 
 /// Limits of the queue stream.
@@ -41,6 +52,8 @@ pub struct StreamLimits {
     /// Window in which JetStream drops a republished message with the same
     /// `Nats-Msg-Id`; the database is the guard beyond it.
     pub duplicate_window: Duration,
+    /// Copies of every message, each on its own server (`CHECKLINE_STREAM_REPLICAS`).
+    pub replicas: usize,
 }
 
 impl StreamLimits {
@@ -48,12 +61,18 @@ impl StreamLimits {
         Self {
             max_bytes: config.stream_max_bytes,
             duplicate_window: config.duplicate_window,
+            replicas: config.stream_replicas,
         }
     }
 }
 
 /// Connects to NATS, retrying while it is not up yet (bounded by the start-up
 /// timeout) and reconnecting forever afterwards.
+///
+/// Any of `CHECKLINE_NATS_URL`'s servers will do. The client also takes the
+/// servers a cluster announces, so one given server is enough: when it goes
+/// away, the client reconnects to another member (and resubscribes), and the
+/// requests in flight meanwhile time out like any other NATS outage.
 pub async fn connect(
     config: &CommonConfig,
     client_name: &str,
@@ -65,7 +84,7 @@ pub async fn connect(
             .name(client_name)
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)
-            .connect(config.nats_url.as_str())
+            .connect(config.nats_servers.clone())
             .await;
         match attempt {
             Ok(client) => break client,
@@ -111,7 +130,7 @@ pub fn stream_config(subjects: &Subjects, limits: StreamLimits) -> stream::Confi
         max_messages: -1,
         max_age: Duration::ZERO,
         duplicate_window: limits.duplicate_window,
-        num_replicas: 1,
+        num_replicas: limits.replicas,
         // The accept path writes a batch of orders spanning many products
         // (one message per product) as one atomic batch: stored as one
         // write, acknowledged once, all or nothing (`Publisher::publish_atomic`).
@@ -144,6 +163,7 @@ pub async fn ensure_stream(
     let name = config.name.clone();
     let stream_error = |source| QueueSetupError::Stream {
         name: name.clone(),
+        replicas: limits.replicas,
         source,
     };
     match js.get_stream(&name).await {

@@ -58,7 +58,9 @@ pub async fn main() -> anyhow::Result<()> {
             let client = queue::connect(&common, "checkline-worker dead-letters").await?;
             let js = async_nats::jetstream::new(client);
             let max_bytes = crate::config::dead_letter_max_bytes(&env)?;
-            let mut stream = deadletter::ensure_stream(&js, &subjects, max_bytes).await?;
+            let mut stream =
+                deadletter::ensure_stream(&js, &subjects, max_bytes, common.stream_replicas)
+                    .await?;
             match action {
                 DeadLetterAction::List { limit } => {
                     let letters = dead_letters::list(&mut stream, &subjects, limit)

@@ -15,17 +15,20 @@ use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use checkline_shared::deadletter::{DeadLetterError, ORIGINAL_SEQUENCE, ORIGINAL_SUBJECT, REASON};
 use checkline_shared::partition::Partition;
+use checkline_shared::queue;
 use checkline_shared::subjects::Subjects;
 
 fn err(e: impl std::fmt::Display) -> DeadLetterError {
     DeadLetterError::Stream(e.to_string())
 }
 
-/// Creates the dead-letter stream if missing, holding at most `max_bytes`.
+/// Creates the dead-letter stream if missing, holding at most `max_bytes`
+/// on `replicas` servers.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     subjects: &Subjects,
     max_bytes: i64,
+    replicas: usize,
 ) -> Result<stream::Stream, DeadLetterError> {
     let config = stream::Config {
         name: subjects.dead_letter_stream(),
@@ -37,6 +40,9 @@ pub async fn ensure_stream(
         // partition waiting at it; a dropped one would be lost.
         discard: stream::DiscardPolicy::New,
         max_bytes,
+        // A dead letter is an accepted order that could not be decided: it
+        // is kept on as many servers as the queue it came from.
+        num_replicas: replicas,
         ..Default::default()
     };
     match js.create_stream(config.clone()).await {
@@ -44,7 +50,9 @@ pub async fn ensure_stream(
         Err(_) => {
             // It exists: it keeps its messages and takes the current limits
             // (streams made before dropped their oldest letters when full).
-            js.update_stream(config.clone()).await.map_err(err)?;
+            js.update_stream(config.clone()).await.map_err(|e| {
+                DeadLetterError::Stream(format!("{e}{}", queue::replicas_hint(replicas)))
+            })?;
             js.get_stream(&config.name).await.map_err(err)
         }
     }

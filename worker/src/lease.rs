@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use checkline_shared::partition::Partition;
+use checkline_shared::queue;
 use checkline_shared::subjects::Subjects;
 use futures::TryStreamExt;
 use sqlx::PgPool;
@@ -74,6 +75,7 @@ impl Leases {
         worker_id: &str,
         ttl: Duration,
         op_timeout: Duration,
+        replicas: usize,
     ) -> Result<Self, LeaseError> {
         let bucket = subjects.lease_bucket();
         let config = kv::Config {
@@ -84,14 +86,19 @@ impl Leases {
             // On disk, so that the bucket (and the leases in it) outlive a
             // NATS restart; the fencing token keeps any take-over safe anyway.
             storage: jetstream::stream::StorageType::File,
+            // In a cluster, on as many servers as the queue: a lease must
+            // outlive the server that stored it, or a partition would have
+            // no owner until the bucket's server came back.
+            num_replicas: replicas,
             ..Default::default()
         };
+        // An existing bucket takes the current definition (a TTL or a
+        // replica count changed since it was made).
         let store = match js.create_key_value(config.clone()).await {
             Ok(store) => store,
-            Err(_) => js
-                .get_key_value(&bucket)
-                .await
-                .map_err(|e| LeaseError::Bucket(e.to_string()))?,
+            Err(_) => js.update_key_value(config).await.map_err(|e| {
+                LeaseError::Bucket(format!("{e}{}", queue::replicas_hint(replicas)))
+            })?,
         };
         Ok(Self {
             store,

@@ -70,7 +70,13 @@ pub async fn run(
     // peer holding a lock can stall nothing for longer than a lease.
     let session = config.session_settings();
     let infra = infra::connect(common, &client_name, config.db_pool_max, session).await?;
-    deadletter::ensure_stream(&infra.js, &infra.subjects, config.dead_letter_max_bytes).await?;
+    deadletter::ensure_stream(
+        &infra.js,
+        &infra.subjects,
+        config.dead_letter_max_bytes,
+        common.stream_replicas,
+    )
+    .await?;
     let partitions = common.partitions;
     let metrics = Arc::new(metrics::Metrics::default());
     if let Some(addr) = config.metrics_addr {
@@ -118,6 +124,7 @@ pub async fn run(
         &deps.config.worker_id,
         deps.config.lease_ttl,
         deps.config.lease_op_timeout,
+        deps.config.common.stream_replicas,
     )
     .await?;
     tracing::info!(partitions, worker = %deps.config.worker_id, "worker started");

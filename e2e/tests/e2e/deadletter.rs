@@ -501,7 +501,7 @@ async fn a_valid_message_dead_lettered_is_decided_once_replayed() {
         .get_last_raw_message_by_subject(&subject)
         .await
         .unwrap();
-    checkline_worker::deadletter::ensure_stream(&js, &subjects, 1024 * 1024)
+    checkline_worker::deadletter::ensure_stream(&js, &subjects, 1024 * 1024, 1)
         .await
         .unwrap();
     checkline_worker::deadletter::send(
@@ -561,7 +561,7 @@ async fn listing_skips_replayed_letters_without_visiting_them() {
         .await
         .unwrap();
     let js = async_nats::jetstream::new(client);
-    checkline_worker::deadletter::ensure_stream(&js, &subjects, 16 * 1024 * 1024)
+    checkline_worker::deadletter::ensure_stream(&js, &subjects, 16 * 1024 * 1024, 1)
         .await
         .unwrap();
     // One letter of partition 0, then a thousand of partition 1 of which

@@ -17,6 +17,7 @@ mod events;
 mod interleavings;
 mod liveness;
 mod low_water;
+mod nats_servers;
 mod openapi;
 mod orders;
 mod process;
