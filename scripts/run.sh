@@ -6,6 +6,9 @@
 #   scripts/run.sh            start, print the URL, demo tokens and examples
 #   scripts/run.sh --demo     the same, then run the flash-sale load test
 #                             (10,000 buyers, 100 units) against it
+#   scripts/run.sh --cluster  three clustered nats-servers (streams replicated
+#                             3 times), two APIs and three workers
+#                             (scripts/cluster.sh is the same)
 #
 # It supervises what it starts: a worker, the API or a nats-server it started
 # that dies is logged and started again after a backoff (doubling from
@@ -17,7 +20,11 @@
 #
 # Environment (all optional):
 #   CHECKLINE_HTTP_ADDR     where the API listens (default 127.0.0.1:8080)
-#   CHECKLINE_WORKERS       number of worker processes (default 1)
+#   CHECKLINE_WORKERS       number of worker processes (default 1; 3 with
+#                           --cluster)
+#   CHECKLINE_APIS          number of API processes (default 1; 2 with
+#                           --cluster), listening on consecutive ports from
+#                           CHECKLINE_HTTP_ADDR's
 #   CHECKLINE_JWT_SECRET    HS256 key for tokens (default: a local dev secret)
 #   CHECKLINE_RUN_PROFILE   cargo profile of the binaries: release (default)
 #                           or debug
@@ -26,12 +33,20 @@
 #   CHECKLINE_RUN_RESTART_DELAY_MS, CHECKLINE_RUN_RESTART_MAX_DELAY_MS,
 #   CHECKLINE_RUN_RESTART_RESET_MS, CHECKLINE_RUN_STOP_TIMEOUT_MS: see above
 #   CHECKLINE_DATABASE_URL, CHECKLINE_REDIS_URL, CHECKLINE_NATS_URL,
-#   CHECKLINE_NATS_PORT, CHECKLINE_NATS_MONITOR_PORT: see scripts/lib/services.sh
+#   CHECKLINE_NATS_PORT, CHECKLINE_NATS_MONITOR_PORT,
+#   CHECKLINE_CLUSTER_NATS_PORT, CHECKLINE_CLUSTER_NATS_MONITOR_PORT,
+#   CHECKLINE_CLUSTER_NATS_ROUTE_PORT: see scripts/lib/services.sh
 #   Every other CHECKLINE_* variable is passed on to the binaries.
 #
-# Logs: .run/logs/api.log, .run/logs/worker-N.log (also shown here, with a
-# [name] prefix), .run/logs/nats.log, postgres.log, redis.log. Pid files of
-# the running processes: .run/pids/NAME.pid (rewritten on every restart).
+# Logs: .run/logs/api.log (api-N.log with several), .run/logs/worker-N.log
+# (also shown here, with a [name] prefix), .run/logs/nats.log (nats-N.log in
+# a cluster), postgres.log, redis.log. Pid files of the running processes:
+# .run/pids/NAME.pid (rewritten on every restart).
+#
+# With --cluster, the three nats-servers are supervised like the rest (one
+# that dies is started again on its store and rejoins), and their stores are
+# in .run/nats-cluster/. CHECKLINE_NATS_URL lists the three servers and
+# CHECKLINE_STREAM_REPLICAS is 3, unless set otherwise.
 
 set -euo pipefail
 
@@ -41,13 +56,15 @@ cd "$ROOT"
 source "$ROOT/scripts/lib/services.sh"
 
 usage() {
-    sed -n '3,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '3,11p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 DEMO=0
+CLUSTER=0
 for arg in "$@"; do
     case $arg in
     --demo) DEMO=1 ;;
+    --cluster) CLUSTER=1 ;;
     -h | --help)
         usage
         exit 0
@@ -80,8 +97,15 @@ fi
 export CHECKLINE_JWT_SECRET
 
 export CHECKLINE_HTTP_ADDR=${CHECKLINE_HTTP_ADDR:-127.0.0.1:8080}
-WORKERS=${CHECKLINE_WORKERS:-1}
+if ((CLUSTER)); then
+    WORKERS=${CHECKLINE_WORKERS:-3}
+    APIS=${CHECKLINE_APIS:-2}
+else
+    WORKERS=${CHECKLINE_WORKERS:-1}
+    APIS=${CHECKLINE_APIS:-1}
+fi
 [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "CHECKLINE_WORKERS=$WORKERS: expected a whole number >= 1"
+[[ $APIS =~ ^[1-9]$ ]] || die "CHECKLINE_APIS=$APIS: expected a whole number from 1 to 9"
 
 # setting_ms NAME DEFAULT MIN: the value of CHECKLINE_NAME in milliseconds.
 setting_ms() {
@@ -131,15 +155,45 @@ case $HTTP_HOST in
 0.0.0.0 | "") HTTP_HOST=127.0.0.1 ;;
 "[::]") HTTP_HOST="[::1]" ;;
 esac
-export CHECKLINE_API_URL="http://$HTTP_HOST:$HTTP_PORT"
-if svc_port_open "$HTTP_HOST" "$HTTP_PORT"; then
-    die "$HTTP_HOST:$HTTP_PORT is already in use (another scripts/run.sh?); set CHECKLINE_HTTP_ADDR to a free address"
-fi
+# API i (from 1) listens on CHECKLINE_HTTP_ADDR's port + i - 1.
+declare -A API_ADDRS=() # name -> listen address
+API_NAMES=()
+API_URLS=()
+for ((i = 1; i <= APIS; i++)); do
+    port=$((HTTP_PORT + i - 1))
+    ((port <= 65535)) || die "CHECKLINE_HTTP_ADDR=$CHECKLINE_HTTP_ADDR: no room for $APIS APIs on consecutive ports"
+    if ((APIS == 1)); then name=api; else name=api-$i; fi
+    API_NAMES+=("$name")
+    API_ADDRS[$name]=${CHECKLINE_HTTP_ADDR%:*}:$port
+    API_URLS+=("http://$HTTP_HOST:$port")
+    if svc_port_open "$HTTP_HOST" "$port"; then
+        die "$HTTP_HOST:$port is already in use (another scripts/run.sh?); set CHECKLINE_HTTP_ADDR to a free address"
+    fi
+done
+export CHECKLINE_API_URL=${API_URLS[0]}
+# Every API, comma-separated: what the load generator takes to spread buyers.
+API_URL_LIST=$(IFS=,; printf '%s' "${API_URLS[*]}")
 
 # ------------------------------------------------------- dependencies, build --
 
 ensure_rust
-ensure_services
+if ((CLUSTER)); then
+    # The cluster's nats-servers are this script's own processes (started
+    # below, supervised); PostgreSQL and Redis are found or started as usual.
+    [[ -z ${CHECKLINE_NATS_URL:-} ]] ||
+        die "CHECKLINE_NATS_URL=$CHECKLINE_NATS_URL: --cluster starts its own three nats-servers; unset it"
+    ensure_curl
+    ensure_nats_binary
+    SVC_NATS_CLUSTER_DIR=$STATE_DIR/nats-cluster
+    svc_nats_cluster_ports_free
+    CHECKLINE_NATS_URL=$(svc_nats_cluster_url)
+    export CHECKLINE_NATS_URL
+    export CHECKLINE_STREAM_REPLICAS=${CHECKLINE_STREAM_REPLICAS:-3}
+    ensure_postgres
+    ensure_redis
+else
+    ensure_services
+fi
 
 # One build of every binary (api, worker, token, loadtest): building them
 # together keeps one feature set, so nothing is compiled twice.
@@ -160,6 +214,8 @@ declare -A RESTART_MS=() # name -> when to start it again (set while it is down)
 declare -A RESTARTS=()   # name -> restarts so far
 NAMES=()                 # every supervised name, in start order
 WORKER_NAMES=()          # the workers among them
+STARTED_APIS=()          # the APIs among them
+NATS_NODES=()            # the cluster's nats-servers among them (--cluster)
 FOLLOWERS=()             # pids (and process groups) of the log followers
 DEMO_PID=                # the --demo load test while it runs
 NOW_MS=0
@@ -234,8 +290,9 @@ _run_stop_children() {
         svc_stop_pid "$DEMO_PID" checkline-loadtest 5
         DEMO_PID=
     fi
-    [[ -n ${PIDS[api]:-} ]] && stop_group api
+    ((${#STARTED_APIS[@]})) && stop_group "${STARTED_APIS[@]}"
     ((${#WORKER_NAMES[@]})) && stop_group "${WORKER_NAMES[@]}"
+    ((${#NATS_NODES[@]})) && stop_group "${NATS_NODES[@]}"
     return 0
 }
 
@@ -387,13 +444,40 @@ for ((i = 1; i <= WORKERS; i++)); do
     fi
 done
 
-# Workers first, then the API.
+# The cluster's nats-servers first, and a JetStream meta leader elected
+# among them, so that the first stream is created at the first try.
+if ((CLUSTER)); then
+    for ((i = 1; i <= NATS_CLUSTER_SIZE; i++)); do
+        mkdir -p "$SVC_NATS_CLUSTER_DIR/nats-$i"
+        svc_nats_node_cmd "$i"
+        start_process "nats-$i" "${NODE_CMD[@]}"
+        NATS_NODES+=("nats-$i")
+    done
+    log "waiting for the NATS cluster ($CHECKLINE_NATS_URL) to elect its JetStream leader"
+    if ! svc_wait_nats_cluster 60; then
+        show_logs
+        die "the NATS cluster did not become healthy within 60s"
+    fi
+fi
+
+# Workers next, then the APIs.
 for ((i = 1; i <= WORKERS; i++)); do
     start_process "worker-$i" env CHECKLINE_WORKER_ID="worker-$i" \
         CHECKLINE_WORKER_METRICS_ADDR="${METRICS_ADDRS[worker-$i]:-}" "$BIN/checkline-worker"
     WORKER_NAMES+=("worker-$i")
 done
-start_process api "$BIN/checkline-api"
+for name in "${API_NAMES[@]}"; do
+    start_process "$name" env CHECKLINE_HTTP_ADDR="${API_ADDRS[$name]}" "$BIN/checkline-api"
+    STARTED_APIS+=("$name")
+done
+
+# True when every API answers /readyz.
+apis_ready() {
+    local url
+    for url in "${API_URLS[@]}"; do
+        curl -fsS -o /dev/null --max-time 2 "$url/readyz" 2>/dev/null || return 1
+    done
+}
 
 # True when every worker serves its metrics: it has connected, set up its
 # streams and is about to take partitions.
@@ -408,11 +492,11 @@ workers_up() {
 # Until the API is ready and the workers are up, a process that dies is a
 # start-up failure (a bad setting, a port in use): report it rather than
 # restart it for ever.
-log "waiting for $CHECKLINE_API_URL/readyz and the workers"
+log "waiting for ${API_URLS[*]/%//readyz} and the workers"
 ready=0
 deadline=$((SECONDS + 60))
 while ((SECONDS < deadline)); do
-    if curl -fsS -o /dev/null --max-time 2 "$CHECKLINE_API_URL/readyz" 2>/dev/null && workers_up; then
+    if apis_ready && workers_up; then
         ready=1
         break
     fi
@@ -426,7 +510,7 @@ while ((SECONDS < deadline)); do
     sleep 0.2
 done
 if ((!ready)); then
-    printf '[run] error: %s/readyz did not answer 200, or a worker did not serve its metrics, within 60s\n' "$CHECKLINE_API_URL" >&2
+    printf '[run] error: an API'"'"'s /readyz (%s) did not answer 200, or a worker did not serve its metrics, within 60s\n' "${API_URLS[*]}" >&2
     show_logs
     exit 1
 fi
@@ -472,11 +556,27 @@ for name in "${WORKER_NAMES[@]}"; do
 done
 [[ -n $METRICS_LINES ]] || METRICS_LINES="    (off: python3 was not found to pick their ports)
 "
+if ((APIS > 1)); then
+    RUNNING_AT="$APIS APIs: ${API_URLS[*]}"
+else
+    RUNNING_AT=$CHECKLINE_API_URL
+fi
+CLUSTER_LINES=
+if ((CLUSTER)); then
+    CLUSTER_LINES="
+The NATS cluster: streams on $CHECKLINE_STREAM_REPLICAS servers each; see each
+node's view of the queue stream's leader and replicas at
+  curl -sS 'http://127.0.0.1:$(svc_nats_node_port monitor 1)/jsz?streams=true' (nodes 2 and 3: $(svc_nats_node_port monitor 2), $(svc_nats_node_port monitor 3))
+Kill a node (kill -KILL \$(cat $PID_DIR/nats-1.pid)): the other two keep
+taking orders (a new leader within seconds), and it rejoins when restarted.
+Kill an API: the other keeps serving; buyers retry there with the same key.
+"
+fi
 
 cat <<EOF
 
 =====================================================================
- checkline is running at $CHECKLINE_API_URL   ($WORKERS worker(s))
+ checkline is running at $RUNNING_AT   ($WORKERS worker(s))
 =====================================================================
 
   Storefront  $CHECKLINE_API_URL/#token=$ALICE_TOKEN
@@ -526,7 +626,7 @@ More tokens: CHECKLINE_JWT_SECRET=... $BIN/checkline-token --sub bob --role cust
 Flash-sale demo (10,000 buyers racing for 100 units): scripts/run.sh --demo,
 or against this running system:
 
-  CHECKLINE_API_URL=$CHECKLINE_API_URL \\
+  CHECKLINE_API_URL=$API_URL_LIST \\
   CHECKLINE_JWT_SECRET=$SECRET_SHOWN \\
   CHECKLINE_DATABASE_URL='$CHECKLINE_DATABASE_URL' \\
     $BIN/checkline-loadtest flash-sale --buyers 10000 --stock 100
@@ -553,6 +653,7 @@ Watch it:
     curl -sS "\$CHECKLINE_API_URL/v1/admin/stats" -H "Authorization: Bearer \$ADMIN_TOKEN"
   - each worker's leases and partitions (its /metrics):
 ${METRICS_LINES}
+${CLUSTER_LINES}
 Logs: $LOG_DIR/   Pids: $PID_DIR/   Press Ctrl-C to stop.
 
 EOF
@@ -564,7 +665,7 @@ EOF
 if ((DEMO)) && ((!STOP)); then
     if [[ -x $BIN/checkline-loadtest ]]; then
         log "running: checkline-loadtest flash-sale --buyers 10000 --stock 100"
-        "$BIN/checkline-loadtest" flash-sale --buyers 10000 --stock 100 </dev/null &
+        CHECKLINE_API_URL=$API_URL_LIST "$BIN/checkline-loadtest" flash-sale --buyers 10000 --stock 100 </dev/null &
         DEMO_PID=$!
     else
         log "WARNING: $BIN/checkline-loadtest was not built; the system keeps running (Ctrl-C to stop)"

@@ -304,6 +304,99 @@ svc_respawn_nats() {
     _svc_spawn_nats "$port" "$mon"
 }
 
+# ----------------------------------------------------------- NATS cluster --
+#
+# Three clustered nats-servers on loopback (nats/cluster.conf), for
+# `scripts/run.sh --cluster` and scripts/cluster-suite.sh. Node i (1-3) is
+# named nats-i and listens for clients on CHECKLINE_CLUSTER_NATS_PORT+i-1
+# (default 4261), for monitoring on CHECKLINE_CLUSTER_NATS_MONITOR_PORT+i-1
+# (8261) and for its peers on CHECKLINE_CLUSTER_NATS_ROUTE_PORT+i-1 (6261).
+# Callers start the nodes themselves (they supervise or kill them), with
+# svc_nats_node_cmd, and keep their stores under SVC_NATS_CLUSTER_DIR.
+
+NATS_CLUSTER_CONFIG="$ROOT/nats/cluster.conf"
+NATS_CLUSTER_SIZE=3
+SVC_NATS_CLUSTER_DIR=$RUN_DIR/nats-cluster
+
+# _svc_cluster_port NAME DEFAULT: the validated base port in CHECKLINE_NAME.
+_svc_cluster_port() {
+    local var=$1 value
+    value=${!var:-$2}
+    [[ $value =~ ^[0-9]+$ ]] && ((value > 0 && value + NATS_CLUSTER_SIZE - 1 <= 65535)) ||
+        svc_die "$var=$value is not a port number"
+    printf '%s\n' "$value"
+}
+
+# svc_nats_node_port KIND I: the client, monitor or route port of node I.
+svc_nats_node_port() {
+    local base
+    case $1 in
+    client) base=$(_svc_cluster_port CHECKLINE_CLUSTER_NATS_PORT 4261) ;;
+    monitor) base=$(_svc_cluster_port CHECKLINE_CLUSTER_NATS_MONITOR_PORT 8261) ;;
+    route) base=$(_svc_cluster_port CHECKLINE_CLUSTER_NATS_ROUTE_PORT 6261) ;;
+    *) svc_die "svc_nats_node_port: unknown kind $1" ;;
+    esac
+    printf '%s\n' $((base + $2 - 1))
+}
+
+# The cluster's client URLs, comma-separated: CHECKLINE_NATS_URL for every
+# binary (any one would do; the list lets a client start with a node down).
+svc_nats_cluster_url() {
+    local i urls=()
+    for ((i = 1; i <= NATS_CLUSTER_SIZE; i++)); do
+        urls+=("nats://127.0.0.1:$(svc_nats_node_port client "$i")")
+    done
+    (IFS=,; printf '%s\n' "${urls[*]}")
+}
+
+# svc_nats_node_cmd I: sets NODE_CMD to the command line of node I, its
+# store in SVC_NATS_CLUSTER_DIR/nats-I, logging to standard output.
+NODE_CMD=()
+svc_nats_node_cmd() {
+    local i=$1 j routes=()
+    for ((j = 1; j <= NATS_CLUSTER_SIZE; j++)); do
+        routes+=("nats://127.0.0.1:$(svc_nats_node_port route "$j")")
+    done
+    NODE_CMD=("$NATS_BIN" -c "$NATS_CLUSTER_CONFIG" --name "nats-$i"
+        -p "$(svc_nats_node_port client "$i")" -m "$(svc_nats_node_port monitor "$i")"
+        --cluster "nats://127.0.0.1:$(svc_nats_node_port route "$i")"
+        --routes "$(IFS=,; printf '%s' "${routes[*]}")"
+        -sd "$SVC_NATS_CLUSTER_DIR/nats-$i")
+}
+
+# Fails (naming the port) when any port of the cluster is taken.
+svc_nats_cluster_ports_free() {
+    local i kind port
+    for ((i = 1; i <= NATS_CLUSTER_SIZE; i++)); do
+        for kind in client monitor route; do
+            port=$(svc_nats_node_port "$kind" "$i")
+            if svc_port_open 127.0.0.1 "$port"; then
+                svc_die "port $port (nats-$i, $kind) is in use; set CHECKLINE_CLUSTER_NATS_PORT, CHECKLINE_CLUSTER_NATS_MONITOR_PORT and CHECKLINE_CLUSTER_NATS_ROUTE_PORT to free ones"
+            fi
+        done
+    done
+}
+
+# svc_wait_nats_cluster SECONDS: waits until every node answers /healthz,
+# which in a cluster means it has joined JetStream's meta group and knows its
+# leader (streams can be created); fails after SECONDS.
+svc_wait_nats_cluster() {
+    local deadline=$((SECONDS + $1)) i ok
+    while ((SECONDS < deadline)); do
+        ok=1
+        for ((i = 1; i <= NATS_CLUSTER_SIZE; i++)); do
+            curl -fsS --max-time 2 -o /dev/null \
+                "http://127.0.0.1:$(svc_nats_node_port monitor "$i")/healthz" 2>/dev/null || {
+                ok=0
+                break
+            }
+        done
+        ((ok)) && return 0
+        sleep 0.3
+    done
+    return 1
+}
+
 # Make NATS with JetStream reachable and export CHECKLINE_NATS_URL.
 ensure_nats() {
     local port mon host hp varz version vport pid
