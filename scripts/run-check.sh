@@ -11,8 +11,13 @@
 #     the API must become ready again;
 #   - SIGINT to run.sh (a Ctrl-C): it must exit 0 and leave no process
 #     behind (every process it started carries this run's CHECKLINE_PREFIX).
+# Then run.sh --cluster (three nats-servers, two APIs, three workers):
+#   - both APIs ready, the streams on three servers;
+#   - SIGKILL a nats-server: restarted, healthy, both APIs still ready;
+#   - SIGKILL an API: restarted and ready, the other one answering meanwhile;
+#   - SIGINT: exit 0, nothing left behind.
 # Fails when any step is not reached within its time; the whole check is
-# bounded by CHECKLINE_RUN_CHECK_TIMEOUT_SECS (default 90).
+# bounded by CHECKLINE_RUN_CHECK_TIMEOUT_SECS (default 180).
 #
 #   scripts/run-check.sh          (scripts/test.sh runs it)
 #
@@ -29,7 +34,7 @@ source "$ROOT/scripts/lib/services.sh"
 
 log() { printf '[run-check] %s\n' "$*" >&2; }
 
-LIMIT=${CHECKLINE_RUN_CHECK_TIMEOUT_SECS:-90}
+LIMIT=${CHECKLINE_RUN_CHECK_TIMEOUT_SECS:-180}
 [[ $LIMIT =~ ^[1-9][0-9]{0,4}$ ]] ||
     svc_die "CHECKLINE_RUN_CHECK_TIMEOUT_SECS=$LIMIT: expected a whole number of seconds >= 1"
 
@@ -54,6 +59,7 @@ rm -rf "$STATE"
 mkdir -p "$STATE"
 
 RUN_PID=
+RUN_ARGS=() # run.sh's arguments
 SEEN_PIDS=()
 FAILED=0
 
@@ -221,6 +227,11 @@ restarted() {
     pid=$(pid_of "$1")
     [[ -n $pid && $pid != "$2" ]]
 }
+restarted_cluster() {
+    local pid
+    pid=$(cluster_pid "$1")
+    [[ -n $pid && $pid != "$2" ]]
+}
 
 nats_healthy() {
     curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$NATS_MON_PORT/healthz?js-enabled-only=true"
@@ -246,7 +257,7 @@ start_run() {
         CHECKLINE_LEASE_TTL_MS=3000 \
         CHECKLINE_REBALANCE_INTERVAL_MS=500 \
         CHECKLINE_LOG=info \
-        "$@" env --default-signal=INT bash "$ROOT/scripts/run.sh" >"$OUT" 2>&1 </dev/null &
+        "$@" env --default-signal=INT bash "$ROOT/scripts/run.sh" "${RUN_ARGS[@]}" >"$OUT" 2>&1 </dev/null &
     RUN_PID=$!
     remember "$RUN_PID"
 }
@@ -344,4 +355,124 @@ for port in "$HTTP_PORT" "$NATS_PORT"; do
         fail "port $port still answers after run.sh stopped"
     fi
 done
-log "passed in ${SECONDS}s: a killed worker and a killed NATS were restarted, Ctrl-C left nothing behind"
+log "ok: a killed worker and a killed NATS were restarted, Ctrl-C left nothing behind (after ${SECONDS}s)"
+
+# ------------------------------------------------------------- --cluster --
+
+# Ports of the cluster's nats-servers: three consecutive free ones of each
+# kind, found by trying bases.
+cluster_base() {
+    local base port ok
+    for base in $(seq "$1" 7 $(($1 + 140))); do
+        ok=1
+        for port in "$base" $((base + 1)) $((base + 2)); do
+            svc_port_open 127.0.0.1 "$port" && ok=0
+        done
+        ((ok)) && printf '%s\n' "$base" && return 0
+    done
+    fail "no three free ports from $1"
+}
+CL_NATS=$(cluster_base 4311)
+CL_MON=$(cluster_base 8311)
+CL_ROUTE=$(cluster_base 6311)
+HTTP_PORT2=$((HTTP_PORT + 1))
+svc_port_open 127.0.0.1 "$HTTP_PORT2" && HTTP_PORT=$(free_port) && HTTP_PORT2=$((HTTP_PORT + 1))
+API=http://127.0.0.1:$HTTP_PORT
+API2=http://127.0.0.1:$HTTP_PORT2
+SEEN_PIDS=()
+
+# cluster_pid NAME: the live process run.sh runs as NAME (nats-N, api-N).
+cluster_pid() {
+    local name=$1 dir pid comm
+    for dir in /proc/[0-9]*; do
+        pid=${dir#/proc/}
+        read -r comm 2>/dev/null <"$dir/comm" || continue
+        env_has "$pid" "CHECKLINE_PREFIX=$TAG" || continue
+        case $name in
+        nats-*)
+            [[ $comm == nats-server ]] || continue
+            tr '\0' ' ' <"$dir/cmdline" 2>/dev/null | grep -q -- "--name $name " || continue
+            ;;
+        api-1 | api-2)
+            [[ $comm == checkline-api ]] || continue
+            local port=$HTTP_PORT
+            [[ $name == api-2 ]] && port=$HTTP_PORT2
+            env_has "$pid" "CHECKLINE_HTTP_ADDR=127.0.0.1:$port" || continue
+            ;;
+        *) return 0 ;;
+        esac
+        svc_alive "$pid" || continue
+        printf '%s\n' "$pid"
+        return 0
+    done
+    return 0
+}
+cluster_running() {
+    local name
+    for name in nats-1 nats-2 nats-3 api-1 api-2; do
+        [[ -n $(cluster_pid "$name") ]] || return 1
+    done
+    for name in worker-1 worker-2 worker-3; do
+        [[ -n $(pid_of "$name") ]] || return 1
+    done
+    grep -q 'checkline is running at 2 APIs' "$OUT"
+}
+both_ready() { curl -fsS -o /dev/null --max-time 2 "$API/readyz" && curl -fsS -o /dev/null --max-time 2 "$API2/readyz"; }
+node_healthy() { curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$((CL_MON + $1 - 1))/healthz"; }
+# The queue stream is on three servers (a leader and two followers).
+replicated() {
+    curl -fsS --max-time 2 "http://127.0.0.1:$CL_MON/jsz?streams=true" 2>/dev/null | STREAM="${TAG^^}_ORDERS" python3 -c '
+import json, os, sys
+for a in json.load(sys.stdin).get("account_details") or []:
+    for s in a.get("stream_detail") or []:
+        c = s.get("cluster") or {}
+        if s.get("name") == os.environ["STREAM"] and c.get("leader") and len(c.get("replicas") or []) == 2:
+            sys.exit(0)
+sys.exit(1)'
+}
+
+RUN_ARGS=(--cluster)
+log "scripts/run.sh --cluster on $API and $API2 (NATS $CL_NATS-$((CL_NATS + 2)))"
+start_run CHECKLINE_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
+    CHECKLINE_CLUSTER_NATS_PORT="$CL_NATS" CHECKLINE_CLUSTER_NATS_MONITOR_PORT="$CL_MON" \
+    CHECKLINE_CLUSTER_NATS_ROUTE_PORT="$CL_ROUTE" CHECKLINE_RUN_RESTART_DELAY_MS=1000
+wait_for 75 "run.sh --cluster is up: 3 nats-servers, 3 workers, 2 APIs, the banner printed" cluster_running
+wait_for 10 "both APIs are ready" both_ready
+wait_for 10 "the queue stream is on three servers" replicated
+for name in nats-1 nats-2 nats-3 api-1 api-2; do remember "$(cluster_pid "$name")"; done
+for name in worker-1 worker-2 worker-3; do remember "$(pid_of "$name")"; done
+
+OLD=$(cluster_pid nats-2)
+log "SIGKILL nats-2 (pid $OLD)"
+kill -KILL "$OLD"
+api_answers || fail "api-1 stopped answering when nats-2 died"
+wait_for 15 "run.sh logged nats-2's death" grep -q "nats-2 .*exited unexpectedly" "$OUT"
+wait_for 15 "nats-2 restarted" restarted_cluster nats-2 "$OLD"
+remember "$(cluster_pid nats-2)"
+wait_for 30 "nats-2 is healthy again" node_healthy 2
+wait_for 30 "both APIs are ready" both_ready
+
+OLD=$(cluster_pid api-2)
+log "SIGKILL api-2 (pid $OLD)"
+kill -KILL "$OLD"
+wait_for 5 "api-1 still ready" api_ready
+wait_for 15 "run.sh logged api-2's death" grep -q "api-2 .*exited unexpectedly" "$OUT"
+wait_for 15 "api-2 restarted" restarted_cluster api-2 "$OLD"
+remember "$(cluster_pid api-2)"
+wait_for 30 "both APIs are ready" both_ready
+
+log "SIGINT to run.sh --cluster (pid $RUN_PID)"
+kill -INT "$RUN_PID"
+wait_for 60 "run.sh --cluster stopped" stopped
+rc=0
+wait "$RUN_PID" || rc=$?
+RUN_PID=
+((rc == 0)) || fail "run.sh --cluster exited with status $rc after SIGINT (expected 0)"
+for pid in "${SEEN_PIDS[@]}"; do
+    if [[ -n $pid ]] && svc_alive "$pid"; then
+        fail "pid $pid is still running after run.sh --cluster stopped: $(tr '\0' ' ' <"/proc/$pid/cmdline")"
+    fi
+done
+left=$(tagged_pids)
+[[ -z $left ]] || fail "processes left behind after run.sh --cluster stopped: $(echo "$left" | tr '\n' ' ')"
+log "passed in ${SECONDS}s: a killed worker, NATS, cluster node and API were restarted, Ctrl-C left nothing behind"

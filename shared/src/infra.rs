@@ -59,12 +59,14 @@ pub async fn connect(
     // Declared before anything is published or consumed, so that whichever
     // binary starts first creates it; the worker's partition loops declare
     // it again on every (re)start.
-    queue::ensure_stream(
-        &js,
-        &subjects,
-        StreamLimits::from_config(config),
-        first_sequence,
-    )
+    queue::retry_at_startup(config.startup_timeout, "declaring the queue stream", || {
+        queue::ensure_stream(
+            &js,
+            &subjects,
+            StreamLimits::from_config(config),
+            first_sequence,
+        )
+    })
     .await?;
     let publisher = Publisher::from_config(js.clone(), subjects.clone(), config);
     Ok(Infra {

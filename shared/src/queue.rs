@@ -139,6 +139,38 @@ pub fn stream_config(subjects: &Subjects, limits: StreamLimits) -> stream::Confi
     }
 }
 
+/// Runs a start-up step against JetStream until it succeeds or `limit` has
+/// passed, and then returns its last error.
+///
+/// A cluster answers some requests with a timeout or "unavailable" for a few
+/// seconds: while it elects a leader, while it places a new stream's
+/// replicas, or while several processes declare the same stream at once.
+/// None of that should stop a binary that would have started a moment later.
+pub async fn retry_at_startup<T, E, F, Fut>(
+    limit: Duration,
+    what: &str,
+    mut step: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(err) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(error = %err, retry_in = ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// JetStream's times (a message's store time, a stream's creation) as UTC.
 pub fn utc(time: async_nats::datetime::DateTime) -> chrono::DateTime<chrono::Utc> {
     let nanos = i64::try_from(time.unix_timestamp_nanos()).unwrap_or(i64::MAX);

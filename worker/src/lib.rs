@@ -41,6 +41,7 @@ use std::sync::Arc;
 
 use checkline_shared::config::ConfigError;
 use checkline_shared::infra::{self, InfraError};
+use checkline_shared::queue;
 use lease::Leases;
 
 pub use config::WorkerConfig;
@@ -70,11 +71,17 @@ pub async fn run(
     // peer holding a lock can stall nothing for longer than a lease.
     let session = config.session_settings();
     let infra = infra::connect(common, &client_name, config.db_pool_max, session).await?;
-    deadletter::ensure_stream(
-        &infra.js,
-        &infra.subjects,
-        config.dead_letter_max_bytes,
-        common.stream_replicas,
+    queue::retry_at_startup(
+        common.startup_timeout,
+        "declaring the dead-letter stream",
+        || {
+            deadletter::ensure_stream(
+                &infra.js,
+                &infra.subjects,
+                config.dead_letter_max_bytes,
+                common.stream_replicas,
+            )
+        },
     )
     .await?;
     let partitions = common.partitions;
@@ -118,13 +125,19 @@ pub async fn run(
         subjects: infra.subjects,
     };
 
-    let leases = Leases::open(
-        &deps.js,
-        &deps.subjects,
-        &deps.config.worker_id,
-        deps.config.lease_ttl,
-        deps.config.lease_op_timeout,
-        deps.config.common.stream_replicas,
+    let leases = queue::retry_at_startup(
+        deps.config.common.startup_timeout,
+        "opening the lease bucket",
+        || {
+            Leases::open(
+                &deps.js,
+                &deps.subjects,
+                &deps.config.worker_id,
+                deps.config.lease_ttl,
+                deps.config.lease_op_timeout,
+                deps.config.common.stream_replicas,
+            )
+        },
     )
     .await?;
     tracing::info!(partitions, worker = %deps.config.worker_id, "worker started");
