@@ -435,7 +435,12 @@ async fn gather_checks(
         for other in fanned_out {
             agreement.merge(other);
         }
-        checks.push(checks::agreement_check(&agreement));
+        // Beside the other checks of invariant 2.
+        let at = checks
+            .iter()
+            .rposition(|check| check.invariant <= 2)
+            .map_or(0, |last| last + 1);
+        checks.insert(at, checks::agreement_check(&agreement));
     }
     Ok(checks)
 }
