@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::buyer::{Fanout, FanoutAnswer};
 use crate::client::OrderStatus;
 
 /// Rejection reasons caused by the stock level (as opposed to limits, an
@@ -92,6 +93,88 @@ pub struct Expectation {
 pub struct ObservedDecision {
     pub status: OrderStatus,
     pub reason: Option<String>,
+}
+
+/// `--same-key-to-every-api`: how the APIs' answers to the same first
+/// attempt (same customer, key and body, sent to every API at once)
+/// compared. API.md: identical requests, however concurrent, get one order,
+/// so every 2xx must name the same order id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Agreement {
+    /// Buyers whose first attempt went to every API.
+    pub buyers: u64,
+    /// Of those, answered 2xx with an order by every API.
+    pub accepted_by_every_api: u64,
+    /// Of those, whose 2xx answers named different orders (or one named
+    /// none: an unreadable 2xx).
+    pub disagreements: u64,
+    /// The first few disagreements: the customer, then each API's answer.
+    pub examples: Vec<String>,
+}
+
+impl Agreement {
+    /// Counts one buyer's fanned-out first attempt.
+    pub fn record(&mut self, customer_id: &str, fanout: &Fanout) {
+        self.buyers += 1;
+        if fanout.all_accepted() {
+            self.accepted_by_every_api += 1;
+        }
+        if fanout.agrees() {
+            return;
+        }
+        self.disagreements += 1;
+        if self.examples.len() < EXAMPLES {
+            let answers: Vec<String> = fanout
+                .answers
+                .iter()
+                .map(|answer| match answer {
+                    FanoutAnswer::Order(id) => id.to_string(),
+                    FanoutAnswer::Unreadable(status) => format!("{status} without an order"),
+                    FanoutAnswer::Status(status) => status.to_string(),
+                    FanoutAnswer::NoAnswer => "no answer".to_owned(),
+                })
+                .collect();
+            self.examples
+                .push(format!("{customer_id}: {}", answers.join(" / ")));
+        }
+    }
+
+    /// Adds `other`'s buyers (another phase of the same run).
+    pub fn merge(&mut self, other: &Self) {
+        self.buyers += other.buyers;
+        self.accepted_by_every_api += other.accepted_by_every_api;
+        self.disagreements += other.disagreements;
+        for example in &other.examples {
+            if self.examples.len() < EXAMPLES {
+                self.examples.push(example.clone());
+            }
+        }
+    }
+}
+
+/// Invariant 2 across APIs: every API that answered a buyer's fanned-out
+/// attempt 2xx named the same order.
+pub fn agreement_check(agreement: &Agreement) -> Check {
+    let mut detail = format!(
+        "{} first attempts sent to every API, {} accepted by every API",
+        agreement.buyers, agreement.accepted_by_every_api
+    );
+    if agreement.disagreements == 0 {
+        detail.push_str("; every 2xx named the same order");
+    } else {
+        let _ = write!(
+            detail,
+            "; {} answered with different orders, e.g. {}",
+            agreement.disagreements,
+            agreement.examples.join("; ")
+        );
+    }
+    Check::new(
+        2,
+        "every API names the same order for one key",
+        agreement.disagreements == 0,
+        detail,
+    )
 }
 
 /// What the load generator saw, plus the stock the API reports.
@@ -1423,5 +1506,77 @@ mod tests {
         let text = examples(&ids);
         assert!(text.ends_with(" and 2 more"), "{text}");
         assert_eq!(text.matches(", ").count(), 2);
+    }
+
+    fn fanout(answers: &[FanoutAnswer]) -> Fanout {
+        Fanout {
+            answers: answers.to_vec(),
+        }
+    }
+
+    #[test]
+    fn apis_that_name_the_same_order_agree() {
+        let id = Uuid::from_u128(7);
+        let mut agreement = Agreement::default();
+        agreement.record("buyer-run-0", &fanout(&[FanoutAnswer::Order(id); 2]));
+        // A 409 or no answer beside a 2xx names no other order.
+        agreement.record(
+            "buyer-run-1",
+            &fanout(&[FanoutAnswer::Order(id), FanoutAnswer::Status(409)]),
+        );
+        agreement.record(
+            "buyer-run-2",
+            &fanout(&[FanoutAnswer::NoAnswer, FanoutAnswer::Status(503)]),
+        );
+        assert_eq!(agreement.buyers, 3);
+        assert_eq!(agreement.accepted_by_every_api, 1);
+        assert_eq!(agreement.disagreements, 0);
+        let check = agreement_check(&agreement);
+        assert!(check.passed, "{check:?}");
+        assert_eq!(check.invariant, 2);
+        assert_eq!(
+            check.detail,
+            "3 first attempts sent to every API, 1 accepted by every API; \
+             every 2xx named the same order"
+        );
+    }
+
+    #[test]
+    fn two_order_ids_for_one_key_fail_invariant_2() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut agreement = Agreement::default();
+        agreement.record("buyer-run-0", &fanout(&[FanoutAnswer::Order(a); 2]));
+        agreement.record(
+            "buyer-run-1",
+            &fanout(&[FanoutAnswer::Order(a), FanoutAnswer::Order(b)]),
+        );
+        let check = agreement_check(&agreement);
+        assert!(!check.passed);
+        assert_eq!(agreement.disagreements, 1);
+        assert!(
+            check.detail.ends_with(
+                "1 answered with different orders, e.g. buyer-run-1: \
+                 00000000-0000-0000-0000-000000000001 / 00000000-0000-0000-0000-000000000002"
+            ),
+            "{}",
+            check.detail
+        );
+
+        // A 2xx without an order cannot be shown to agree.
+        let mut unreadable = Agreement::default();
+        unreadable.record(
+            "buyer-run-2",
+            &fanout(&[FanoutAnswer::Order(a), FanoutAnswer::Unreadable(202)]),
+        );
+        assert!(!agreement_check(&unreadable).passed);
+        assert!(unreadable.examples[0].ends_with("/ 202 without an order"));
+
+        // Phases add up, and a failure in one fails the run.
+        let mut run = Agreement::default();
+        run.merge(&unreadable);
+        run.merge(&agreement);
+        assert_eq!((run.buyers, run.disagreements), (3, 2));
+        assert_eq!(run.examples.len(), 2);
+        assert!(!agreement_check(&run).passed);
     }
 }

@@ -39,10 +39,13 @@ pub struct Cli {
 /// Where the system under test lives and how to authenticate against it.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
-    /// Base URL of the checkline API.
+    /// Base URL of the checkline API, or several separated by commas (API
+    /// instances of one system): buyer i is sent to the (i mod n)-th, and a
+    /// request that gets no answer is retried on the next.
     #[arg(
         long,
         env = "CHECKLINE_API_URL",
+        value_name = "URL[,URL...]",
         default_value = "http://127.0.0.1:8080",
         global = true,
         help_heading = "Connection"
@@ -224,6 +227,12 @@ pub struct LoadArgs {
     /// Also write the report, checks included, as JSON to this file.
     #[arg(long, value_name = "FILE", help_heading = "Load")]
     pub json_out: Option<PathBuf>,
+
+    /// Send each buyer's first attempt to every API of --api-url at the same
+    /// moment (same key, same body); every 2xx must name the same order.
+    /// Needs at least two URLs.
+    #[arg(long, help_heading = "Load")]
+    pub same_key_to_every_api: bool,
 }
 
 /// The row-locking comparison (`--baseline`).
@@ -574,7 +583,8 @@ pub struct TokensArgs {
 /// Validated connection settings.
 #[derive(Clone)]
 pub struct Connection {
-    pub api_url: Url,
+    /// The API instances, in the order given (at least one, no repeats).
+    pub api_urls: Vec<Url>,
     pub jwt_secret: String,
     pub database_url: String,
 }
@@ -583,15 +593,16 @@ impl std::fmt::Debug for Connection {
     // The secret and the database URL (which may hold a password) stay out of
     // debug output.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<&str> = self.api_urls.iter().map(Url::as_str).collect();
         f.debug_struct("Connection")
-            .field("api_url", &self.api_url.as_str())
+            .field("api_urls", &urls)
             .finish_non_exhaustive()
     }
 }
 
 impl Connection {
     pub fn from_args(args: &ConnectionArgs) -> Result<Self> {
-        let api_url = parse_api_url(&args.api_url)?;
+        let api_urls = parse_api_urls(&args.api_url)?;
         let jwt_secret = match args.jwt_secret.as_deref() {
             Some(secret) if !secret.is_empty() => secret.to_owned(),
             Some(_) => bail!("--jwt-secret (CHECKLINE_JWT_SECRET) must not be empty"),
@@ -602,11 +613,28 @@ impl Connection {
         };
         let database_url = parse_database_url(&args.database_url)?;
         Ok(Self {
-            api_url,
+            api_urls,
             jwt_secret,
             database_url,
         })
     }
+}
+
+/// One URL, or several separated by commas; each checked by
+/// [`parse_api_url`], and none given twice.
+fn parse_api_urls(raw: &str) -> Result<Vec<Url>> {
+    let mut urls: Vec<Url> = Vec::new();
+    for entry in raw.split(',') {
+        if entry.trim().is_empty() {
+            bail!("--api-url (CHECKLINE_API_URL) has an empty entry in {raw:?}");
+        }
+        let url = parse_api_url(entry)?;
+        if urls.contains(&url) {
+            bail!("--api-url (CHECKLINE_API_URL) lists {entry:?} twice");
+        }
+        urls.push(url);
+    }
+    Ok(urls)
 }
 
 fn parse_api_url(raw: &str) -> Result<Url> {
@@ -713,6 +741,9 @@ pub struct LoadSettings {
     pub max_retry_after: Duration,
     pub request_timeout: Duration,
     pub json_out: Option<PathBuf>,
+    /// `--same-key-to-every-api`: each buyer's first attempt goes to every
+    /// API at once.
+    pub same_key_to_every_api: bool,
 }
 
 impl LoadSettings {
@@ -783,6 +814,7 @@ impl LoadSettings {
             max_retry_after: Duration::from_secs(args.max_retry_after_secs),
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             json_out: args.json_out.clone(),
+            same_key_to_every_api: args.same_key_to_every_api,
         })
     }
 
@@ -884,6 +916,27 @@ impl ScenarioSettings {
                 baseline: BaselineSettings::from_args(&args.baseline),
             }),
         }
+    }
+}
+
+impl ScenarioSettings {
+    /// The flags that depend on how many APIs `--api-url` lists.
+    pub fn check_api_count(&self, apis: usize) -> Result<()> {
+        if self.load.same_key_to_every_api {
+            if apis < 2 {
+                bail!(
+                    "--same-key-to-every-api needs at least two APIs in --api-url \
+                     (CHECKLINE_API_URL, separated by commas); {apis} given"
+                );
+            }
+            if self.baseline.is_some() {
+                bail!(
+                    "--same-key-to-every-api is not used with --baseline: the baseline \
+                     is one server"
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1275,7 +1328,8 @@ mod tests {
         ])
         .unwrap();
         let conn = Connection::from_args(&cli.connection).unwrap();
-        assert_eq!(conn.api_url.as_str(), "http://api:9000/");
+        let urls: Vec<&str> = conn.api_urls.iter().map(Url::as_str).collect();
+        assert_eq!(urls, ["http://api:9000/"]);
         assert_eq!(conn.jwt_secret, "s3cret");
     }
 
@@ -1307,6 +1361,87 @@ mod tests {
         let message = bad_db.to_string();
         assert!(message.contains("--database-url"));
         assert!(!message.contains("pw"), "the password must not be echoed");
+    }
+
+    #[test]
+    fn api_url_takes_several_urls_separated_by_commas() {
+        let db = "postgres://postgres@127.0.0.1:5432/checkline";
+        let urls = |raw: &str| -> Result<Vec<String>> {
+            let conn = Connection::from_args(&connection_args(raw, Some("k"), db))?;
+            Ok(conn.api_urls.iter().map(|url| url.to_string()).collect())
+        };
+        assert_eq!(urls("http://a:8080").unwrap(), ["http://a:8080/"]);
+        assert_eq!(
+            urls("http://a:8080, http://b:8081/prefix").unwrap(),
+            ["http://a:8080/", "http://b:8081/prefix"],
+            "spaces around the commas are ignored; the order is kept"
+        );
+        assert_eq!(
+            urls("http://b,http://a").unwrap(),
+            ["http://b/", "http://a/"]
+        );
+
+        // Every error names the setting and the bad entry.
+        for (raw, needle) in [
+            (
+                "http://a,ftp://b",
+                "must be an http:// URL, got \"ftp://b\"",
+            ),
+            ("http://a,not a url", "\"not a url\" is not a valid URL"),
+            (
+                "http://a,,http://b",
+                "has an empty entry in \"http://a,,http://b\"",
+            ),
+            ("http://a,", "has an empty entry"),
+            (
+                "http://a,http://b?x=1",
+                "must not carry a query or fragment, got \"http://b?x=1\"",
+            ),
+            ("http://a:80,http://a/", "lists \"http://a/\" twice"),
+        ] {
+            let err = urls(raw).unwrap_err().to_string();
+            assert!(
+                err.starts_with("--api-url (CHECKLINE_API_URL)"),
+                "{raw}: {err}"
+            );
+            assert!(err.contains(needle), "{raw}: {err}");
+        }
+
+        // The environment variable takes the same list.
+        let cli = Cli::try_parse_from([
+            "checkline-loadtest",
+            "flash-sale",
+            "--api-url",
+            "http://a:1,http://b:2",
+        ])
+        .unwrap();
+        assert_eq!(cli.connection.api_url, "http://a:1,http://b:2");
+    }
+
+    #[test]
+    fn same_key_to_every_api_needs_two_apis() {
+        let s = settings(&["flash-sale", "--same-key-to-every-api"]).unwrap();
+        assert!(s.load.same_key_to_every_api);
+        assert!(s.check_api_count(2).is_ok());
+        assert!(s.check_api_count(3).is_ok());
+        let err = s.check_api_count(1).unwrap_err().to_string();
+        assert!(
+            err.contains("--same-key-to-every-api needs at least two APIs"),
+            "{err}"
+        );
+        assert!(err.contains("--api-url"), "{err}");
+
+        let plain = settings(&["flash-sale"]).unwrap();
+        assert!(!plain.load.same_key_to_every_api);
+        assert!(plain.check_api_count(1).is_ok());
+        assert!(plain.check_api_count(2).is_ok());
+
+        let with_baseline =
+            settings(&["hot-product", "--same-key-to-every-api", "--baseline"]).unwrap();
+        let err = with_baseline.check_api_count(2).unwrap_err().to_string();
+        assert!(err.contains("--baseline"), "{err}");
+        // A flag of the load, not of the cart scenario.
+        assert!(parse(&["cart", "--same-key-to-every-api"]).is_err());
     }
 
     #[test]

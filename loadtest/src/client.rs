@@ -4,10 +4,12 @@
 //! body, `Retry-After`, latency); retry policy belongs to the callers, which
 //! know whether a request is safe to repeat.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode, Url};
@@ -208,15 +210,18 @@ impl Reply {
     }
 }
 
-/// Shared, cheaply cloneable API client (one connection pool for every task).
+/// Shared, cheaply cloneable API client (one connection pool for every task)
+/// for one API instance or several.
 ///
 /// Orders go through [`wire::Endpoint`], the load's own HTTP/1.1 client
-/// (see there why); everything else through reqwest.
+/// (see there why); everything else through reqwest. Every call names the
+/// API it goes to by its index in the `--api-url` list; [`ApiClient::home`]
+/// spreads buyers over them and [`ApiClient::next`] is where a request that
+/// got no answer is sent again.
 #[derive(Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
-    orders: Arc<wire::Endpoint>,
-    base: Arc<str>,
+    apis: Arc<[Api]>,
     request_timeout: Duration,
     /// Path orders are placed at: `/v1/orders` for checkline.
     orders_path: &'static str,
@@ -225,9 +230,55 @@ pub struct ApiClient {
     synchronous: bool,
 }
 
+/// One API instance.
+struct Api {
+    base: Box<str>,
+    orders: wire::Endpoint,
+    counters: ApiCounters,
+}
+
+/// What happened to the order attempts sent to one API. Counted by every
+/// task at once, so each API's counters have a cache line of their own.
+#[repr(align(128))]
+#[derive(Default)]
+struct ApiCounters {
+    attempts: AtomicU64,
+    accepted: AtomicU64,
+    no_answer: AtomicU64,
+    failovers: AtomicU64,
+}
+
+/// A snapshot of one API's counters ([`ApiClient::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApiCounts {
+    /// Order requests sent to it.
+    pub attempts: u64,
+    /// Of those, answered 2xx (an order exists).
+    pub accepted: u64,
+    /// Of those, left without an HTTP answer (refused or reset connection,
+    /// timeout).
+    pub no_answer: u64,
+    /// Attempts that got no answer here and were sent again to another API.
+    pub failovers: u64,
+}
+
+impl ApiCounts {
+    /// What was counted between `earlier` and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            attempts: self.attempts.saturating_sub(earlier.attempts),
+            accepted: self.accepted.saturating_sub(earlier.accepted),
+            no_answer: self.no_answer.saturating_sub(earlier.no_answer),
+            failovers: self.failovers.saturating_sub(earlier.failovers),
+        }
+    }
+}
+
 impl ApiClient {
-    /// `pool_size` should cover every request that may be in flight at once.
-    pub fn new(base_url: &Url, pool_size: usize, request_timeout: Duration) -> Result<Self> {
+    /// A client for the APIs at `base_urls` (at least one). `pool_size`
+    /// should cover every request that may be in flight at once.
+    pub fn new(base_urls: &[Url], pool_size: usize, request_timeout: Duration) -> Result<Self> {
+        ensure!(!base_urls.is_empty(), "no API URL given");
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(pool_size)
@@ -237,11 +288,19 @@ impl ApiClient {
             .user_agent(USER_AGENT)
             .build()
             .context("building the HTTP client")?;
-        let orders = wire::Endpoint::new(base_url, pool_size, CONNECT_TIMEOUT, USER_AGENT)?;
+        let apis = base_urls
+            .iter()
+            .map(|url| {
+                Ok(Api {
+                    base: url.as_str().trim_end_matches('/').into(),
+                    orders: wire::Endpoint::new(url, pool_size, CONNECT_TIMEOUT, USER_AGENT)?,
+                    counters: ApiCounters::default(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             http,
-            orders: Arc::new(orders),
-            base: base_url.as_str().trim_end_matches('/').into(),
+            apis: apis.into(),
             request_timeout,
             orders_path: "/v1/orders",
             synchronous: false,
@@ -250,7 +309,9 @@ impl ApiClient {
 
     /// Closes the order connections kept open between requests.
     pub fn close_idle_order_connections(&self) {
-        self.orders.close_idle();
+        for api in self.apis.iter() {
+            api.orders.close_idle();
+        }
     }
 
     /// A client for an order endpoint at `orders_path` that answers `200`
@@ -261,55 +322,132 @@ impl ApiClient {
         self
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
+    /// How many APIs the client spreads requests over (at least 1).
+    pub fn api_count(&self) -> usize {
+        self.apis.len()
+    }
+
+    /// The base URL of API `api`.
+    pub fn base_url(&self, api: usize) -> &str {
+        &self.api(api).base
+    }
+
+    /// Every base URL, in `--api-url` order.
+    pub fn base_urls(&self) -> impl Iterator<Item = &str> {
+        self.apis.iter().map(|api| &*api.base)
+    }
+
+    /// The base URLs joined by commas, as `--api-url` takes them.
+    pub fn joined_base_urls(&self) -> String {
+        self.base_urls().collect::<Vec<_>>().join(",")
+    }
+
+    /// Buyer `index`'s API: `index mod n`.
+    pub fn home(&self, index: u32) -> usize {
+        usize::try_from(index).unwrap_or(usize::MAX) % self.apis.len()
+    }
+
+    /// The API after `api`, in turn (`api` itself when there is one).
+    pub fn next(&self, api: usize) -> usize {
+        (api + 1) % self.apis.len()
+    }
+
+    /// Notes that an order attempt that got no answer from `api` is sent
+    /// again to another.
+    pub fn count_failover(&self, api: usize) {
+        self.api(api)
+            .counters
+            .failovers
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Each API's order counters so far, in `--api-url` order.
+    pub fn counts(&self) -> Vec<ApiCounts> {
+        self.apis
+            .iter()
+            .map(|api| {
+                let c = &api.counters;
+                ApiCounts {
+                    attempts: c.attempts.load(Ordering::Relaxed),
+                    accepted: c.accepted.load(Ordering::Relaxed),
+                    no_answer: c.no_answer.load(Ordering::Relaxed),
+                    failovers: c.failovers.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
     }
 
     pub fn is_synchronous(&self) -> bool {
         self.synchronous
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// API `api`; an index past the end wraps around (indices come from
+    /// [`ApiClient::home`] and [`ApiClient::next`], which never do).
+    fn api(&self, api: usize) -> &Api {
+        &self.apis[api % self.apis.len()]
+    }
+
+    fn url(&self, api: usize, path: &str) -> String {
+        format!("{}{path}", self.api(api).base)
     }
 
     /// `GET /readyz`.
-    pub async fn readyz(&self) -> Result<Reply, reqwest::Error> {
-        let request = self.http.get(self.url("/readyz"));
+    pub async fn readyz(&self, api: usize) -> Result<Reply, reqwest::Error> {
+        let request = self.http.get(self.url(api, "/readyz"));
         self.execute(request, self.request_timeout).await
     }
 
-    /// `POST /v1/products` (admin).
+    /// Runs `call` against the first API, then the next ones in turn, until
+    /// one answers (any HTTP status): for set-up and reads, which any API
+    /// serves alike. The last transport error if none answers.
+    pub async fn first_answer<F, Fut>(&self, mut call: F) -> Result<Reply, reqwest::Error>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future<Output = Result<Reply, reqwest::Error>>,
+    {
+        let mut result = call(0).await;
+        for api in 1..self.apis.len() {
+            if result.is_ok() {
+                break;
+            }
+            result = call(api).await;
+        }
+        result
+    }
+
+    /// `POST /v1/products` (admin) at API `api`.
     pub async fn create_product(
         &self,
+        api: usize,
         token: &str,
         product: &NewProduct,
     ) -> Result<Reply, reqwest::Error> {
         let request = self
             .http
-            .post(self.url("/v1/products"))
+            .post(self.url(api, "/v1/products"))
             .header(AUTHORIZATION, bearer(token))
             .json(product);
         self.execute(request, self.request_timeout).await
     }
 
-    /// `GET /v1/products/{id}` (public).
-    pub async fn get_product(&self, id: Uuid) -> Result<Reply, reqwest::Error> {
-        let request = self.http.get(self.url(&format!("/v1/products/{id}")));
+    /// `GET /v1/products/{id}` (public) at API `api`.
+    pub async fn get_product(&self, api: usize, id: Uuid) -> Result<Reply, reqwest::Error> {
+        let request = self.http.get(self.url(api, &format!("/v1/products/{id}")));
         self.execute(request, self.request_timeout).await
     }
 
-    /// The bytes of a buyer's `POST /v1/orders` (customer), or of the
-    /// synchronous endpoint's: built once, sent by every attempt with
-    /// [`ApiClient::place_order`].
+    /// The bytes of a buyer's `POST /v1/orders` (customer) to API `api`, or
+    /// of the synchronous endpoint's: built once, sent by every attempt
+    /// there with [`ApiClient::place_order`].
     pub fn order_request(
         &self,
+        api: usize,
         token: &str,
         idempotency_key: &str,
         product_id: Uuid,
         quantity: u32,
     ) -> Vec<u8> {
-        self.orders.order_request(
+        self.api(api).orders.order_request(
             self.orders_path,
             token,
             idempotency_key,
@@ -318,26 +456,47 @@ impl ApiClient {
         )
     }
 
-    /// The bytes of a cart's `POST /v1/orders` (customer), sent by every
-    /// attempt with [`ApiClient::place_order`].
-    pub fn cart_request(&self, token: &str, idempotency_key: &str, cart: &CartBody) -> Vec<u8> {
+    /// The bytes of a cart's `POST /v1/orders` (customer) to API `api`,
+    /// sent by every attempt there with [`ApiClient::place_order`].
+    pub fn cart_request(
+        &self,
+        api: usize,
+        token: &str,
+        idempotency_key: &str,
+        cart: &CartBody,
+    ) -> Vec<u8> {
         // A struct of uuids and integers always serialises.
         let body = serde_json::to_string(cart).unwrap_or_default();
-        self.orders
+        self.api(api)
+            .orders
             .json_request(self.orders_path, token, idempotency_key, &body)
     }
 
-    /// Sends an order built by [`ApiClient::order_request`]: one attempt,
-    /// bounded by the request timeout like every other call.
-    pub async fn place_order(&self, request: &[u8]) -> Result<Reply, OrderError> {
+    /// Sends an order built for API `api` by [`ApiClient::order_request`]
+    /// there: one attempt, bounded by the request timeout like every other
+    /// call.
+    pub async fn place_order(&self, api: usize, request: &[u8]) -> Result<Reply, OrderError> {
+        let api = self.api(api);
+        api.counters.attempts.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let answer = tokio::time::timeout(self.request_timeout, self.orders.send(request))
-            .await
-            .map_err(|_| OrderError::Timeout)?
-            .map_err(OrderError::Wire)?;
+        let answer =
+            match tokio::time::timeout(self.request_timeout, api.orders.send(request)).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(err)) => {
+                    api.counters.no_answer.fetch_add(1, Ordering::Relaxed);
+                    return Err(OrderError::Wire(err));
+                }
+                Err(_) => {
+                    api.counters.no_answer.fetch_add(1, Ordering::Relaxed);
+                    return Err(OrderError::Timeout);
+                }
+            };
         let received_at = Instant::now();
         let status = StatusCode::from_u16(answer.status)
             .map_err(|_| OrderError::Wire(wire::WireError::invalid_status(answer.status)))?;
+        if status.is_success() {
+            api.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Reply {
             status,
             retry_after: answer
@@ -352,42 +511,56 @@ impl ApiClient {
         })
     }
 
-    /// `GET /v1/orders/{id}?wait=<wait_secs>` (owner): a long-poll that returns
-    /// as soon as the order is decided or the wait ends.
+    /// `GET /v1/orders/{id}?wait=<wait_secs>` (owner) at API `api`: a
+    /// long-poll that returns as soon as the order is decided or the wait
+    /// ends.
     pub async fn get_order(
         &self,
+        api: usize,
         token: &str,
         id: Uuid,
         wait_secs: u64,
     ) -> Result<Reply, reqwest::Error> {
         let request = self
             .http
-            .get(self.url(&format!("/v1/orders/{id}?wait={wait_secs}")))
+            .get(self.url(api, &format!("/v1/orders/{id}?wait={wait_secs}")))
             .header(AUTHORIZATION, bearer(token));
         let timeout = self.request_timeout + Duration::from_secs(wait_secs);
         self.execute(request, timeout).await
     }
 
-    /// `POST /v1/orders/{id}/confirm` (owner): a reserved order is paid for.
-    pub async fn confirm_order(&self, token: &str, id: Uuid) -> Result<Reply, reqwest::Error> {
-        self.order_action(token, id, "confirm").await
+    /// `POST /v1/orders/{id}/confirm` (owner) at API `api`: a reserved order
+    /// is paid for.
+    pub async fn confirm_order(
+        &self,
+        api: usize,
+        token: &str,
+        id: Uuid,
+    ) -> Result<Reply, reqwest::Error> {
+        self.order_action(api, token, id, "confirm").await
     }
 
-    /// `POST /v1/orders/{id}/cancel` (owner): a pending or reserved order is
-    /// given up.
-    pub async fn cancel_order(&self, token: &str, id: Uuid) -> Result<Reply, reqwest::Error> {
-        self.order_action(token, id, "cancel").await
+    /// `POST /v1/orders/{id}/cancel` (owner) at API `api`: a pending or
+    /// reserved order is given up.
+    pub async fn cancel_order(
+        &self,
+        api: usize,
+        token: &str,
+        id: Uuid,
+    ) -> Result<Reply, reqwest::Error> {
+        self.order_action(api, token, id, "cancel").await
     }
 
     async fn order_action(
         &self,
+        api: usize,
         token: &str,
         id: Uuid,
         action: &str,
     ) -> Result<Reply, reqwest::Error> {
         let request = self
             .http
-            .post(self.url(&format!("/v1/orders/{id}/{action}")))
+            .post(self.url(api, &format!("/v1/orders/{id}/{action}")))
             .header(AUTHORIZATION, bearer(token));
         self.execute(request, self.request_timeout).await
     }
@@ -524,6 +697,83 @@ mod tests {
             sent_at: Instant::now(),
             received_at: Instant::now(),
         }
+    }
+
+    #[test]
+    fn buyers_are_spread_over_the_apis_in_turn() {
+        let urls: Vec<Url> = ["http://a:1", "http://b:2/", "http://c:3/prefix"]
+            .iter()
+            .map(|url| url.parse().unwrap())
+            .collect();
+        let client = ApiClient::new(&urls, 4, Duration::from_secs(1)).unwrap();
+        assert_eq!(client.api_count(), 3);
+        let homes: Vec<usize> = (0..7).map(|index| client.home(index)).collect();
+        assert_eq!(homes, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(
+            client.home(u32::MAX),
+            usize::try_from(u32::MAX).unwrap() % 3
+        );
+        assert_eq!([client.next(0), client.next(1), client.next(2)], [1, 2, 0]);
+        assert_eq!(client.base_url(2), "http://c:3/prefix");
+        assert_eq!(
+            client.joined_base_urls(),
+            "http://a:1,http://b:2,http://c:3/prefix"
+        );
+        assert_eq!(client.counts(), vec![ApiCounts::default(); 3]);
+
+        let one = ApiClient::new(&urls[..1], 4, Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            (one.home(5), one.next(0)),
+            (0, 0),
+            "one API: always that one"
+        );
+        assert!(ApiClient::new(&[], 4, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn counts_of_a_phase_are_differences() {
+        let before = ApiCounts {
+            attempts: 10,
+            accepted: 4,
+            no_answer: 1,
+            failovers: 1,
+        };
+        let after = ApiCounts {
+            attempts: 25,
+            accepted: 9,
+            no_answer: 3,
+            failovers: 2,
+        };
+        assert_eq!(
+            after.since(before),
+            ApiCounts {
+                attempts: 15,
+                accepted: 5,
+                no_answer: 2,
+                failovers: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn set_up_calls_go_to_the_first_api_that_answers() {
+        let dead = crate::stub_api::dead_url().await;
+        let live = crate::stub_api::StubApi::start(crate::stub_api::Behaviour::Refuse(409)).await;
+        let client =
+            ApiClient::new(&[dead.clone(), live.url.clone()], 4, Duration::from_secs(5)).unwrap();
+        let id = Uuid::from_u128(5);
+        let reply = client
+            .first_answer(|api| client.get_order(api, "t", id, 0))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.json::<Order>().unwrap().id, id);
+
+        let none = ApiClient::new(&[dead], 4, Duration::from_secs(5)).unwrap();
+        assert!(none
+            .first_answer(|api| none.get_order(api, "t", id, 0))
+            .await
+            .is_err());
     }
 
     #[test]

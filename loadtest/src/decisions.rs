@@ -2,7 +2,8 @@
 //!
 //! - **poll** ([`run`]): each accepted order is handed over the moment its 202
 //!   arrives; a long-poll (`GET /v1/orders/{id}?wait=10`, with the owner's
-//!   token) starts as soon as a slot is free, so decisions are observed while
+//!   token, at the API that accepted it and at the next one when a poll gets
+//!   no answer) starts as soon as a slot is free, so decisions are observed while
 //!   submissions are still going on. Once the submissions are over (the
 //!   channel closes), the remaining polls get `timeout` to finish; whatever is
 //!   still pending then is left undecided.
@@ -51,6 +52,8 @@ pub struct Accepted {
     /// When the order was sent: the accepted attempt's send, or in open mode
     /// its scheduled send time.
     pub sent_at: Instant,
+    /// The API to poll first: the one that accepted the order.
+    pub api: usize,
 }
 
 /// Everything the polls learned.
@@ -69,6 +72,8 @@ pub struct Decisions {
     pub poll_errors: BTreeMap<String, u64>,
     /// Orders whose polling stopped on a non-retryable answer.
     pub abandoned: u64,
+    /// Polls that got no answer and were sent again to another API.
+    pub failovers: u64,
     /// The decision timeout expired with polls still running.
     pub timed_out: bool,
     /// When the last decision was observed (poll and synchronous tracking).
@@ -113,6 +118,7 @@ impl Decisions {
     }
 
     fn absorb(&mut self, outcome: PollOutcome) {
+        self.failovers += u64::from(outcome.failovers);
         for error in outcome.errors {
             *self.poll_errors.entry(error).or_default() += 1;
         }
@@ -153,6 +159,8 @@ pub struct Decision {
 pub struct PollOutcome {
     pub decision: Option<Decision>,
     pub errors: Vec<String>,
+    /// Polls that got no answer and were sent again to another API.
+    pub failovers: u32,
 }
 
 /// Follows every order received on `accepted` until decided; see the module
@@ -215,13 +223,16 @@ async fn follow(client: ApiClient, order: Accepted, slots: Arc<Semaphore>) -> Po
 
 /// Long-polls `order` until it is decided (`reserved` counts: `?wait`
 /// returns at the first decision) or an answer says retrying cannot help.
-/// Unbounded in time: callers bound it.
+/// A poll that gets no answer is sent again to the next API. Unbounded in
+/// time: callers bound it.
 pub async fn await_decision(client: &ApiClient, order: &Accepted) -> PollOutcome {
     let mut errors = Vec::new();
     let mut failures = 0u32;
+    let mut failovers = 0u32;
+    let mut api = order.api;
     loop {
         let pause = match client
-            .get_order(&order.token, order.order_id, WAIT_SECS)
+            .get_order(api, &order.token, order.order_id, WAIT_SECS)
             .await
         {
             Ok(reply) if reply.status == StatusCode::OK => match reply.json::<Order>() {
@@ -230,6 +241,7 @@ pub async fn await_decision(client: &ApiClient, order: &Accepted) -> PollOutcome
                     return PollOutcome {
                         decision: None,
                         errors,
+                        failovers,
                     };
                 }
                 Ok(current) if current.status != OrderStatus::Pending => {
@@ -241,6 +253,7 @@ pub async fn await_decision(client: &ApiClient, order: &Accepted) -> PollOutcome
                             observed_at: reply.received_at,
                         }),
                         errors,
+                        failovers,
                     };
                 }
                 Ok(_pending) => {
@@ -275,11 +288,17 @@ pub async fn await_decision(client: &ApiClient, order: &Accepted) -> PollOutcome
                 return PollOutcome {
                     decision: None,
                     errors,
+                    failovers,
                 };
             }
             Err(err) => {
                 errors.push(format!("transport {}", transport_error_kind(&err)));
                 failures += 1;
+                let next = client.next(api);
+                if next != api {
+                    failovers += 1;
+                    api = next;
+                }
                 backoff(failures)
             }
         };
@@ -414,13 +433,16 @@ mod tests {
                 observed_at: accepted_at + Duration::from_millis(70),
             }),
             errors: vec!["503 overloaded".into()],
+            failovers: 2,
         });
         decisions.absorb(PollOutcome {
             decision: None,
             errors: vec!["404 order_not_found".into()],
+            failovers: 0,
         });
         assert_eq!(decisions.orders.len(), 1);
         assert_eq!(decisions.abandoned, 1);
+        assert_eq!(decisions.failovers, 2);
         assert_eq!(decisions.poll_errors["503 overloaded"], 1);
         assert_eq!(decisions.poll_errors["404 order_not_found"], 1);
         let observed = decisions.observed.summary().max_ms.unwrap();
@@ -463,5 +485,31 @@ mod tests {
         assert!((observed.max_ms.unwrap() - 12.0).abs() < 0.1);
         assert_eq!(sync.server.summary().max_ms, Some(0.0));
         assert_eq!(sync.last_decision_at, Some(received));
+    }
+
+    #[tokio::test]
+    async fn a_poll_without_an_answer_goes_to_the_next_api() {
+        use crate::stub_api::{dead_url, Behaviour, StubApi};
+
+        let dead = dead_url().await;
+        let live = StubApi::start(Behaviour::Refuse(409)).await;
+        let client = ApiClient::new(&[dead, live.url.clone()], 4, Duration::from_secs(5)).unwrap();
+        let now = Instant::now();
+        let order = Accepted {
+            order_id: Uuid::from_u128(11),
+            token: "t".into(),
+            accepted_at: now,
+            sent_at: now,
+            api: 0,
+        };
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(10), await_decision(&client, &order))
+                .await
+                .unwrap();
+        let decision = outcome.decision.expect("decided through the other API");
+        assert_eq!(decision.order.id, order.order_id);
+        assert_eq!(decision.order.status, OrderStatus::Confirmed);
+        assert_eq!(outcome.failovers, 1);
+        assert_eq!(outcome.errors, ["transport connect"]);
     }
 }

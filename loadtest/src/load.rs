@@ -13,7 +13,8 @@
 //! Every buyer is a distinct customer (`buyer-<run>-<i>`) with its own token
 //! and Idempotency-Key, ordering one of the phase's products (spread
 //! uniformly when there are several, by a hash of the run id and the buyer's
-//! index, so that checkline and the baseline take the same orders).
+//! index, so that checkline and the baseline take the same orders) at one of
+//! the APIs (buyer `i` at API `i mod n`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,9 +30,9 @@ use uuid::Uuid;
 
 use crate::auth::{buyer_subject, TokenMinter};
 use crate::buyer::{self, Answer, OrderRequest, RetryPolicy, Submission};
-use crate::checks::is_stock_reason;
+use crate::checks::{is_stock_reason, Agreement};
 use crate::cli::{Mode, Tracking};
-use crate::client::{ApiClient, OrderStatus};
+use crate::client::{ApiClient, ApiCounts, OrderStatus};
 use crate::decisions::{self, Accepted, Decisions};
 use crate::report::ResponseTally;
 use crate::schedule;
@@ -48,6 +49,9 @@ pub struct Plan {
     pub mode: Mode,
     pub retry: RetryPolicy,
     pub decision_timeout: Duration,
+    /// `--same-key-to-every-api`: each buyer's first attempt goes to every
+    /// API at once.
+    pub same_key_to_every_api: bool,
 }
 
 /// How the phase learns the decisions of accepted orders: a [`Tracking`]
@@ -89,6 +93,10 @@ pub struct PhaseOutcome {
     /// The span decided/s is computed over: release to last decision seen
     /// (poll, synchronous), or first `created_at` to last `decided_at` (db).
     pub deciding: Duration,
+    /// Each API's order attempts during the phase, in `--api-url` order.
+    pub apis: Vec<ApiCounts>,
+    /// `--same-key-to-every-api`: how the APIs' answers compared.
+    pub agreement: Option<Agreement>,
     pub notes: Vec<String>,
 }
 
@@ -127,6 +135,7 @@ pub async fn run_phase(
         Follow::Db { .. } | Follow::Synchronous => (None, None),
     };
 
+    let counts_before = client.counts();
     let started_at = Utc::now();
     let released = Instant::now();
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -165,7 +174,7 @@ pub async fn run_phase(
     // answer: woken there, not on the thread that awaits the phase (the
     // runtime's main thread, parked: a futex wake-up and a context switch
     // per answer).
-    let mut collector = Collector::new(follow, accepted_tx);
+    let mut collector = Collector::new(follow, accepted_tx, plan.same_key_to_every_api);
     let collecting = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             collector.absorb(event)?;
@@ -176,11 +185,18 @@ pub async fn run_phase(
     while let Some(done) = drivers.join_next().await {
         done.context("a load task failed")?;
     }
+    let apis = client
+        .counts()
+        .into_iter()
+        .zip(counts_before)
+        .map(|(after, before)| after.since(before))
+        .collect();
     let Collector {
         tally,
         accepted,
         accepted_buyers,
         decisions: synchronous,
+        agreement,
         notes,
         accepted_tx,
         ..
@@ -229,6 +245,8 @@ pub async fn run_phase(
         submission,
         total,
         deciding,
+        apis,
+        agreement,
         notes,
     })
 }
@@ -246,9 +264,17 @@ async fn virtual_user(
         if index >= plan.buyers {
             return;
         }
-        let event = match prepare(&minter, &plan, index) {
+        let event = match prepare(&minter, &plan, index, client.home(index)) {
             Ok(request) => Event::Answered {
-                submission: Box::new(buyer::submit(client.clone(), request, plan.retry).await),
+                submission: Box::new(
+                    buyer::submit(
+                        client.clone(),
+                        request,
+                        plan.retry,
+                        plan.same_key_to_every_api,
+                    )
+                    .await,
+                ),
                 due: None,
             },
             Err(err) => Event::Failed(err),
@@ -289,9 +315,13 @@ async fn open_schedule(
             events.clone(),
         );
         tokio::spawn(async move {
-            let event = match prepare(&minter, &plan, index) {
+            let home = client.home(index);
+            let event = match prepare(&minter, &plan, index, home) {
                 Ok(request) => Event::Answered {
-                    submission: Box::new(buyer::submit(client, request, plan.retry).await),
+                    submission: Box::new(
+                        buyer::submit(client, request, plan.retry, plan.same_key_to_every_api)
+                            .await,
+                    ),
                     due: Some(due.into_std()),
                 },
                 Err(err) => Event::Failed(err),
@@ -303,13 +333,19 @@ async fn open_schedule(
     }
 }
 
-/// Buyer `index`'s order: its own customer id and token, a fresh key, and
-/// its product ([`product_index`]).
-fn prepare(minter: &TokenMinter, plan: &Plan, index: u32) -> Result<OrderRequest> {
+/// Buyer `index`'s order: its own customer id and token, a fresh key, its
+/// product ([`product_index`]) and its API, `home`.
+fn prepare(minter: &TokenMinter, plan: &Plan, index: u32, home: usize) -> Result<OrderRequest> {
     let customer = buyer_subject(&plan.run_id, index);
     let token = minter.customer(&customer)?;
     let product = plan.products[product_index(&plan.run_id, index, plan.products.len())];
-    Ok(OrderRequest::new(customer, token, product, plan.quantity))
+    Ok(OrderRequest::new(
+        customer,
+        token,
+        product,
+        plan.quantity,
+        home,
+    ))
 }
 
 /// Which of `count` products buyer `index` of run `run_id` orders: spread
@@ -344,13 +380,18 @@ struct Collector {
     accepted: HashMap<Uuid, Uuid>,
     accepted_buyers: HashMap<Uuid, u64>,
     decisions: Decisions,
+    agreement: Option<Agreement>,
     notes: Vec<String>,
     seen_unreadable: bool,
     seen_unreachable: bool,
 }
 
 impl Collector {
-    fn new(follow: &Follow, accepted_tx: Option<mpsc::UnboundedSender<Accepted>>) -> Self {
+    fn new(
+        follow: &Follow,
+        accepted_tx: Option<mpsc::UnboundedSender<Accepted>>,
+        fanned_out: bool,
+    ) -> Self {
         Self {
             synchronous: matches!(follow, Follow::Synchronous),
             accepted_tx,
@@ -358,6 +399,7 @@ impl Collector {
             accepted: HashMap::new(),
             accepted_buyers: HashMap::new(),
             decisions: Decisions::default(),
+            agreement: fanned_out.then(Agreement::default),
             notes: Vec::new(),
             seen_unreadable: false,
             seen_unreachable: false,
@@ -381,6 +423,9 @@ impl Collector {
             due.map_or(latency, |due| received_at.saturating_duration_since(due))
         };
         let request = submission.request;
+        if let (Some(agreement), Some(fanout)) = (&mut self.agreement, &submission.fanout) {
+            agreement.record(&request.customer_id, fanout);
+        }
         match submission.answer {
             Answer::Accepted {
                 order,
@@ -410,6 +455,7 @@ impl Collector {
                             token: Arc::clone(&request.token),
                             accepted_at: received_at,
                             sent_at: due.unwrap_or(sent_at),
+                            api: submission.api,
                         });
                     }
                 }

@@ -29,6 +29,8 @@ mod load;
 mod report;
 mod scenario;
 mod schedule;
+#[cfg(test)]
+mod stub_api;
 mod wire;
 
 use std::process::ExitCode;

@@ -11,9 +11,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::checks::{Check, System};
+use crate::checks::{Agreement, Check, System};
 use crate::cli::{ModeKind, ScenarioKind, Tracking};
-use crate::client::{Order, OrderStatus};
+use crate::client::{ApiCounts, Order, OrderStatus};
 use crate::latency::{LatencyRecorder, LatencySummary};
 
 /// The whole report; serialised as-is for `--json-out`. With `--baseline`,
@@ -26,8 +26,14 @@ pub struct Report {
     pub system: System,
     pub run_id: String,
     pub started_at: DateTime<Utc>,
-    /// Base URL the orders were sent to.
+    /// Base URL the orders were sent to; several APIs are joined by commas,
+    /// as `--api-url` takes them.
     pub api_url: String,
+    /// Every API, in `--api-url` order, with the order attempts it got.
+    pub apis: Vec<ApiFigures>,
+    /// `--same-key-to-every-api`: how the APIs' answers to the same first
+    /// attempt compared.
+    pub agreement: Option<Agreement>,
     /// The product under load; `null` when there are several.
     pub product: Option<ProductInfo>,
     /// Every product created for the run.
@@ -57,6 +63,32 @@ pub struct Report {
     pub baseline: Option<Box<Report>>,
     /// `--baseline`: checkline and baseline figures side by side.
     pub comparison: Option<Vec<ComparisonRow>>,
+}
+
+/// One API's order attempts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApiFigures {
+    pub url: String,
+    /// Order requests sent to it (retries and fanned-out attempts included).
+    pub attempts: u64,
+    /// Of those, answered 2xx with an order (accepted, or replayed).
+    pub accepted: u64,
+    /// Of those, left without an HTTP answer.
+    pub no_answer: u64,
+    /// Attempts that got no answer here and were sent again to another API.
+    pub failed_over: u64,
+}
+
+impl ApiFigures {
+    pub fn new(url: &str, counts: ApiCounts) -> Self {
+        Self {
+            url: url.to_owned(),
+            attempts: counts.attempts,
+            accepted: counts.accepted,
+            no_answer: counts.no_answer,
+            failed_over: counts.failovers,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +126,8 @@ pub struct RunConfig {
     pub request_timeout_secs: u64,
     /// The baseline's PostgreSQL pool size (baseline reports only).
     pub baseline_pool: Option<u32>,
+    /// `--same-key-to-every-api`.
+    pub same_key_to_every_api: bool,
 }
 
 /// `sold-out-storm`: the orders that sold the product out before the storm.
@@ -177,6 +211,8 @@ pub struct Retries {
     pub backpressure: u64,
     /// After a transport error.
     pub network: u64,
+    /// Of those, sent to another API than the one that gave no answer.
+    pub failovers: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -209,6 +245,8 @@ pub struct DecisionSummary {
     pub poll_errors: BTreeMap<String, u64>,
     /// Polls abandoned on a non-retryable answer.
     pub abandoned_polls: u64,
+    /// Polls that got no answer and were sent again to another API.
+    pub poll_failovers: u64,
     /// The decision timeout expired before every order was seen decided.
     pub timed_out: bool,
 }
@@ -336,6 +374,7 @@ impl ResponseTally {
                 total: self.backpressure_retries + self.network_retries,
                 backpressure: self.backpressure_retries,
                 network: self.network_retries,
+                failovers: 0,
             },
         }
     }
@@ -500,6 +539,7 @@ impl Report {
         self.render_setup(&mut out);
         self.render_sell_out(&mut out);
         self.render_responses(&mut out);
+        self.render_apis(&mut out);
         self.render_decisions(&mut out);
         self.render_latencies(&mut out);
         out
@@ -630,11 +670,16 @@ impl Report {
         if self.config.rate.is_some() || r.dropped > 0 {
             row(out, "dropped (in-flight cap)", r.dropped);
         }
+        let failovers = if self.apis.len() > 1 {
+            format!(", of which {} on another API", r.retries.failovers)
+        } else {
+            String::new()
+        };
         row(
             out,
             "retries",
             format!(
-                "{} (backpressure {}, network {})",
+                "{} (backpressure {}, network {}{failovers})",
                 r.retries.total, r.retries.backpressure, r.retries.network
             ),
         );
@@ -656,6 +701,41 @@ impl Report {
                         "not reached"
                     },
                     goal.percent()
+                ),
+            );
+        }
+    }
+
+    /// Several APIs: each one's order attempts, and with
+    /// `--same-key-to-every-api` how their answers compared.
+    fn render_apis(&self, out: &mut String) {
+        if self.apis.len() < 2 && self.agreement.is_none() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<width$}{:>9} {:>9} {:>9} {:>11}",
+            "Order attempts by API",
+            "attempts",
+            "accepted",
+            "no answer",
+            "failed over",
+            width = LABEL_WIDTH + 3
+        );
+        for api in &self.apis {
+            let _ = writeln!(
+                out,
+                "  {:<LABEL_WIDTH$} {:>9} {:>9} {:>9} {:>11}",
+                api.url, api.attempts, api.accepted, api.no_answer, api.failed_over
+            );
+        }
+        if let Some(agreement) = &self.agreement {
+            row(
+                out,
+                "same key to every API",
+                format!(
+                    "{} buyers, {} accepted by every API, {} with different orders",
+                    agreement.buyers, agreement.accepted_by_every_api, agreement.disagreements
                 ),
             );
         }
@@ -694,6 +774,9 @@ impl Report {
         }
         if d.abandoned_polls > 0 {
             row(out, "polls abandoned", d.abandoned_polls);
+        }
+        if d.poll_failovers > 0 {
+            row(out, "polls sent to another API", d.poll_failovers);
         }
     }
 
@@ -833,7 +916,8 @@ mod tests {
             Retries {
                 total: 6,
                 backpressure: 3,
-                network: 3
+                network: 3,
+                failovers: 0
             }
         );
         assert_eq!(tally.accept_latency.summary().count, 2);
@@ -929,6 +1013,14 @@ mod tests {
             run_id: "ab12cd34".into(),
             started_at: Utc::now(),
             api_url: "http://127.0.0.1:8080".into(),
+            apis: vec![ApiFigures {
+                url: "http://127.0.0.1:8080".into(),
+                attempts: 5,
+                accepted: 1,
+                no_answer: 0,
+                failed_over: 0,
+            }],
+            agreement: None,
             product: Some(product.clone()),
             products: vec![product],
             config: RunConfig {
@@ -948,6 +1040,7 @@ mod tests {
                 decision_timeout_secs: 60,
                 request_timeout_secs: 30,
                 baseline_pool: None,
+                same_key_to_every_api: false,
             },
             duration_secs: 1.5,
             submission_secs: 0.5,
@@ -1196,6 +1289,77 @@ mod tests {
         assert!(json["baseline"]["baseline"].is_null());
         assert_eq!(json["comparison"][0]["figure"], "answered/s");
         assert_eq!(json["comparison"][0]["ratio"], 1.0);
+    }
+
+    #[test]
+    fn several_apis_are_listed_with_their_attempts() {
+        let mut report = sample_report();
+        // One API: no section, and the retries row as before.
+        assert!(!report.render().contains("Order attempts by API"));
+
+        report.api_url = "http://127.0.0.1:8080,http://127.0.0.1:8081".into();
+        report.apis = vec![
+            ApiFigures::new(
+                "http://127.0.0.1:8080",
+                ApiCounts {
+                    attempts: 40,
+                    accepted: 12,
+                    no_answer: 3,
+                    failovers: 3,
+                },
+            ),
+            ApiFigures::new(
+                "http://127.0.0.1:8081",
+                ApiCounts {
+                    attempts: 45,
+                    accepted: 20,
+                    no_answer: 0,
+                    failovers: 0,
+                },
+            ),
+        ];
+        report.responses.retries.network = 3;
+        report.responses.retries.failovers = 3;
+        report.decisions.poll_failovers = 2;
+        report.config.same_key_to_every_api = true;
+        report.agreement = Some(Agreement {
+            buyers: 20,
+            accepted_by_every_api: 9,
+            disagreements: 0,
+            examples: Vec::new(),
+        });
+        let table = report.render();
+        let flat_table = flat(&table);
+        for needle in [
+            "api http://127.0.0.1:8080,http://127.0.0.1:8081",
+            "retries 2 (backpressure 2, network 3, of which 3 on another API)",
+            "Order attempts by API attempts accepted no answer failed over",
+            "http://127.0.0.1:8080 40 12 3 3",
+            "http://127.0.0.1:8081 45 20 0 0",
+            "same key to every API 20 buyers, 9 accepted by every API, 0 with different orders",
+            "polls sent to another API 2",
+        ] {
+            assert!(
+                flat_table.contains(needle),
+                "missing {needle:?} in\n{table}"
+            );
+        }
+
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["api_url"],
+            "http://127.0.0.1:8080,http://127.0.0.1:8081"
+        );
+        assert_eq!(json["apis"][0]["url"], "http://127.0.0.1:8080");
+        assert_eq!(json["apis"][0]["accepted"], 12);
+        assert_eq!(json["apis"][0]["failed_over"], 3);
+        assert_eq!(json["apis"][1]["attempts"], 45);
+        assert_eq!(json["responses"]["retries"]["failovers"], 3);
+        assert_eq!(json["decisions"]["poll_failovers"], 2);
+        assert_eq!(json["config"]["same_key_to_every_api"], true);
+        assert_eq!(json["agreement"]["accepted_by_every_api"], 9);
+        assert_eq!(json["agreement"]["disagreements"], 0);
+        assert!(serde_json::to_value(sample_report()).unwrap()["agreement"].is_null());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod edge;
 mod events;
 mod interleavings;
 mod liveness;
+mod loadtest_apis;
 mod low_water;
 mod nats_servers;
 mod openapi;

@@ -270,8 +270,9 @@ pub async fn checkout(ctx: &Checkout, cart: PlannedCart, token: Arc<str>) -> Buy
         reserve_secs: cart.intent.reserves().then_some(ctx.reserve_secs),
     };
     let key = Uuid::new_v4().to_string();
-    let bytes = ctx.client.cart_request(&token, &key, &body);
-    let sent = buyer::send(&ctx.client, &bytes, ctx.retry).await;
+    let home = ctx.client.home(cart.index);
+    let build = |api| ctx.client.cart_request(api, &token, &key, &body);
+    let sent = buyer::send(&ctx.client, home, build, ctx.retry).await;
     let mut record = BuyerRecord {
         index: cart.index,
         customer_id: cart.customer_id,
@@ -290,13 +291,20 @@ pub async fn checkout(ctx: &Checkout, cart: PlannedCart, token: Arc<str>) -> Buy
         decided_at: None,
         done_at: None,
     };
-    finish(&mut record, ctx, sent.answer, token).await;
+    finish(&mut record, ctx, sent.answer, sent.api, token).await;
     record.done_at = Some(Instant::now());
     record
 }
 
-/// The rest of [`checkout`] once the `POST` is answered: fills `record`.
-async fn finish(record: &mut BuyerRecord, ctx: &Checkout, answer: Answer, token: Arc<str>) {
+/// The rest of [`checkout`] once the `POST` is answered (by API `api`, which
+/// the buyer keeps using): fills `record`.
+async fn finish(
+    record: &mut BuyerRecord,
+    ctx: &Checkout,
+    answer: Answer,
+    api: usize,
+    token: Arc<str>,
+) {
     let (order, sent_at, accepted_at) = match answer {
         Answer::Accepted {
             order,
@@ -347,6 +355,7 @@ async fn finish(record: &mut BuyerRecord, ctx: &Checkout, answer: Answer, token:
             token: Arc::clone(&token),
             accepted_at,
             sent_at,
+            api,
         };
         match tokio::time::timeout(
             ctx.decision_timeout,
@@ -387,17 +396,17 @@ async fn finish(record: &mut BuyerRecord, ctx: &Checkout, answer: Answer, token:
         Intent::Confirm => {
             record
                 .actions
-                .push(act(ctx, &token, id, ActionKind::Confirm, false).await);
+                .push(act(ctx, api, &token, id, ActionKind::Confirm, false).await);
         }
         Intent::Cancel => {
             record
                 .actions
-                .push(act(ctx, &token, id, ActionKind::Cancel, false).await);
+                .push(act(ctx, api, &token, id, ActionKind::Cancel, false).await);
         }
         Intent::Race => {
             let (confirm, cancel) = tokio::join!(
-                act(ctx, &token, id, ActionKind::Confirm, false),
-                act(ctx, &token, id, ActionKind::Cancel, false)
+                act(ctx, api, &token, id, ActionKind::Confirm, false),
+                act(ctx, api, &token, id, ActionKind::Cancel, false)
             );
             record.actions.push(confirm);
             record.actions.push(cancel);
@@ -406,11 +415,13 @@ async fn finish(record: &mut BuyerRecord, ctx: &Checkout, answer: Answer, token:
     }
 }
 
-/// `POST /v1/orders/{id}/confirm` or `/cancel`, retried on 429/503, on
-/// `409 order_pending` and on transport failures (both calls are safe to
-/// repeat: a second confirm of a confirmed order answers `200` again).
+/// `POST /v1/orders/{id}/confirm` or `/cancel` at API `api`, retried on
+/// 429/503, on `409 order_pending` and on transport failures, those at the
+/// next API (both calls are safe to repeat: a second confirm of a confirmed
+/// order answers `200` again).
 pub async fn act(
     ctx: &Checkout,
+    mut api: usize,
     token: &str,
     id: Uuid,
     kind: ActionKind,
@@ -420,8 +431,8 @@ pub async fn act(
     let mut network_retries = 0u32;
     loop {
         let result = match kind {
-            ActionKind::Confirm => ctx.client.confirm_order(token, id).await,
-            ActionKind::Cancel => ctx.client.cancel_order(token, id).await,
+            ActionKind::Confirm => ctx.client.confirm_order(api, token, id).await,
+            ActionKind::Cancel => ctx.client.cancel_order(api, token, id).await,
         };
         let may_retry = attempt < ctx.retry.max_attempts;
         attempt += 1;
@@ -439,6 +450,7 @@ pub async fn act(
             Ok(reply) => return answer_of(kind, &reply, late),
             Err(_) if may_retry => {
                 network_retries += 1;
+                api = ctx.client.next(api);
                 tokio::time::sleep(ctx.retry.network_delay(network_retries)).await;
             }
             Err(err) => {
@@ -646,7 +658,7 @@ mod tests {
     #[tokio::test]
     async fn a_buyer_checks_out_waits_and_acts_on_its_reservation() {
         let (url, state) = stub::start().await;
-        let client = ApiClient::new(&url.parse().unwrap(), 4, Duration::from_secs(5)).unwrap();
+        let client = ApiClient::new(&[url.parse().unwrap()], 4, Duration::from_secs(5)).unwrap();
         let ctx = Checkout {
             client,
             retry: RetryPolicy {

@@ -144,7 +144,7 @@ pub async fn run(connection: &Connection, settings: CartSettings) -> Result<Verd
         scenario: ScenarioKind::Cart,
         run_id: run_id.clone(),
         started_at,
-        api_url: harness.client.base_url().to_owned(),
+        api_url: harness.client.joined_base_urls(),
         products: products.iter().map(|(info, _)| info.clone()).collect(),
         config: settings.clone(),
         duration_secs: seconds(done),
@@ -293,22 +293,24 @@ async fn confirm_abandoned(
     settings: &CartSettings,
     buyers: &mut [BuyerRecord],
 ) -> Result<usize> {
-    let abandoned: Vec<(usize, Uuid, String)> = buyers
+    let abandoned: Vec<(usize, Uuid, String, usize)> = buyers
         .iter()
         .enumerate()
         .filter(|(_, buyer)| buyer.intent == Intent::Abandon && buyer.was_reserved())
         .filter_map(|(at, buyer)| {
+            let home = ctx.client.home(buyer.index);
             buyer
                 .order_id()
-                .map(|id| (at, id, buyer.customer_id.clone()))
+                .map(|id| (at, id, buyer.customer_id.clone(), home))
         })
         .collect();
     let answers: Vec<(usize, _)> = stream::iter(abandoned)
-        .map(|(at, id, customer)| {
+        .map(|(at, id, customer, home)| {
             let minter = Arc::clone(&harness.minter);
             async move {
                 let token = minter.customer(&customer)?;
-                Ok::<_, anyhow::Error>((at, act(ctx, &token, id, ActionKind::Confirm, true).await))
+                let answer = act(ctx, home, &token, id, ActionKind::Confirm, true).await;
+                Ok::<_, anyhow::Error>((at, answer))
             }
         })
         .buffer_unordered(settings.concurrency.max(1))
@@ -344,11 +346,11 @@ fn report_note(notes: &mut Vec<String>, note: String) {
     }
 }
 
-/// `GET /v1/products/{id}`.
+/// `GET /v1/products/{id}` at the first API that answers.
 async fn api_product(harness: &Harness, id: Uuid) -> Result<Product> {
-    let reply = harness
-        .client
-        .get_product(id)
+    let client = &harness.client;
+    let reply = client
+        .first_answer(|api| client.get_product(api, id))
         .await
         .with_context(|| format!("GET /v1/products/{id}"))?;
     ensure!(

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use futures::future::join_all;
 use reqwest::StatusCode;
 use sqlx::PgPool;
 
@@ -67,6 +68,7 @@ pub async fn run(cli: Cli) -> Result<Verdict> {
         return cart::run(&connection, CartSettings::from_args(args)?).await;
     }
     let settings = ScenarioSettings::from_command(&cli.command)?;
+    settings.check_api_count(connection.api_urls.len())?;
     runner::run(&connection, settings).await
 }
 
@@ -78,27 +80,30 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Builds the HTTP client (with a pool of `http_pool_size` connections),
-    /// and checks that the API is ready and PostgreSQL answers.
+    /// Builds the HTTP client (with a pool of `http_pool_size` connections
+    /// per API), and checks that every API is ready and PostgreSQL answers.
     pub async fn connect(
         connection: &Connection,
         http_pool_size: usize,
         request_timeout: Duration,
     ) -> Result<Self> {
-        let client = ApiClient::new(&connection.api_url, http_pool_size, request_timeout)?;
-        let ready = client.readyz().await.map_err(|err| {
-            anyhow!(
-                "the checkline API at {} could not be reached (--api-url / CHECKLINE_API_URL): {}",
-                client.base_url(),
-                error_chain(&err)
-            )
-        })?;
-        ensure!(
-            ready.status.is_success(),
-            "the checkline API at {} is not ready: GET /readyz answered {}",
-            client.base_url(),
-            ready.describe_with_body()
-        );
+        let client = ApiClient::new(&connection.api_urls, http_pool_size, request_timeout)?;
+        let readiness = join_all((0..client.api_count()).map(|api| client.readyz(api))).await;
+        for (api, ready) in readiness.into_iter().enumerate() {
+            let ready = ready.map_err(|err| {
+                anyhow!(
+                    "the checkline API at {} could not be reached (--api-url / CHECKLINE_API_URL): {}",
+                    client.base_url(api),
+                    error_chain(&err)
+                )
+            })?;
+            ensure!(
+                ready.status.is_success(),
+                "the checkline API at {} is not ready: GET /readyz answered {}",
+                client.base_url(api),
+                ready.describe_with_body()
+            );
+        }
         let pool = db::connect(&connection.database_url).await?;
         Ok(Self {
             client,
@@ -107,14 +112,15 @@ impl Harness {
         })
     }
 
-    /// Creates `product` as the administrator, honouring 429/503.
+    /// Creates `product` as the administrator at the first API that
+    /// answers, honouring 429/503.
     pub async fn create_product(&self, product: &NewProduct) -> Result<Product> {
         let token = self.minter.admin()?;
         let mut attempt = 1;
         loop {
             let reply = self
                 .client
-                .create_product(&token, product)
+                .first_answer(|api| self.client.create_product(api, &token, product))
                 .await
                 .map_err(|err| anyhow!("POST /v1/products failed: {}", error_chain(&err)))?;
             if reply.status == StatusCode::CREATED {

@@ -16,8 +16,8 @@ use crate::cli::{BaselineSettings, Connection, Mode, ScenarioKind, ScenarioSetti
 use crate::client::ApiClient;
 use crate::load::{self, PhaseOutcome, Plan};
 use crate::report::{
-    compare, per_second, render_comparison, seconds, summarize_decisions, Goal, Latencies,
-    ProductInfo, Report, RunConfig, SellOut, Throughput,
+    compare, per_second, render_comparison, seconds, summarize_decisions, ApiFigures, Goal,
+    Latencies, ProductInfo, Report, RunConfig, SellOut, Throughput,
 };
 use crate::schedule;
 
@@ -112,7 +112,7 @@ async fn run_baseline(
     )
     .await?;
     let client = ApiClient::new(
-        server.url(),
+        std::slice::from_ref(server.url()),
         settings.load.mode.max_outstanding(),
         settings.load.request_timeout,
     )?
@@ -151,6 +151,8 @@ async fn execute(
         max_retry_after: load.max_retry_after,
     };
 
+    // The baseline is one server: nothing to fan out to.
+    let fan_out = load.same_key_to_every_api && system.kind() == System::Checkline;
     let mut phases = Vec::new();
     let mut sell_out = None;
     if settings.kind == ScenarioKind::SoldOutStorm && settings.stock > 0 {
@@ -172,6 +174,7 @@ async fn execute(
             },
             retry,
             decision_timeout: load.decision_timeout,
+            same_key_to_every_api: fan_out,
         };
         let phase = load::run_phase(system.client(), &system.minter, &plan, &system.follow).await?;
         let stock_after = system.stock(ids[0]).await?;
@@ -216,6 +219,7 @@ async fn execute(
         mode: load.mode,
         retry,
         decision_timeout: load.decision_timeout,
+        same_key_to_every_api: fan_out,
     };
     let phase = load::run_phase(system.client(), &system.minter, &plan, &system.follow).await?;
     let report = build_report(system, settings, run_id, products.clone(), &phase, sell_out);
@@ -257,11 +261,19 @@ fn build_report(
     sell_out: Option<SellOut>,
 ) -> Report {
     let load = &settings.load;
-    let responses = phase.tally.summary();
+    let mut responses = phase.tally.summary();
+    responses.retries.failovers = phase.apis.iter().map(|api| api.failovers).sum();
+    let client = system.client();
+    let apis = client
+        .base_urls()
+        .zip(&phase.apis)
+        .map(|(url, counts)| ApiFigures::new(url, *counts))
+        .collect();
     let mut decisions = summarize_decisions(phase.accepted.keys(), &phase.decisions.orders);
     decisions.tracking = system.follow.tracking();
     decisions.poll_errors = phase.decisions.poll_errors.clone();
     decisions.abandoned_polls = phase.decisions.abandoned;
+    decisions.poll_failovers = phase.decisions.failovers;
     decisions.timed_out = phase.decisions.timed_out;
     let throughput = Throughput {
         answered_per_sec: per_second(responses.answered, phase.submission),
@@ -300,7 +312,9 @@ fn build_report(
         system: system.kind(),
         run_id: run_id.to_owned(),
         started_at: phase.started_at,
-        api_url: system.client().base_url().to_owned(),
+        api_url: client.joined_base_urls(),
+        apis,
+        agreement: phase.agreement.clone(),
         product: match products.as_slice() {
             [only] => Some(only.clone()),
             _ => None,
@@ -323,6 +337,7 @@ fn build_report(
             decision_timeout_secs: load.decision_timeout.as_secs(),
             request_timeout_secs: load.request_timeout.as_secs(),
             baseline_pool: None,
+            same_key_to_every_api: phase.agreement.is_some(),
         },
         duration_secs: seconds(phase.total),
         submission_secs: seconds(phase.submission),
@@ -410,10 +425,24 @@ async fn gather_checks(
             .with_context(|| format!("product {}", product.sku))?;
         per_product.push((product.sku.clone(), checks));
     }
-    Ok(match per_product.as_slice() {
+    let mut checks = match per_product.as_slice() {
         [(_, checks)] => checks.clone(),
         _ => checks::aggregate(&per_product),
-    })
+    };
+    let mut fanned_out = phases.iter().filter_map(|phase| phase.agreement.as_ref());
+    if let Some(first) = fanned_out.next() {
+        let mut agreement = first.clone();
+        for other in fanned_out {
+            agreement.merge(other);
+        }
+        // Beside the other checks of invariant 2.
+        let at = checks
+            .iter()
+            .rposition(|check| check.invariant <= 2)
+            .map_or(0, |last| last + 1);
+        checks.insert(at, checks::agreement_check(&agreement));
+    }
+    Ok(checks)
 }
 
 /// `--decisions db`: how the waits for the decisions ended, across phases.

@@ -202,11 +202,11 @@ fn check_created(product: &Product, settings: &ScenarioSettings) -> Result<()> {
     Ok(())
 }
 
-/// `GET /v1/products/{id}`.
+/// `GET /v1/products/{id}` at the first API that answers.
 async fn api_product(harness: &Harness, product_id: Uuid) -> Result<Product> {
-    let reply = harness
-        .client
-        .get_product(product_id)
+    let client = &harness.client;
+    let reply = client
+        .first_answer(|api| client.get_product(api, product_id))
         .await
         .with_context(|| format!("GET /v1/products/{product_id}"))?;
     ensure!(
