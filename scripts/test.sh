@@ -129,6 +129,9 @@ bash "$ROOT/scripts/run-check.sh"
 step "fault suite: a flash sale through killed workers, restarted NATS, PostgreSQL and Redis, a paused worker and a lost stream"
 bash "$ROOT/scripts/fault-suite.sh"
 
+step "cluster suite: three nats-servers with replicated streams, two APIs; a killed stream leader, a paused follower, a killed API, a worker outliving its server (about 2 minutes)"
+bash "$ROOT/scripts/cluster-suite.sh"
+
 # The contract fuzzer: schemathesis (PyPI, pinned, installed into .run/venv
 # beside nats-server) generates requests from the served OpenAPI document and
 # fails on any 5xx and on any response whose status, headers, content type or
