@@ -76,6 +76,11 @@ if [[ "$("$CARGO_MACHETE" --version 2>/dev/null)" != "$CARGO_MACHETE_VERSION" ]]
 fi
 "$CARGO_MACHETE" --skip-target-dir "$ROOT"
 
+# The compose file and its cluster profile cannot run here (no Docker
+# engine); what can be checked without one is, in seconds.
+step "compose: dclint, the profiles' wiring, haproxy -c, nats-server -t"
+bash "$ROOT/scripts/lint-compose.sh"
+
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
