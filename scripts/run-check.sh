@@ -426,7 +426,7 @@ import json, os, sys
 for a in json.load(sys.stdin).get("account_details") or []:
     for s in a.get("stream_detail") or []:
         c = s.get("cluster") or {}
-        # replicas: the stream's peers other than the node asked (nats-1)
+        # replicas: the peers of the stream other than the node asked, nats-1
         if s.get("name") == os.environ["STREAM"] and c.get("leader") and len(c.get("replicas") or []) == 2:
             sys.exit(0)
 sys.exit(1)'

@@ -64,6 +64,13 @@ fi
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
+# The scripts are half of how the system runs and is tested: a quoting slip
+# in one (an apostrophe inside a single-quoted program) breaks it silently
+# until the step that runs it. Debian's shellcheck, installed when missing.
+step "shellcheck scripts/"
+command -v shellcheck >/dev/null 2>&1 || svc_apt_install shellcheck
+shellcheck -x scripts/*.sh scripts/lib/*.sh
+
 # Unused dependencies: cargo-machete (crates.io, pinned) reads the manifests
 # and the sources in seconds, so it runs before the long steps. It is
 # installed into .run/ on first use, like the other tools.

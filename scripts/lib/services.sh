@@ -322,8 +322,9 @@ SVC_NATS_CLUSTER_DIR=$RUN_DIR/nats-cluster
 _svc_cluster_port() {
     local var=$1 value
     value=${!var:-$2}
-    [[ $value =~ ^[0-9]+$ ]] && ((value > 0 && value + NATS_CLUSTER_SIZE - 1 <= 65535)) ||
-        svc_die "$var=$value is not a port number"
+    if ! [[ $value =~ ^[0-9]+$ ]] || ((value < 1 || value + NATS_CLUSTER_SIZE - 1 > 65535)); then
+        svc_die "$var=$value is not a port number (or leaves no room for $NATS_CLUSTER_SIZE ports)"
+    fi
     printf '%s\n' "$value"
 }
 
@@ -351,12 +352,14 @@ svc_nats_cluster_url() {
 
 # svc_nats_node_cmd I: sets NODE_CMD to the command line of node I, its
 # store in SVC_NATS_CLUSTER_DIR/nats-I, logging to standard output.
+# shellcheck disable=SC2034 # read by the callers
 NODE_CMD=()
 svc_nats_node_cmd() {
     local i=$1 j routes=()
     for ((j = 1; j <= NATS_CLUSTER_SIZE; j++)); do
         routes+=("nats://127.0.0.1:$(svc_nats_node_port route "$j")")
     done
+    # shellcheck disable=SC2034 # read by the callers
     NODE_CMD=("$NATS_BIN" -c "$NATS_CLUSTER_CONFIG" --name "nats-$i"
         -p "$(svc_nats_node_port client "$i")" -m "$(svc_nats_node_port monitor "$i")"
         --cluster "nats://127.0.0.1:$(svc_nats_node_port route "$i")"
