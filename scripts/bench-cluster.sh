@@ -72,6 +72,9 @@ SERVER_DB=${CHECKLINE_DATABASE_URL%/*}
 export CHECKLINE_JWT_SECRET="benchmark-secret-benchmark-secret-123"
 export CHECKLINE_LOG=warn
 export CHECKLINE_RATE_LIMITS=off
+# Each system's stream reserves its size on the servers' file store (10 GB,
+# nats/*.conf): a run's orders need a fraction of 512 MiB.
+export CHECKLINE_STREAM_MAX_BYTES=$((512 * 1024 * 1024))
 
 # system NAME NATS_URL REPLICAS: one API and one worker on a database and
 # prefix of their own; sets API_URL and SYSTEM_PIDS.
