@@ -40,7 +40,10 @@ fn addr_of(app: &TestApp) -> String {
 async fn a_flooding_customer_is_limited_while_others_keep_buying() {
     let app = std::sync::Arc::new(
         TestApp::spawn_with(&[
-            ("CHECKLINE_RATE_ORDERS_PER_SEC", "5"),
+            // The slowest refill there is: the checks after the flood rely on
+            // no token coming back meanwhile, and on a busy machine 200 ms
+            // (one token at 5/s) passed before the last of them.
+            ("CHECKLINE_RATE_ORDERS_PER_SEC", "1"),
             ("CHECKLINE_RATE_ORDERS_BURST", "10"),
             ("CHECKLINE_RATE_READS_PER_SEC", "50"),
             ("CHECKLINE_RATE_READS_BURST", "100"),
