@@ -26,7 +26,8 @@
 //! passes them, `mid_batch` (decisions written, not committed),
 //! `before_commit`, `after_commit` (committed, nothing published: the moment
 //! a queue ack would be lost), `publish` (before the result events) and
-//! `mid_publish` (some result events published, not all).
+//! `mid_publish` (some result events published, not all); and the partition
+//! loop's `consumer_deaf` (the first consumer it opens never delivers).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -186,6 +186,12 @@ async fn consume(
         _ = shutdown.changed() => return Err(LoopError::Shutdown),
         messages = open => messages?,
     };
+    // Tests: a consumer that never delivers, as one did after its server died.
+    let messages = if config.common.faults.fail("consumer_deaf") {
+        futures::stream::pending().left_stream()
+    } else {
+        messages.right_stream()
+    };
     // Whatever is ready, up to batch_max: a lone order is decided at once, a
     // burst in large batches.
     let mut batches = messages.ready_chunks(config.batch_max);
@@ -194,6 +200,10 @@ async fn consume(
     let mut last_purge = Instant::now();
     let mut purged_below = 0;
     let started = Instant::now();
+    // When the consumer last delivered anything, and when a sweep last
+    // queued stranded items again (their copies arrive within milliseconds).
+    let mut last_delivery = Instant::now();
+    let mut requeued_at: Option<Instant> = None;
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => return Err(LoopError::Shutdown),
@@ -215,11 +225,22 @@ async fn consume(
             };
             // Busy and nothing applied yet in this run: no bound is known.
             if idle || written_before.is_some() {
+                // Items queued again a whole sweep ago and still nothing
+                // delivered: the consumer has gone deaf. Seen after the NATS
+                // server it was opened on died: the client reconnected to
+                // another member, but the ordered consumer delivered no
+                // more. It is opened again from the cursor.
+                if requeued_at.is_some_and(|at| last_delivery < at) {
+                    return Err(LoopError::Queue(
+                        "the consumer delivered nothing since stranded items were queued again; reopening it"
+                            .into(),
+                    ));
+                }
                 let before = StrandedBefore {
                     age: Some(config.common.requeue_after),
                     written_before,
                 };
-                sweep(deps, partition, before).await;
+                requeued_at = (sweep(deps, partition, before).await > 0).then(Instant::now);
             }
         }
         let chunk = match next {
@@ -232,7 +253,10 @@ async fn consume(
                 continue;
             }
             Ok(None) => return Err(LoopError::Queue("consumer stream ended".into())),
-            Ok(Some(chunk)) => chunk,
+            Ok(Some(chunk)) => {
+                last_delivery = Instant::now();
+                chunk
+            }
         };
 
         let mut batch = Vec::with_capacity(chunk.len());
@@ -461,19 +485,22 @@ fn margin(config: &WorkerConfig) -> chrono::TimeDelta {
 /// harmless: the worker decides only pending rows. Bounded: the publishes go
 /// out together and the whole sweep waits at most twice the publish
 /// timeout; what fails is found by the next sweep.
-async fn sweep(deps: &Deps, partition: Partition, before: StrandedBefore) {
+///
+/// Returns how many items it found stranded.
+async fn sweep(deps: &Deps, partition: Partition, before: StrandedBefore) -> usize {
     let stranded =
         match store::stranded(&deps.pool, partition, before, deps.config.requeue_batch_max).await {
             Ok(stranded) => stranded,
             Err(err) => {
                 tracing::warn!(error = %err, "stranded-order sweep failed; will retry");
-                return;
+                return 0;
             }
         };
     if stranded.is_empty() {
-        return;
+        return 0;
     }
-    tracing::warn!(count = stranded.len(), "requeueing stranded items");
+    let count = stranded.len();
+    tracing::warn!(count, "requeueing stranded items");
     // Each sweep's copies get ids of their own (see `Publisher::publish_copy`):
     // a row is swept only when its message cannot be in the queue.
     let sweep_at = chrono::Utc::now().timestamp_millis();
@@ -529,4 +556,5 @@ async fn sweep(deps: &Deps, partition: Partition, before: StrandedBefore) {
         }
         Err(_) => tracing::warn!("stranded-order sweep timed out; the next sweep retries"),
     }
+    count
 }

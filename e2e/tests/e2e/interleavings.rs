@@ -855,3 +855,47 @@ async fn an_accept_batch_wider_than_one_queue_write_is_cut_between_products() {
     }
     app.shutdown().await;
 }
+
+/// A partition's consumer that delivers nothing (as one did after the NATS
+/// server it was opened on died, the client having reconnected to another
+/// member) is found out by the stranded sweep: items queued again a whole
+/// sweep ago and still nothing delivered. The consumer is opened again from
+/// the cursor and every order is decided.
+#[tokio::test]
+async fn a_deaf_consumer_is_reopened_and_its_orders_decided() {
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_REQUEUE_AFTER_MS", "1000"),
+        ("CHECKLINE_PUBLISH_TIMEOUT_MS", "500"),
+        ("CHECKLINE_FAULTS", "consumer_deaf"),
+    ])
+    .await;
+    // One order in every partition: whichever consumer is opened deaf has
+    // one to decide.
+    let mut by_partition = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        let product = app.create_product(5, None).await;
+        let partition = product["partition"].as_i64().unwrap();
+        by_partition
+            .entry(partition)
+            .or_insert_with(|| product["id"].as_str().unwrap().to_owned());
+        if by_partition.len() == app.env.config.partitions as usize {
+            break;
+        }
+    }
+    assert_eq!(by_partition.len(), app.env.config.partitions as usize);
+    let buyer = app.customer("deaf");
+    let mut orders = Vec::new();
+    for (partition, pid) in &by_partition {
+        let response = app
+            .order(&buyer, &format!("deaf-{partition}"), pid, 1)
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let order: serde_json::Value = response.json().await.unwrap();
+        orders.push(order["id"].as_str().unwrap().to_owned());
+    }
+    app.start_worker().await;
+    for id in &orders {
+        assert_eq!(app.decided(&buyer, id).await["status"], "confirmed");
+    }
+    app.shutdown().await;
+}
