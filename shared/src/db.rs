@@ -150,6 +150,16 @@ pub async fn connect_and_migrate_with(
 /// Failures of the connection or the server's state (down, restarting,
 /// shutting down, a serialization conflict), as opposed to errors that would
 /// repeat on every attempt. Worth a retry, and a `503` rather than a `500`.
+/// The SQL for a product's next version (`updated_at`), in an `UPDATE` of
+/// `products` whose row is named `row`: later than the row's version and
+/// than any order decided in the same transaction (`decided_at` is the
+/// transaction's start, `now()`). A product's versions only ever grow, so
+/// a reader can tell which of two states of it is newer, and that a state
+/// at version v includes every order of its decided at or before v.
+pub fn next_product_version(row: &str) -> String {
+    format!("greatest(clock_timestamp(), {row}.updated_at + interval '1 microsecond')")
+}
+
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)

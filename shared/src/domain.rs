@@ -324,6 +324,10 @@ pub struct StockEvent {
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held: i64,
+    /// The product's version (its `updated_at`) after the change this
+    /// event reports: a reader that holds a newer one ignores the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -351,6 +355,15 @@ impl StockEvent {
             reserved,
             next_release_at: next_release_at.filter(|_| stock <= 0 && reserved > 0),
             held,
+            updated_at: None,
+        }
+    }
+
+    /// The same event, stamped with the product's version.
+    pub fn at(self, updated_at: DateTime<Utc>) -> Self {
+        Self {
+            updated_at: Some(updated_at),
+            ..self
         }
     }
 

@@ -44,6 +44,17 @@ pub async fn announce_returns(
 }
 
 /// Publishes the current stock events of `products`, read from `pool`.
+/// Tells every API instance that an admin created or changed a product, so
+/// that none serves it (or a list page) from before the change.
+pub async fn announce_catalog_change(client: &Client, subjects: &Subjects, product_id: Uuid) {
+    if let Err(err) = client
+        .publish(subjects.catalog_event(product_id), bytes::Bytes::new())
+        .await
+    {
+        tracing::debug!(error = %err, "catalog change not announced");
+    }
+}
+
 pub async fn publish_stock(
     client: &Client,
     subjects: &Subjects,

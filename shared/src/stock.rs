@@ -28,10 +28,10 @@ pub async fn events(pool: &PgPool, products: &[Uuid]) -> Result<Vec<StockEvent>,
     if products.is_empty() {
         return Ok(Vec::new());
     }
-    /// id, stock, held, reserved, next release.
-    type Row = (Uuid, i64, i64, i64, Option<DateTime<Utc>>);
+    /// id, stock, held, reserved, next release, version.
+    type Row = (Uuid, i64, i64, i64, Option<DateTime<Utc>>, DateTime<Utc>);
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT p.id, p.stock, p.held, p.held + COALESCE(r.units, 0)::bigint, r.next \
+        "SELECT p.id, p.stock, p.held, p.held + COALESCE(r.units, 0)::bigint, r.next, p.updated_at \
          FROM products p \
          LEFT JOIN ({}) r ON r.product_id = p.id \
          WHERE p.id = ANY($1)",
@@ -42,8 +42,8 @@ pub async fn events(pool: &PgPool, products: &[Uuid]) -> Result<Vec<StockEvent>,
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, stock, held, reserved, next)| {
-            StockEvent::with_reserved(id, stock, held, reserved, next)
+        .map(|(id, stock, held, reserved, next, version)| {
+            StockEvent::with_reserved(id, stock, held, reserved, next).at(version)
         })
         .collect())
 }

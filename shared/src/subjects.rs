@@ -108,6 +108,12 @@ impl Subjects {
         format!("{}.events.restocking.{product_id}", self.prefix)
     }
 
+    /// A product was created or changed by an admin (not its stock): every
+    /// API instance reads it again before serving it from memory.
+    pub fn catalog_event(&self, product_id: Uuid) -> String {
+        format!("{}.events.catalog.{product_id}", self.prefix)
+    }
+
     pub fn restock_event(&self, restock_id: Uuid) -> String {
         format!("{}.events.restock.{restock_id}", self.prefix)
     }
@@ -129,6 +135,8 @@ pub enum EventSubject {
     Stock(Uuid),
     Restock(Uuid),
     Restocking(Uuid),
+    /// A product created or changed by an admin.
+    Catalog(Uuid),
     /// An API instance's accepted orders of one second.
     Accepted(Uuid),
 }
@@ -153,6 +161,7 @@ impl Subjects {
             "restock" => Some(EventSubject::Restock(id)),
             "restocking" => Some(EventSubject::Restocking(id)),
             "accepted" => Some(EventSubject::Accepted(id)),
+            "catalog" => Some(EventSubject::Catalog(id)),
             _ => None,
         }
     }
@@ -194,6 +203,10 @@ mod tests {
         assert_eq!(
             s.parse_event(&s.accepted_event(id)),
             Some(EventSubject::Accepted(id))
+        );
+        assert_eq!(
+            s.parse_event(&s.catalog_event(id)),
+            Some(EventSubject::Catalog(id))
         );
         assert_eq!(s.parse_event("other.events.order.x"), None);
     }

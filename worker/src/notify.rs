@@ -1,7 +1,7 @@
 //! After a batch commits: tell the API instances, with one core NATS message
-//! for the batch's decisions and one per changed product's stock. Best
-//! effort: the decisions are already durable, and readers fall back to
-//! PostgreSQL if an event is lost.
+//! per changed product's stock, one per restock and one for the batch's
+//! decisions, in that order. Best effort: the decisions are already
+//! durable, and readers fall back to PostgreSQL if an event is lost.
 
 use std::time::Duration;
 
@@ -24,17 +24,20 @@ pub async fn publish(
     limit: Duration,
 ) {
     faults.at("publish").await;
+    // Stock first: an API instance applies events in the order sent, so by
+    // the time it tells anyone of a decision or a restock, the products it
+    // serves from memory already show it.
     let all = async {
-        if !applied.orders.is_empty() {
-            send(client, subjects.decisions_event(partition), &applied.orders).await;
-            let _ = client.flush().await;
-            faults.at("mid_publish").await;
+        for stock in &applied.stock {
+            send(client, subjects.stock_event(stock.product_id), stock).await;
         }
         for (id, result) in &applied.restocks {
             send(client, subjects.restock_event(*id), result).await;
         }
-        for stock in &applied.stock {
-            send(client, subjects.stock_event(stock.product_id), stock).await;
+        if !applied.orders.is_empty() {
+            send(client, subjects.decisions_event(partition), &applied.orders).await;
+            let _ = client.flush().await;
+            faults.at("mid_publish").await;
         }
     };
     if tokio::time::timeout(limit, all).await.is_err() {

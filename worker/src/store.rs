@@ -492,16 +492,17 @@ async fn write_products(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    /// id, stock, held, units of reserved orders, earliest end.
-    type Row = (Uuid, i64, i64, i64, Option<DateTime<Utc>>);
+    /// id, stock, held, units of reserved orders, earliest end, version.
+    type Row = (Uuid, i64, i64, i64, Option<DateTime<Utc>>, DateTime<Utc>);
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "UPDATE products p SET stock = p.stock + d.stock, held = p.held + d.held, updated_at = now() \
+        "UPDATE products p SET stock = p.stock + d.stock, held = p.held + d.held, updated_at = {1} \
          FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS d(id, stock, held) \
          WHERE p.id = d.id AND p.stock + d.stock >= 0 AND p.held + d.held >= 0 \
          RETURNING p.id, p.stock, p.held, \
              COALESCE((SELECT r.units FROM ({0}) r), 0)::bigint, \
-             (SELECT r.next FROM ({0}) r)",
-        checkline_shared::stock::reserved_units("r.product_id = p.id")
+             (SELECT r.next FROM ({0}) r), p.updated_at",
+        checkline_shared::stock::reserved_units("r.product_id = p.id"),
+        checkline_shared::db::next_product_version("p"),
     ))
     .bind(&ids)
     .bind(&stock_deltas)
@@ -510,7 +511,7 @@ async fn write_products(
     .await?;
     let updated: HashMap<Uuid, (i64, i64)> = rows
         .iter()
-        .map(|(id, s, h, _, _)| (*id, (*s, *h)))
+        .map(|(id, s, h, _, _, _)| (*id, (*s, *h)))
         .collect();
     for id in &ids {
         let expected = after.get(id).map(|p| (p.stock, p.held));
@@ -527,8 +528,8 @@ async fn write_products(
     }
     Ok(rows
         .into_iter()
-        .map(|(id, stock, held, reserved, next)| {
-            StockEvent::with_reserved(id, stock, held, held + reserved, next)
+        .map(|(id, stock, held, reserved, next, version)| {
+            StockEvent::with_reserved(id, stock, held, held + reserved, next).at(version)
         })
         .collect())
 }
