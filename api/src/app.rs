@@ -18,6 +18,7 @@ use crate::catalog::Catalog;
 use crate::config::ApiConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::product_cache::ProductCache;
 use crate::ratelimit::RateLimiter;
 use crate::redis::{self, cache::Cache};
 use crate::requeue::{self, Requeuer};
@@ -63,13 +64,20 @@ impl Application {
         let redis_keys = redis::Keys::new(&common.prefix);
         let cache = Cache::new(&config.redis, redis_keys.clone())?;
         let catalog = Arc::new(Catalog::new(config.sold_out_ttl));
+        let products = Arc::new(ProductCache::new(
+            pool.clone(),
+            config.catalog_fresh,
+            config.catalog_max_products,
+        ));
         let hub = Arc::new(Hub::default());
         let activity = Arc::new(Activity::default());
         let hub_task = tokio::spawn(hub.clone().run(
             client.clone(),
             subjects.clone(),
             catalog.clone(),
+            products.clone(),
             activity.clone(),
+            common.faults.clone(),
         ));
         let metrics = Arc::new(Metrics::default());
         let activity_task = tokio::spawn(activity.clone().run(
@@ -135,6 +143,7 @@ impl Application {
             verifier,
             metrics,
             catalog,
+            products,
             carts: crate::cart::CartAcceptor::start(acceptor.deps()),
             acceptor,
             limiter,

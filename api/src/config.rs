@@ -55,6 +55,11 @@ pub struct ApiConfig {
     /// How long a "sold out" seen for a product is trusted before PostgreSQL
     /// is asked again (events refresh it sooner).
     pub sold_out_ttl: Duration,
+    /// How old a product read may be: served from memory while less than
+    /// this has passed since its PostgreSQL read started.
+    pub catalog_fresh: Duration,
+    /// Products kept in memory per instance.
+    pub catalog_max_products: usize,
     /// Undecided orders a partition may hold; beyond it, new orders for its
     /// products get `503 overloaded`.
     pub partition_backlog_max: i64,
@@ -207,6 +212,13 @@ impl ApiConfig {
             accept_queue_max: env.number("CHECKLINE_ACCEPT_QUEUE_MAX", 20_000, 1, 1_000_000)?,
             requeue_queue_max: env.number("CHECKLINE_REQUEUE_QUEUE_MAX", 10_000, 1, 1_000_000)?,
             sold_out_ttl: env.millis("CHECKLINE_SOLD_OUT_TTL_MS", 1_000, 0, 60_000)?,
+            catalog_fresh: env.millis("CHECKLINE_CATALOG_FRESH_MS", 250, 1, 60_000)?,
+            catalog_max_products: env.number(
+                "CHECKLINE_CATALOG_MAX_PRODUCTS",
+                100_000,
+                100,
+                10_000_000,
+            )?,
             partition_backlog_max: env.number(
                 "CHECKLINE_PARTITION_BACKLOG_MAX",
                 200_000,

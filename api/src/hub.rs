@@ -15,6 +15,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use checkline_shared::domain::{Order, RestockResult, StockEvent};
+use checkline_shared::faults::Faults;
 use checkline_shared::subjects::{EventSubject, Subjects};
 use futures::StreamExt;
 use tokio::sync::{broadcast, watch};
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 use crate::activity::Activity;
 use crate::catalog::Catalog;
+use crate::product_cache::ProductCache;
 
 /// Stock events a stream of many products may fall behind by before it is
 /// told it lagged (`crate::routes::stock`). Such a stream drains it
@@ -128,7 +130,9 @@ impl Hub {
         client: async_nats::Client,
         subjects: Subjects,
         catalog: Arc<Catalog>,
+        products: Arc<ProductCache>,
         activity: Arc<Activity>,
+        faults: Arc<Faults>,
     ) {
         let mut subscription = match client.subscribe(subjects.events_all()).await {
             Ok(s) => s,
@@ -146,23 +150,36 @@ impl Hub {
                         if subject == EventSubject::Decisions {
                             activity.decided(&orders);
                         }
+                        for order in &orders {
+                            // Before anyone hears of it (see `ProductCache`).
+                            if subject == EventSubject::Decisions {
+                                products.saw_order(order);
+                            } else {
+                                products.order_changed(order);
+                            }
+                        }
                         for order in orders {
                             self.orders.publish(&order.id.clone(), order);
                         }
                     }
                 }
+                // As if NATS had lost it (core NATS delivers at most once).
+                Some(EventSubject::Stock(_)) if faults.fail("hub_drop_stock") => {}
                 Some(EventSubject::Stock(id)) => {
                     if let Ok(stock) = serde_json::from_slice::<StockEvent>(payload) {
                         catalog.observe_stock(id, stock.open_units());
+                        products.observe_stock(&stock);
                         self.stock.publish(&id, stock);
                         // An error only says no stream listens.
                         let _ = self.all_stock.send(stock);
                     }
                 }
                 Some(EventSubject::Accepted(instance)) => activity.sample(instance, payload),
+                Some(EventSubject::Catalog(id)) => products.admin_changed(id),
                 Some(EventSubject::Restock(id)) => {
                     if let Ok(result) = serde_json::from_slice::<RestockResult>(payload) {
                         catalog.restock_applied(result.product_id, id);
+                        products.evict(result.product_id);
                         self.restocks.publish(&id, result);
                     }
                 }

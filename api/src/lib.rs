@@ -3,7 +3,7 @@
 //! It accepts orders (writing a pending row to PostgreSQL, then publishing it
 //! to the product's JetStream subject and answering 202 once JetStream has it
 //! on disk), serves products, orders and stats from PostgreSQL (decided
-//! orders through the Redis cache), and pushes decisions to waiting clients
+//! orders through the Redis cache, products from memory within a bound), and pushes decisions to waiting clients
 //! from the workers' result events.
 //!
 //! # Layout
@@ -23,6 +23,8 @@
 //! - [`streams`]: the cap on open event streams.
 //! - [`catalog`]: what the accept path knows about products (partition, sold
 //!   out), and the read of a product.
+//! - [`product_cache`]: product reads from memory, never older than
+//!   `CHECKLINE_CATALOG_FRESH_MS`.
 //! - [`activity`]: accepted and decided orders per second, for the whole
 //!   deployment, from the events every instance receives.
 //! - [`hub`]: result events fanned out to waiting requests and streams.
@@ -65,6 +67,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod order_request;
 pub mod pages;
+pub mod product_cache;
 pub mod ratelimit;
 pub mod redis;
 pub mod requeue;

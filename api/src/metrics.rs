@@ -43,8 +43,7 @@ pub struct Metrics {
 impl Metrics {
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, help, value) in [
+        render_counters(&[
             (
                 "checkline_orders_accepted_total",
                 "Orders queued and answered 202.",
@@ -115,11 +114,17 @@ impl Metrics {
                 "Requests answered 503 after CHECKLINE_REQUEST_TIMEOUT_MS.",
                 self.request_timeouts.get(),
             ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
-        }
-        out
+        ])
     }
+}
+
+/// Counters as Prometheus text: name, help, value.
+pub fn render_counters(counters: &[(&str, &str, u64)]) -> String {
+    let mut out = String::new();
+    for (name, help, value) in counters {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    out
 }

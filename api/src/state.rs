@@ -14,6 +14,7 @@ use crate::catalog::Catalog;
 use crate::config::ApiConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::product_cache::ProductCache;
 use crate::ratelimit::RateLimiter;
 use crate::redis::cache::Cache;
 use crate::requeue::Requeuer;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     pub catalog: Arc<Catalog>,
+    /// Product reads, served from memory within `CHECKLINE_CATALOG_FRESH_MS`.
+    pub products: Arc<ProductCache>,
     pub acceptor: Acceptor,
     /// Orders of several lines, batched like the acceptor's.
     pub carts: crate::cart::CartAcceptor,

@@ -18,7 +18,8 @@
 //! mistake. Every point fires once: the retry that follows is the normal
 //! path.
 //!
-//! Points: the API's `accept_batch_start`, `accept_after_door`,
+//! Points: the API's `hub_drop_stock` (the next stock event is dropped, as
+//! if lost), `accept_batch_start`, `accept_after_door`,
 //! `accept_second_lookup`, `accept_ack_lost`, `restock_before_enqueue`,
 //! `restock_publish`, `requeue_publish`; the queue publisher's `queue_batch_gap`
 //! (one message in the middle of an atomic batch never sent, so that the

@@ -102,7 +102,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render() + &state.backlog.render(),
+        state.metrics.render() + &state.products.metrics.render() + &state.backlog.render(),
     )
         .into_response()
 }

@@ -162,7 +162,10 @@ pub async fn create(
             tracing::debug!(order_id = %order.id, "order queued");
             Ok(order_response(StatusCode::ACCEPTED, &order, false))
         }
-        Accepted::Replayed(order) => Ok(order_response(StatusCode::OK, &order, true)),
+        Accepted::Replayed(order) => {
+            state.products.saw_order(&order);
+            Ok(order_response(StatusCode::OK, &order, true))
+        }
     }
 }
 
@@ -182,6 +185,7 @@ async fn load_visible(state: &AppState, caller: &Caller, id: Uuid) -> Result<Ord
         }
     };
     if caller.may_read_order_of(&order.customer_id) {
+        state.products.saw_order(&order);
         Ok(order)
     } else {
         // Someone else's order does not exist, as far as this caller knows.
@@ -217,6 +221,18 @@ pub async fn wait_for_change(
 /// Waits on an order whose change events are already subscribed to.
 /// `reread`: whether `order` may predate the subscription.
 async fn wait_subscribed(
+    state: &AppState,
+    order: Order,
+    watch: Watch<Uuid, Order>,
+    deadline: tokio::time::Instant,
+    reread: bool,
+) -> Result<Order, ApiError> {
+    let order = wait_for_stage(state, order, watch, deadline, reread).await?;
+    state.products.saw_order(&order);
+    Ok(order)
+}
+
+async fn wait_for_stage(
     state: &AppState,
     order: Order,
     mut watch: Watch<Uuid, Order>,
@@ -332,6 +348,9 @@ pub async fn list(
     .await?;
     let items: Vec<Order> = rows.into_iter().map(Order::from).collect();
     let (items, next_cursor) = split_page(items, limit, |o| o.id);
+    for order in &items {
+        state.products.saw_order(order);
+    }
     Ok(Json(OrderPage { items, next_cursor }))
 }
 
@@ -507,6 +526,7 @@ async fn change(
         std::slice::from_ref(&change.order),
     )
     .await;
+    state.products.order_changed(&change.order);
     let products: Vec<Uuid> = change.order.lines.iter().map(|l| l.product_id).collect();
     checkline_shared::events::publish_stock(&state.client, &state.subjects, &state.pool, &products)
         .await;

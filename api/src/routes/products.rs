@@ -17,10 +17,10 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::catalog;
 use crate::db::{product_columns, ProductRow};
 use crate::error::ApiError;
-use crate::extract::{idempotency_key, json_body, page, path_id, request_id, split_page};
+use crate::extract::{idempotency_key, json_body, page, path_id, request_id};
+use crate::product_cache::etag_of;
 use crate::restock::{self, Restocked};
 use crate::state::AppState;
 
@@ -115,8 +115,10 @@ pub struct RestockBody {
     quantity: i64,
 }
 
-/// One page of products.
+/// One page of products: the schema of the page `list` writes from its
+/// products' JSON, encoded once each, rather than through this type.
 #[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
 pub struct ProductPage {
     items: Vec<Product>,
     /// Cursor for the next page (pass as `cursor`); null on the last page.
@@ -207,6 +209,7 @@ pub async fn create(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(product_id = %product.id, partition = %product.partition, "product created");
+    catalog_changed(&state, product.id).await;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, format!("/v1/products/{}", product.id))],
@@ -221,32 +224,52 @@ pub async fn create(
     operation_id = "listProducts",
     tag = "products",
     summary = "List products",
-    description = "Public. Cursor-paginated; follow `next_cursor` until it is null.",
+    description = "Public. Cursor-paginated; follow `next_cursor` until it is null. The cursor is a product id, so a product created meanwhile never shifts a page. Served from memory like a product (see `getProduct`), with an `ETag` and `If-None-Match`.",
     params(
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a copy of this page held: `304` if it is still current."),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size (default 50)."),
         ("cursor" = Option<String>, Query, format = Uuid, description = "`next_cursor` from the previous page. Omit for the first page; anything else is `400 invalid_request`."),
     ),
     responses(
-        (status = 200, description = "One page of products.", body = ProductPage),
+        (status = 200, description = "One page of products.", body = ProductPage, headers(
+            ("ETag" = String, description = "Strong validator of the page."),
+            ("Cache-Control" = String, description = "How long the page may be kept without asking again; never past `CHECKLINE_CATALOG_FRESH_MS`."))),
+        (status = 304, description = "The copy named in `If-None-Match` is current.", headers(
+            ("ETag" = String, description = "Strong validator of the page."))),
         (status = 400, response = crate::openapi::InvalidRequest),
     )
 )]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<ProductPage>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (limit, cursor) = page(&query)?;
-    let columns = product_columns();
-    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
-        "SELECT {columns} FROM products WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+    let page = state.products.list(cursor, limit).await?;
+    // The page's JSON from its products' own, encoded once each.
+    let mut body =
+        Vec::with_capacity(page.items.iter().map(|e| e.body.len() + 1).sum::<usize>() + 64);
+    body.extend_from_slice(b"{\"items\":[");
+    for (i, entry) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&entry.body);
+    }
+    body.extend_from_slice(b"],\"next_cursor\":");
+    match page.next_cursor {
+        Some(next) => body.extend_from_slice(format!("\"{next}\"").as_bytes()),
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+    let etag = etag_of(&body);
+    Ok(cached(
+        &state,
+        &headers,
+        Bytes::from(body),
+        &etag,
+        page.read_started,
     ))
-    .bind(cursor)
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
-    .await?;
-    let items: Vec<Product> = rows.into_iter().map(Product::from).collect();
-    let (items, next_cursor) = split_page(items, limit, |p| p.id);
-    Ok(Json(ProductPage { items, next_cursor }))
 }
 
 #[utoipa::path(
@@ -255,10 +278,17 @@ pub async fn list(
     operation_id = "getProduct",
     tag = "products",
     summary = "Get a product",
-    description = "Public.",
-    params(("id" = Uuid, Path, description = "Product id (canonical UUID); anything else is `400 invalid_id`.", example = "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d")),
+    description = "Public. Served from the API's memory: the product as PostgreSQL had it at most `CHECKLINE_CATALOG_FRESH_MS` (250 ms by default) before the request, and, on the instance that reported an order's decision, never from before that decision. `updated_at` is the product's version: it only grows.",
+    params(
+        ("id" = Uuid, Path, description = "Product id (canonical UUID); anything else is `400 invalid_id`.", example = "0b7c1e52-3f0a-4c8e-9d1a-5e2f6a7b8c9d"),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a copy of this product held: `304` if it is still current."),
+    ),
     responses(
-        (status = 200, description = "The product; `stock` reflects every decided order.", body = Product),
+        (status = 200, description = "The product; `stock` reflects every order decided up to `CHECKLINE_CATALOG_FRESH_MS` before the request.", body = Product, headers(
+            ("ETag" = String, description = "Strong validator of the representation."),
+            ("Cache-Control" = String, description = "How long the product may be kept without asking again; never past `CHECKLINE_CATALOG_FRESH_MS`."))),
+        (status = 304, description = "The copy named in `If-None-Match` is current.", headers(
+            ("ETag" = String, description = "Strong validator of the representation."))),
         (status = 400, response = crate::openapi::InvalidId),
         (status = 404, response = crate::openapi::ProductNotFound),
     )
@@ -266,12 +296,58 @@ pub async fn list(
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Product>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = path_id(&id)?;
-    catalog::fetch_product(&state.pool, id)
+    let entry = state
+        .products
+        .product(id)
         .await?
-        .map(Json)
-        .ok_or(ApiError::ProductNotFound)
+        .ok_or(ApiError::ProductNotFound)?;
+    Ok(cached(
+        &state,
+        &headers,
+        entry.body.clone(),
+        &entry.etag,
+        entry.read_started(),
+    ))
+}
+
+/// A product read's response: `304` when the client's copy is current,
+/// else the body; either way with its validator and how long a browser or
+/// CDN may keep it without asking (never past the freshness bound).
+fn cached(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Bytes,
+    etag: &str,
+    read_started: std::time::Instant,
+) -> Response {
+    let cache_control = match state.products.max_age_secs(read_started) {
+        0 => "public, max-age=0, must-revalidate".to_owned(),
+        secs => format!("public, max-age={secs}, must-revalidate"),
+    };
+    let common = [
+        (header::ETAG, etag.to_owned()),
+        (header::CACHE_CONTROL, cache_control),
+        (header::VARY, "accept-encoding".to_owned()),
+    ];
+    if if_none_match(headers, etag) {
+        state.products.metrics.not_modified.inc();
+        return (StatusCode::NOT_MODIFIED, common).into_response();
+    }
+    (common, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, RFC 9110 §13.1.2).
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
 }
 
 #[utoipa::path(
@@ -326,8 +402,9 @@ pub async fn patch(
     let row: Option<ProductRow> = sqlx::query_as(&format!(
         "UPDATE products SET name = COALESCE($2, name), price_cents = COALESCE($3, price_cents), \
              max_per_customer = CASE WHEN $4 THEN $5 ELSE max_per_customer END, \
-             active = COALESCE($6, active), updated_at = now() \
-         WHERE id = $1 RETURNING {columns}"
+             active = COALESCE($6, active), updated_at = {version} \
+         WHERE id = $1 RETURNING {columns}",
+        version = checkline_shared::db::next_product_version("products"),
     ))
     .bind(id)
     .bind(&input.name)
@@ -337,8 +414,16 @@ pub async fn patch(
     .bind(input.active)
     .fetch_optional(&state.pool)
     .await?;
-    row.map(|r| Json(Product::from(r)))
-        .ok_or(ApiError::ProductNotFound)
+    let product = Product::from(row.ok_or(ApiError::ProductNotFound)?);
+    catalog_changed(&state, product.id).await;
+    Ok(Json(product))
+}
+
+/// After an admin's change is committed: this instance and every other
+/// read the product (and the list pages) again before serving them.
+async fn catalog_changed(state: &AppState, id: Uuid) {
+    state.products.admin_changed(id);
+    checkline_shared::events::announce_catalog_change(&state.client, &state.subjects, id).await;
 }
 
 /// Restocks travel through the product's queue like orders (`crate::restock`),
@@ -395,4 +480,32 @@ pub async fn restock(
         Restocked::Queued(result) => (StatusCode::ACCEPTED, result),
     };
     Ok((status, Json(result)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn asking(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::IF_NONE_MATCH, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn if_none_match_names_the_copy_held() {
+        let etag = "\"00ab\"";
+        assert!(!if_none_match(&HeaderMap::new(), etag));
+        assert!(if_none_match(&asking(&["\"00ab\""]), etag));
+        assert!(if_none_match(&asking(&["W/\"00ab\""]), etag));
+        assert!(if_none_match(&asking(&["\"x\", \"00ab\""]), etag));
+        assert!(if_none_match(&asking(&["\"x\"", "\"00ab\""]), etag));
+        assert!(if_none_match(&asking(&["*"]), etag));
+        assert!(!if_none_match(&asking(&["\"00ac\""]), etag));
+        assert!(!if_none_match(&asking(&["00ab"]), etag));
+    }
 }

@@ -73,9 +73,12 @@ pub async fn events(
     let id = path_id(&id)?;
     // Subscribe before reading, so no change falls between the two.
     let watch = state.hub.stock.subscribe(id);
-    let first = current(&state.pool, id)
+    let first = state
+        .products
+        .product(id)
         .await?
-        .ok_or(ApiError::ProductNotFound)?;
+        .ok_or(ApiError::ProductNotFound)?
+        .stock;
     let keepalive = state.config.sse_keepalive;
     struct Cursor {
         state: Arc<AppState>,

@@ -7,6 +7,7 @@
 
 mod activity;
 mod audit;
+mod catalog;
 mod checkout;
 mod checkout_load;
 mod contract;
