@@ -69,10 +69,10 @@ done
 # and lengths; wrk's length.
 if [[ $QUICK == 1 ]]; then
     CLOSED=2000 STORM=2000 FLASH=1000 HIGH_RATE=1000 LOW_RATE=500 MID_RATE=1000
-    OPEN_SECS=3 WRK_SECS=3 CARTS=2000
+    OPEN_SECS=3 WRK_SECS=3 CARTS=2000 READERS=16
 else
     CLOSED=50000 STORM=50000 FLASH=10000 HIGH_RATE=10000 LOW_RATE=2000 MID_RATE=5000
-    OPEN_SECS=15 WRK_SECS=20 CARTS=20000
+    OPEN_SECS=15 WRK_SECS=20 CARTS=20000 READERS=128
 fi
 
 # Each run's per-process CPU is taken over the load's own windows (the run's
@@ -117,6 +117,10 @@ run cart cart --buyers $CARTS --products 100 --stock 1000 --concurrency 256
 # The same carts fighting over 20 products with small stock: holds, waits
 # and releases on every product.
 run cart-contended cart --buyers $CARTS --products 20 --stock 50 --concurrency 256
+# Product reads beside orders on the same product: reads/s and the
+# freshness bound, then each load alone.
+run read read --readers $READERS --order-rate $MID_RATE --duration-secs $OPEN_SECS
+run read-alone read --reads-only --readers $READERS --duration-secs $OPEN_SECS
 run_wrk wrk-hot --products 1 --customers 2000 --duration $WRK_SECS --threads 2 --connections 256
 run_wrk wrk-many --products 100 --customers 2000 --duration $WRK_SECS --threads 2 --connections 256
 

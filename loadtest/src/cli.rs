@@ -93,6 +93,11 @@ pub enum Command {
     /// small stock, some reserving first and then confirming, cancelling or
     /// abandoning the reservation; then invariants 1-8 are checked.
     Cart(CartArgs),
+    /// Product reads under an order load: readers alternate
+    /// `GET /v1/products/{id}` and the list page that holds the product while
+    /// orders arrive at a fixed rate; reads/s and latency are reported and
+    /// every read is checked against the freshness bound (--fresh-ms).
+    Read(ReadArgs),
     /// Print bearer tokens signed with the API's secret, one per line, for
     /// driving the API with another load generator (`scripts/bench-wrk.sh`).
     /// Sends no load.
@@ -441,6 +446,178 @@ pub struct CartArgs {
     pub json_out: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ReadArgs {
+    /// Reader tasks, each alternating `GET /v1/products/{id}` and
+    /// `GET /v1/products?limit=50` (the page that holds the product)
+    /// [default: 128].
+    #[arg(long, value_name = "N", help_heading = "Reads",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub readers: Option<u32>,
+
+    /// How long the readers read and the orders arrive.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_DURATION_SECS, help_heading = "Reads",
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub duration_secs: u64,
+
+    /// Orders of quantity 1 per second on the product, open loop
+    /// [default: 5000].
+    #[arg(long, value_name = "R", help_heading = "Orders",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub order_rate: Option<u32>,
+
+    /// Readers only, no orders: the read load measured alone.
+    #[arg(long, conflicts_with = "orders_only", help_heading = "Reads")]
+    pub reads_only: bool,
+
+    /// Orders only, no readers: the order load measured alone.
+    #[arg(long, help_heading = "Orders")]
+    pub orders_only: bool,
+
+    /// The freshness bound checked, in milliseconds: a read at time t must
+    /// show the product as PostgreSQL had it at some instant >= t - bound.
+    #[arg(long, value_name = "MS", env = "CHECKLINE_CATALOG_FRESH_MS",
+          default_value_t = DEFAULT_FRESH_MS, help_heading = "Reads",
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub fresh_ms: u64,
+
+    /// Most order submissions outstanding at once; an order due while the
+    /// cap is reached is not sent and counts as dropped.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_IN_FLIGHT, help_heading = "Orders",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+
+    /// How decisions are learnt: db (watch PostgreSQL; adds no HTTP load
+    /// beside the reads) or poll (long-poll each accepted order).
+    #[arg(long, value_enum, default_value_t = Tracking::Db, help_heading = "Orders")]
+    pub decisions: Tracking,
+
+    /// --decisions poll: most long-polls in flight at once.
+    #[arg(long, value_name = "P", default_value_t = 512, help_heading = "Orders",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub poll_concurrency: u32,
+
+    /// How long to wait for the remaining decisions once every order has
+    /// been answered.
+    #[arg(long, value_name = "SECS", default_value_t = 60, help_heading = "Orders",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub decision_timeout_secs: u64,
+
+    /// Attempts per order submission (the first one included) on 429/503
+    /// or a failed connection; retries reuse the same Idempotency-Key.
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Orders",
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_attempts: u32,
+
+    /// Longest delay honoured from a Retry-After header.
+    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Orders",
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub max_retry_after_secs: u64,
+
+    /// Timeout of one HTTP request (a long-poll gets its wait on top).
+    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_timeout_secs: u64,
+
+    /// Also write the report, checks included, as JSON to this file.
+    #[arg(long, value_name = "FILE", help_heading = "Load")]
+    pub json_out: Option<PathBuf>,
+}
+
+/// The `read` scenario, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadSettings {
+    /// Reader tasks; 0 with `--orders-only`.
+    pub readers: usize,
+    #[serde(serialize_with = "serialize_secs", rename = "duration_secs")]
+    pub duration: Duration,
+    /// Orders per second; `None` with `--reads-only`.
+    pub order_rate: Option<u32>,
+    /// Orders in the run: rate x duration (0 with `--reads-only`).
+    pub orders: u32,
+    /// Initial stock of the product: twice the orders and a margin, so that
+    /// it never sells out.
+    pub stock: u64,
+    /// The freshness bound checked.
+    #[serde(serialize_with = "serialize_ms", rename = "fresh_ms")]
+    pub fresh: Duration,
+    pub max_in_flight: usize,
+    pub decisions: Tracking,
+    pub poll_concurrency: usize,
+    #[serde(serialize_with = "serialize_secs", rename = "decision_timeout_secs")]
+    pub decision_timeout: Duration,
+    pub max_attempts: u32,
+    #[serde(serialize_with = "serialize_secs", rename = "max_retry_after_secs")]
+    pub max_retry_after: Duration,
+    #[serde(serialize_with = "serialize_secs", rename = "request_timeout_secs")]
+    pub request_timeout: Duration,
+    #[serde(skip)]
+    pub json_out: Option<PathBuf>,
+}
+
+fn serialize_ms<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl ReadSettings {
+    pub fn from_args(args: &ReadArgs) -> Result<Self> {
+        if args.reads_only && args.order_rate.is_some() {
+            bail!("--order-rate is not used with --reads-only (no orders are sent)");
+        }
+        if args.orders_only && args.readers.is_some() {
+            bail!("--readers is not used with --orders-only (nothing is read)");
+        }
+        let readers = if args.orders_only {
+            0
+        } else {
+            args.readers.unwrap_or(DEFAULT_READERS)
+        };
+        let order_rate = (!args.reads_only).then(|| args.order_rate.unwrap_or(DEFAULT_ORDER_RATE));
+        let orders = order_rate.map_or(0, |rate| schedule::requests_for(rate, args.duration_secs));
+        if orders > MAX_BUYERS {
+            bail!(
+                "--order-rate x --duration-secs = {orders} orders; at most {MAX_BUYERS} \
+                 are supported (lower one of them)"
+            );
+        }
+        // Twice the orders: the product must never sell out, whatever the
+        // retries; the margin keeps a reads-only run's stock off zero.
+        const _: () = assert!(2 * MAX_BUYERS + READ_STOCK_MARGIN <= MAX_STOCK);
+        let stock = orders * 2 + READ_STOCK_MARGIN;
+        Ok(Self {
+            readers: to_usize(readers),
+            duration: Duration::from_secs(args.duration_secs),
+            order_rate,
+            orders: u32::try_from(orders).unwrap_or(u32::MAX),
+            stock,
+            fresh: Duration::from_millis(args.fresh_ms),
+            max_in_flight: to_usize(args.max_in_flight),
+            decisions: args.decisions,
+            poll_concurrency: to_usize(args.poll_concurrency),
+            decision_timeout: Duration::from_secs(args.decision_timeout_secs),
+            max_attempts: args.max_attempts,
+            max_retry_after: Duration::from_secs(args.max_retry_after_secs),
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
+            json_out: args.json_out.clone(),
+        })
+    }
+
+    /// Connections the HTTP client should keep: a reader each, and every
+    /// submission and poll that may be in flight at once.
+    pub fn http_pool_size(&self) -> usize {
+        let orders = if self.order_rate.is_some() {
+            let polls = match self.decisions {
+                Tracking::Poll => self.poll_concurrency,
+                Tracking::Db | Tracking::Synchronous => 0,
+            };
+            self.max_in_flight.saturating_add(polls)
+        } else {
+            0
+        };
+        self.readers.saturating_add(orders).max(1)
+    }
+}
+
 /// A fraction between 0 and 1.
 fn parse_fraction(text: &str) -> Result<f64, String> {
     let value: f64 = text
@@ -668,6 +845,12 @@ pub const HOT_PRODUCT_BUYERS: u32 = 5000;
 pub const MANY_PRODUCTS_BUYERS: u32 = 5000;
 pub const SOLD_OUT_STORM_BUYERS: u32 = 20_000;
 pub const CART_BUYERS: u32 = 2000;
+/// `read`: readers, orders per second, freshness bound, and the stock
+/// kept above twice the orders.
+pub const DEFAULT_READERS: u32 = 128;
+pub const DEFAULT_ORDER_RATE: u32 = 5000;
+pub const DEFAULT_FRESH_MS: u64 = 250;
+const READ_STOCK_MARGIN: u64 = 1000;
 /// Closed mode's virtual users when `--concurrency` is not given.
 pub const DEFAULT_CONCURRENCY: u32 = 256;
 /// Open mode's schedule length when neither `--duration-secs` nor `--buyers`
@@ -686,6 +869,7 @@ pub enum ScenarioKind {
     ManyProducts,
     SoldOutStorm,
     Cart,
+    Read,
 }
 
 impl ScenarioKind {
@@ -696,6 +880,7 @@ impl ScenarioKind {
             Self::ManyProducts => "many-products",
             Self::SoldOutStorm => "sold-out-storm",
             Self::Cart => "cart",
+            Self::Read => "read",
         }
     }
 }
@@ -907,6 +1092,7 @@ impl ScenarioSettings {
             }
             Command::Tokens(_) => bail!("`tokens` prints tokens; it is not a load scenario"),
             Command::Cart(_) => bail!("`cart` has its own settings (CartSettings)"),
+            Command::Read(_) => bail!("`read` has its own settings (ReadSettings)"),
             Command::SoldOutStorm(args) => Ok(Self {
                 kind: ScenarioKind::SoldOutStorm,
                 load: LoadSettings::from_args(&args.load, SOLD_OUT_STORM_BUYERS)?,
@@ -1241,6 +1427,94 @@ mod tests {
             (&["--buyers", "0"][..], "--buyers"),
         ] {
             let err = parse(&[&["cart"], args].concat()).unwrap_err().to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+    }
+
+    fn read(args: &[&str]) -> Result<ReadSettings> {
+        let cli = parse(&[&["read"], args].concat())?;
+        let Command::Read(args) = &cli.command else {
+            panic!("not read: {:?}", cli.command);
+        };
+        ReadSettings::from_args(args)
+    }
+
+    #[test]
+    fn read_defaults() {
+        let s = read(&[]).unwrap();
+        assert_eq!(s.readers, 128);
+        assert_eq!(s.duration, Duration::from_secs(10));
+        assert_eq!(s.order_rate, Some(5000));
+        assert_eq!(s.orders, 50_000);
+        assert_eq!(s.stock, 2 * 50_000 + 1000, "never sells out");
+        assert_eq!(s.fresh, Duration::from_millis(250));
+        assert_eq!(s.decisions, Tracking::Db, "no polls beside the reads");
+        assert_eq!(s.max_in_flight, 10_000);
+        assert_eq!(s.http_pool_size(), 128 + 10_000);
+        assert!(settings(&["read"]).is_err(), "read has its own settings");
+        assert_eq!(ScenarioKind::Read.name(), "read");
+    }
+
+    #[test]
+    fn read_flags() {
+        let s = read(&[
+            "--readers",
+            "4",
+            "--duration-secs",
+            "5",
+            "--order-rate",
+            "1000",
+            "--fresh-ms",
+            "100",
+            "--decisions",
+            "poll",
+            "--poll-concurrency",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!((s.readers, s.orders, s.stock), (4, 5000, 11_000));
+        assert_eq!(s.fresh, Duration::from_millis(100));
+        assert_eq!(s.http_pool_size(), 4 + 10_000 + 10);
+
+        let alone = read(&["--reads-only"]).unwrap();
+        assert_eq!((alone.order_rate, alone.orders), (None, 0));
+        assert_eq!(alone.stock, 1000, "the margin keeps it off zero");
+        assert_eq!(alone.http_pool_size(), 128);
+        let alone = read(&["--orders-only"]).unwrap();
+        assert_eq!((alone.readers, alone.order_rate), (0, Some(5000)));
+    }
+
+    #[test]
+    fn read_flags_that_conflict() {
+        let err = parse(&["read", "--reads-only", "--orders-only"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--orders-only"), "{err}");
+        for (args, needle) in [
+            (
+                &["--reads-only", "--order-rate", "10"][..],
+                "--order-rate is not used with --reads-only",
+            ),
+            (
+                &["--orders-only", "--readers", "3"][..],
+                "--readers is not used with --orders-only",
+            ),
+            (
+                &["--order-rate", "1000000", "--duration-secs", "3600"][..],
+                "at most 10000000",
+            ),
+        ] {
+            let err = read(args).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        for (args, flag) in [
+            (&["read", "--readers", "0"][..], "--readers"),
+            (&["read", "--order-rate", "0"][..], "--order-rate"),
+            (&["read", "--duration-secs", "0"][..], "--duration-secs"),
+            (&["read", "--fresh-ms=-1"][..], "--fresh-ms"),
+            (&["read", "--decisions", "synchronous"][..], "--decisions"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
             assert!(err.contains(flag), "{flag}: {err}");
         }
     }

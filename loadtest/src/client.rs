@@ -436,6 +436,24 @@ impl ApiClient {
         self.execute(request, self.request_timeout).await
     }
 
+    /// `GET /v1/products?limit=<limit>[&cursor=<cursor>]` (public) at API
+    /// `api`: one page of the catalogue.
+    pub async fn list_products(
+        &self,
+        api: usize,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Reply, reqwest::Error> {
+        let mut request = self
+            .http
+            .get(self.url(api, "/v1/products"))
+            .query(&[("limit", limit)]);
+        if let Some(cursor) = cursor {
+            request = request.query(&[("cursor", cursor)]);
+        }
+        self.execute(request, self.request_timeout).await
+    }
+
     /// The bytes of a buyer's `POST /v1/orders` (customer) to API `api`, or
     /// of the synchronous endpoint's: built once, sent by every attempt
     /// there with [`ApiClient::place_order`].

@@ -26,6 +26,7 @@ mod db;
 mod decisions;
 mod latency;
 mod load;
+mod read;
 mod report;
 mod scenario;
 mod schedule;

@@ -7,9 +7,11 @@
 //! against the row-locking baseline ([`system`] hides the difference).
 //! What differs between scenarios is settled by the command line
 //! ([`crate::cli::ScenarioSettings`]): products, stock, default buyers, and
-//! the sell-out phase.
+//! the sell-out phase. `cart` ([`cart`]) and `read` ([`read`]) have courses
+//! of their own.
 
 mod cart;
+mod read;
 mod runner;
 mod system;
 
@@ -23,7 +25,7 @@ use sqlx::PgPool;
 
 use crate::auth::TokenMinter;
 use crate::checks::{self, Check};
-use crate::cli::{CartSettings, Cli, Command, Connection, ScenarioSettings};
+use crate::cli::{CartSettings, Cli, Command, Connection, ReadSettings, ScenarioSettings};
 use crate::client::{error_chain, ApiClient, NewProduct, Product};
 use crate::db;
 
@@ -66,6 +68,9 @@ pub async fn run(cli: Cli) -> Result<Verdict> {
     let connection = Connection::from_args(&cli.connection)?;
     if let Command::Cart(args) = &cli.command {
         return cart::run(&connection, CartSettings::from_args(args)?).await;
+    }
+    if let Command::Read(args) = &cli.command {
+        return read::run(&connection, ReadSettings::from_args(args)?).await;
     }
     let settings = ScenarioSettings::from_command(&cli.command)?;
     settings.check_api_count(connection.api_urls.len())?;
