@@ -119,8 +119,8 @@ run cart cart --buyers $CARTS --products 100 --stock 1000 --concurrency 256
 run cart-contended cart --buyers $CARTS --products 20 --stock 50 --concurrency 256
 # Product reads beside orders on the same product: reads/s and the
 # freshness bound, then each load alone.
-run read read --readers $READERS --order-rate $MID_RATE --duration-secs $OPEN_SECS
-run read-alone read --reads-only --readers $READERS --duration-secs $OPEN_SECS
+run reads read --readers $READERS --order-rate $MID_RATE --duration-secs $OPEN_SECS
+run reads-alone read --reads-only --readers $READERS --duration-secs $OPEN_SECS
 run_wrk wrk-hot --products 1 --customers 2000 --duration $WRK_SECS --threads 2 --connections 256
 run_wrk wrk-many --products 100 --customers 2000 --duration $WRK_SECS --threads 2 --connections 256
 
