@@ -330,7 +330,6 @@ fn cached(
     let common = [
         (header::ETAG, etag.to_owned()),
         (header::CACHE_CONTROL, cache_control),
-        (header::VARY, "accept-encoding".to_owned()),
     ];
     if if_none_match(headers, etag) {
         state.products.metrics.not_modified.inc();
