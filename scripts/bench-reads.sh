@@ -7,7 +7,8 @@
 #
 #   scripts/bench-reads.sh [--duration SECS] [--threads T] [--connections C]
 #
-# Defaults: 10 s each, -t2 -c128. Needs wrk (apt-get install -y wrk), curl,
+# Defaults: 10 s each, -t2 -c128. The list page holds 50 products made
+# for the run. Needs wrk (apt-get install -y wrk), curl,
 # python3, the API at CHECKLINE_API_URL (default http://127.0.0.1:8080) and
 # its secret in CHECKLINE_JWT_SECRET; checkline-loadtest in
 # CHECKLINE_BIN_DIR (default target/release) signs the admin token. The
@@ -48,25 +49,39 @@ command -v wrk > /dev/null || die "wrk is not installed (apt-get install -y wrk)
 
 ADMIN=$("$BIN/checkline-loadtest" tokens --admin) \
     || die "cannot sign an admin token"
-SKU="READS-$(date +%s%N)"
-PRODUCT=$(curl -fsS -X POST "$API/v1/products" -H "authorization: Bearer $ADMIN" \
-    -H 'content-type: application/json' \
-    -d "{\"sku\":\"$SKU\",\"name\":\"Flash phone\",\"price_cents\":19900,\"stock\":100}") \
-    || die "cannot create the product at $API"
-ID=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<< "$PRODUCT")
-
-# The list page that holds the product: walk from the first.
+# Fifty products, created one after another: their ids are time-ordered, so
+# they fill one list page, which starts after the id before the first.
+RUN=$(date +%s%N)
+IDS=()
+for i in $(seq 1 50); do
+    PRODUCT=$(curl -fsS -X POST "$API/v1/products" -H "authorization: Bearer $ADMIN" \
+        -H 'content-type: application/json' \
+        -d "{\"sku\":\"READS-$RUN-$i\",\"name\":\"Flash phone $i\",\"price_cents\":19900,\"stock\":100}") \
+        || die "cannot create products at $API"
+    IDS+=("$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<< "$PRODUCT")")
+done
+ID=${IDS[0]}
 CURSOR=
+BEFORE=
 while :; do
-    PAGE=$(curl -fsS "$API/v1/products?limit=50${CURSOR:+&cursor=$CURSOR}")
-    FOUND=$(python3 -c '
+    PAGE=$(curl -fsS "$API/v1/products?limit=200${BEFORE:+&cursor=$BEFORE}")
+    # The id before ours on this page, or "next <cursor>" to read on.
+    STEP=$(python3 -c '
 import json, sys
-page = json.load(sys.stdin)
-ids = [p["id"] for p in page["items"]]
-print("yes" if sys.argv[1] in ids else (page["next_cursor"] or "end"))' "$ID" <<< "$PAGE")
-    [[ $FOUND == yes ]] && break
-    [[ $FOUND == end ]] && die "product $ID is on no list page"
-    CURSOR=$FOUND
+page, target, before = json.load(sys.stdin), sys.argv[1], sys.argv[2]
+for p in page["items"]:
+    if p["id"] == target:
+        print("found " + before)
+        break
+    before = p["id"]
+else:
+    print("next " + (page["next_cursor"] or "end") + " " + before)' "$ID" "${BEFORE:--}" <<< "$PAGE")
+    case $STEP in
+    "found -") CURSOR= && break ;;
+    found*) CURSOR=${STEP#found } && break ;;
+    "next end"*) die "product $ID is on no list page" ;;
+    *) BEFORE=$(cut -d' ' -f2 <<< "$STEP") ;;
+    esac
 done
 LIST="$API/v1/products?limit=50${CURSOR:+&cursor=$CURSOR}"
 ETAG=$(curl -fsS -D - -o /dev/null "$API/v1/products/$ID" | tr -d '\r' \
@@ -76,11 +91,14 @@ ETAG=$(curl -fsS -D - -o /dev/null "$API/v1/products/$ID" | tr -d '\r' \
 SUMMARY='
 import re, sys
 text = sys.stdin.read()
-rate = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
+rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", text, re.M))
+p50, p90, p99 = (lat.get(p, "?") for p in ("50", "90", "99"))
+line = f"{sys.argv[1]:<12} {rate:>10.0f} req/s   p50 {p50}  p90 {p90}  p99 {p99}"
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"{sys.argv[1]:<12} {float(rate):>10.0f} req/s   p50 {lat.get(\"50\")}  p90 {lat.get(\"90\")}  p99 {lat.get(\"99\")}"
-      + (f"   non-2xx/3xx {non2xx.group(1)}" if non2xx else ""))
+if non2xx:
+    line += "   non-2xx/3xx " + non2xx.group(1)
+print(line)
 '
 
 run() {
