@@ -48,6 +48,25 @@ fn id_of(product: &Value) -> String {
     product["id"].as_str().unwrap().to_owned()
 }
 
+/// `quantity` units of the product reserved for five minutes; returns the
+/// order once decided (reserved).
+async fn reserve(app: &TestApp, token: &str, id: &str, quantity: i64) -> Value {
+    let response = app
+        .http
+        .post(app.url("/v1/orders"))
+        .bearer_auth(token)
+        .header("idempotency-key", format!("reserve-{id}-{quantity}"))
+        .json(&json!({"product_id": id, "quantity": quantity, "reserve_secs": 300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let order: Value = response.json().await.unwrap();
+    let order = app.decided(token, order["id"].as_str().unwrap()).await;
+    assert_eq!(order["status"], "reserved");
+    order
+}
+
 #[tokio::test]
 async fn reads_come_from_memory_and_never_older_than_the_bound() {
     let app = TestApp::spawn_with(&[("CHECKLINE_CATALOG_FRESH_MS", "1500")]).await;
@@ -137,19 +156,8 @@ async fn a_reservation_confirmed_is_shown_at_once_on_the_instance_that_confirmed
     app.start_worker().await;
     let id = id_of(&app.create_product(5, None).await);
     let alice = app.customer("alice");
-    let response = app
-        .http
-        .post(app.url("/v1/orders"))
-        .bearer_auth(&alice)
-        .header("idempotency-key", "r1")
-        .json(&json!({"product_id": id, "quantity": 2, "reserve_secs": 300}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let order: Value = response.json().await.unwrap();
+    let order = reserve(&app, &alice, &id, 2).await;
     let order_id = order["id"].as_str().unwrap().to_owned();
-    assert_eq!(app.decided(&alice, &order_id).await["status"], "reserved");
     let product: Value = get(&app, &app.base, &format!("/v1/products/{id}"))
         .await
         .json()
@@ -364,20 +372,7 @@ async fn the_first_stock_event_from_memory_is_what_postgresql_says() {
     app.start_worker().await;
     let id = id_of(&app.create_product(4, None).await);
     let alice = app.customer("alice");
-    let response = app
-        .http
-        .post(app.url("/v1/orders"))
-        .bearer_auth(&alice)
-        .header("idempotency-key", "r1")
-        .json(&json!({"product_id": id, "quantity": 4, "reserve_secs": 300}))
-        .send()
-        .await
-        .unwrap();
-    let order: Value = response.json().await.unwrap();
-    assert_eq!(
-        app.decided(&alice, order["id"].as_str().unwrap()).await["status"],
-        "reserved"
-    );
+    reserve(&app, &alice, &id, 4).await;
     // Read once so that the stream's first event comes from memory.
     assert_eq!(stock_at(&app, &app.base, &id).await, 0);
     let stream = get(&app, &app.base, &format!("/v1/products/{id}/events")).await;
