@@ -250,7 +250,7 @@ impl ProductCache {
             self.metrics.hits.inc();
             return Ok(Some(entry));
         }
-        self.read_product(id).await
+        self.read_product(id, false).await
     }
 
     /// An entry that may be served now; with `refresh`, starts a background
@@ -267,7 +267,7 @@ impl ProductCache {
         if refresh && age >= self.fresh / 2 && !slot.refreshing.swap(true, Ordering::AcqRel) {
             let cache = self.clone();
             tokio::spawn(async move {
-                let _ = cache.read_product(id).await;
+                let _ = cache.read_product(id, true).await;
                 let slots = cache.slots.read().unwrap_or_else(|e| e.into_inner());
                 if let Some(slot) = slots.get(&id) {
                     slot.refreshing.store(false, Ordering::Release);
@@ -278,12 +278,21 @@ impl ProductCache {
     }
 
     /// Reads the product from PostgreSQL, once for everyone who asks at the
-    /// same time.
-    async fn read_product(self: &Arc<Self>, id: Uuid) -> Result<Option<Arc<Entry>>, ApiError> {
+    /// same time. In the `background`, an entry still servable is what is
+    /// to be replaced: only one read since the ask will do.
+    async fn read_product(
+        self: &Arc<Self>,
+        id: Uuid,
+        background: bool,
+    ) -> Result<Option<Arc<Entry>>, ApiError> {
+        let asked = Instant::now();
         let flight = self.flight(Flight::Product(id));
         let guard = flight.lock().await;
         // Whoever held the flight before may have just read it.
-        if let Some(entry) = self.servable(id, false) {
+        if let Some(entry) = self
+            .servable(id, false)
+            .filter(|entry| !background || entry.read_started >= asked)
+        {
             drop(guard);
             self.land(Flight::Product(id), flight);
             return Ok(Some(entry));

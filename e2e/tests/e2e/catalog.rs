@@ -115,6 +115,31 @@ async fn reads_come_from_memory_and_never_older_than_the_bound() {
 }
 
 #[tokio::test]
+async fn past_half_the_bound_a_product_is_read_again_while_still_served() {
+    let app = TestApp::spawn_with(&[("CHECKLINE_CATALOG_FRESH_MS", "3000")]).await;
+    let id = id_of(&app.create_product(5, None).await);
+    let read_at = Instant::now();
+    assert_eq!(stock_at(&app, &app.base, &id).await, 5);
+    add_stock_silently(&app, &id, 7).await;
+    tokio::time::sleep(Duration::from_millis(1_600).saturating_sub(read_at.elapsed())).await;
+    // Past half the bound: still served, and read again behind it...
+    let served = stock_at(&app, &app.base, &id).await;
+    // ...so the change shows well before the entry would have expired.
+    let mut shown = served;
+    while shown != 12 && read_at.elapsed() < Duration::from_millis(2_800) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        shown = stock_at(&app, &app.base, &id).await;
+    }
+    assert_eq!(
+        (served, shown),
+        (5, 12),
+        "not read again in the background (after {:?})",
+        read_at.elapsed()
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_buyer_who_saw_their_order_decided_never_reads_stock_from_before_it() {
     // The stock event of the sale is lost and the bound is a minute: only
     // the reported decision can make the read right.
