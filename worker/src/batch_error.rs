@@ -26,6 +26,10 @@ pub enum StoreError {
     /// finds the cancelled order.
     #[error("{decided} of {expected} orders were still pending at the decision")]
     DecidedElsewhere { expected: usize, decided: usize },
+    /// The batch took longer than `CHECKLINE_BATCH_TIMEOUT_MS` and was
+    /// given up: its transaction is dropped with its connection.
+    #[error("batch not done within {0:?}; given up")]
+    TimedOut(std::time::Duration),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -36,7 +40,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Db(err) => checkline_shared::db::is_transient(err),
-            Self::DecidedElsewhere { .. } => true,
+            Self::DecidedElsewhere { .. } | Self::TimedOut(_) => true,
             Self::CursorMoved { .. } | Self::Fenced { .. } | Self::StockGuard { .. } => false,
         }
     }

@@ -21,6 +21,12 @@ pub struct WorkerConfig {
     pub stream_check_interval: Duration,
     /// Longest pause between retries of a batch that failed transiently.
     pub retry_max_delay: Duration,
+    /// Longest a batch's transaction may take, measured here: past it the
+    /// batch is given up (its connection dropped, so nothing it did stays)
+    /// and tried again. A database that stops answering without closing
+    /// the connection (a primary gone, packets dropped) would otherwise hold
+    /// the partition until TCP gives up, many minutes later.
+    pub batch_timeout: Duration,
     /// With no message for this long, a partition counts as idle (caught up).
     pub idle_after: Duration,
     /// Most stranded items republished by one sweep of a partition.
@@ -115,6 +121,7 @@ impl WorkerConfig {
                 60_000,
             )?,
             retry_max_delay: env.millis("CHECKLINE_RETRY_MAX_DELAY_MS", 5_000, 10, 60_000)?,
+            batch_timeout: env.millis("CHECKLINE_BATCH_TIMEOUT_MS", 15_000, 100, 600_000)?,
             idle_after: env.millis("CHECKLINE_IDLE_AFTER_MS", 1_000, 10, 60_000)?,
             requeue_batch_max: env.number("CHECKLINE_REQUEUE_BATCH_MAX", 1_000, 1, 100_000)?,
             expiry_interval: env.millis("CHECKLINE_EXPIRY_INTERVAL_MS", 1_000, 50, 60_000)?,

@@ -402,16 +402,22 @@ async fn apply_with_retry(
 ) -> Result<store::Applied, LoopError> {
     let mut delays = retry_delays(&deps.config);
     loop {
-        match store::apply_batch(
+        let attempt = store::apply_batch(
             &deps.pool,
             &deps.config.common.faults,
             partition,
             token,
             cursor,
             batch,
-        )
-        .await
-        {
+        );
+        // Given up, the transaction is dropped with its connection: nothing
+        // it wrote stays. Had its commit landed unseen, the retry finds the
+        // cursor moved and the loop re-aligns, as after a lost reply.
+        let result = match tokio::time::timeout(deps.config.batch_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::TimedOut(deps.config.batch_timeout)),
+        };
+        match result {
             Ok(applied) => return Ok(applied),
             Err(err) if err.is_transient() => {
                 let delay = delays.next().unwrap_or(deps.config.retry_max_delay);

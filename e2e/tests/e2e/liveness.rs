@@ -1,6 +1,7 @@
-//! Workers as real processes that stall: a worker frozen inside a batch
-//! transaction, or a partition task stuck in an await, must not freeze
-//! failover, lease renewal or hand-over anywhere else.
+//! Workers that stall: a worker frozen inside a batch transaction, or a
+//! partition task stuck in an await, must not freeze failover, lease
+//! renewal or hand-over anywhere else; a batch the database stops
+//! answering is given up and tried again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -209,4 +210,35 @@ async fn a_partition_stuck_in_an_await_is_handed_over_within_the_deadline() {
         child.wait().await.unwrap();
     }
     Arc::into_inner(app).unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn a_batch_the_database_stops_answering_is_given_up_and_retried() {
+    // The batch waits ten seconds between writing its decisions and its
+    // commit, as if the database had stopped answering; the worker gives
+    // it up after one and tries again.
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_FAULTS", "mid_batch:10000"),
+        ("CHECKLINE_BATCH_TIMEOUT_MS", "1000"),
+    ])
+    .await;
+    app.start_worker().await;
+    let product = app.create_product(3, None).await;
+    let pid = product["id"].as_str().unwrap().to_owned();
+    let alice = app.customer("alice");
+    let accepted = Instant::now();
+    let response = app.order(&alice, "k", &pid, 2).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let order: Value = response.json().await.unwrap();
+    let order = app.decided(&alice, order["id"].as_str().unwrap()).await;
+    assert_eq!(order["status"], "confirmed");
+    assert!(
+        accepted.elapsed() < Duration::from_secs(6),
+        "decided only after {:?}: the stalled batch was waited out",
+        accepted.elapsed()
+    );
+    // Given up means rolled back: the units were taken once.
+    assert_eq!(app.product(&pid).await["stock"], 1);
+    assert!(app.balanced(&pid).await);
+    app.shutdown().await;
 }
