@@ -144,6 +144,8 @@ impl Hub {
         while let Some(message) = subscription.next().await {
             let payload = &message.payload;
             match subjects.parse_event(message.subject.as_str()) {
+                // As if NATS had lost it: waiters fall back to PostgreSQL.
+                Some(EventSubject::Decisions) if faults.fail("hub_drop_decisions") => {}
                 Some(subject @ (EventSubject::Decisions | EventSubject::OrderChanges)) => {
                     if let Ok(orders) = serde_json::from_slice::<Vec<Order>>(payload) {
                         // Confirms, cancels and expiries are not decisions.

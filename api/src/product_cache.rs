@@ -532,6 +532,24 @@ impl ProductCache {
         }
     }
 
+    /// This instance reports products as PostgreSQL had them at these
+    /// versions (the admin stats): none is served from before that. A
+    /// product not held is read from PostgreSQL when asked anyway.
+    pub fn saw_products(&self, seen: impl IntoIterator<Item = (Uuid, DateTime<Utc>)>) {
+        let since = Instant::now();
+        for (id, version) in seen {
+            let held = self
+                .slots
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&id);
+            if held {
+                let version = Some(version);
+                self.require(id, Need { version, since });
+            }
+        }
+    }
+
     /// `order` changed outside a batch (confirmed, cancelled, expired): the
     /// units it reserved moved without a new product version, so its
     /// products are read again before they are served.

@@ -19,7 +19,8 @@
 //! path.
 //!
 //! Points: the API's `hub_drop_stock` (the next stock event is dropped, as
-//! if lost), `accept_batch_start`, `accept_after_door`,
+//! if lost), `hub_drop_decisions` (the same for the next decisions event),
+//! `accept_batch_start`, `accept_after_door`,
 //! `accept_second_lookup`, `accept_ack_lost`, `restock_before_enqueue`,
 //! `restock_publish`, `requeue_publish`; the queue publisher's `queue_batch_gap`
 //! (one message in the middle of an atomic batch never sent, so that the

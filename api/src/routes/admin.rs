@@ -104,7 +104,7 @@ pub async fn stats(
     caller: Caller,
 ) -> Result<Json<Stats>, ApiError> {
     caller.require_admin()?;
-    let products: Vec<ProductStats> = sqlx::query_as(&format!(
+    let rows: Vec<StatsRow> = sqlx::query_as(&format!(
         "WITH lines AS ( \
              SELECT product_id, quantity, status, total_cents AS amount FROM orders \
               WHERE line_count = 1 \
@@ -112,7 +112,7 @@ pub async fn stats(
              SELECT l.product_id, l.quantity, o.status, l.unit_price_cents * l.quantity \
                FROM order_lines l JOIN orders o ON o.id = l.order_id \
          ) \
-         SELECT p.id, p.sku, p.stock, \
+         SELECT p.id, p.sku, p.stock, p.updated_at, \
              COALESCE(SUM(x.quantity) FILTER (WHERE x.status = 'confirmed'), 0)::bigint AS confirmed_units, \
              COUNT(x.status) FILTER (WHERE x.status = 'confirmed') AS confirmed_orders, \
              COUNT(x.status) FILTER (WHERE x.status = 'rejected') AS rejected_orders, \
@@ -127,6 +127,12 @@ pub async fn stats(
     ))
     .fetch_all(&state.pool)
     .await?;
+    // Whoever reads these figures may read a product next: it must not show
+    // stock from before them.
+    state
+        .products
+        .saw_products(rows.iter().map(|row| (row.stats.id, row.updated_at)));
+    let products = rows.into_iter().map(|row| row.stats).collect();
     // Pending orders are read from the partition's low-water mark on: no
     // index covers the status (checkline_shared::pending).
     let partitions: Vec<PartitionStats> = sqlx::query_as(&format!(
@@ -143,6 +149,14 @@ pub async fn stats(
         products,
         partitions,
     }))
+}
+
+/// A product's sales, with the version of the product they were read at.
+#[derive(sqlx::FromRow)]
+struct StatsRow {
+    #[sqlx(flatten)]
+    stats: ProductStats,
+    updated_at: DateTime<Utc>,
 }
 
 /// Where a product stands with invariant 1.

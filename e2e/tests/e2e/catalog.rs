@@ -176,6 +176,53 @@ async fn a_buyer_who_saw_their_order_decided_never_reads_stock_from_before_it() 
 }
 
 #[tokio::test]
+async fn stats_that_show_a_sale_are_never_ahead_of_the_product_read_after_them() {
+    // Both events of the sale are lost and the bound is a minute: only the
+    // figures the instance reported can make the read right.
+    let mut app = TestApp::spawn_with(&[
+        ("CHECKLINE_CATALOG_FRESH_MS", FOREVER),
+        ("CHECKLINE_FAULTS", "hub_drop_stock,hub_drop_decisions"),
+    ])
+    .await;
+    let id = id_of(&app.create_product(5, None).await);
+    assert_eq!(stock_at(&app, &app.base, &id).await, 5);
+    app.start_worker().await;
+    let alice = app.customer("alice");
+    let response = app.order(&alice, "k1", &id, 2).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    // Watched from the admin's figures, not from the order.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats: Value = app
+            .http
+            .get(app.url("/v1/admin/stats"))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let product = stats["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id.as_str())
+            .expect("the product is in the stats")
+            .clone();
+        if product["confirmed_orders"] == 1 {
+            assert_eq!(product["stock"], 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the order was not decided");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stock_at(&app, &app.base, &id).await, 3);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_reservation_confirmed_is_shown_at_once_on_the_instance_that_confirmed_it() {
     let mut app = TestApp::spawn_with(&[("CHECKLINE_CATALOG_FRESH_MS", FOREVER)]).await;
     app.start_worker().await;
