@@ -468,6 +468,10 @@ struct Written {
     /// The order's one line (a one-line order's `product_id` and `quantity`).
     product_id: Uuid,
     quantity: i32,
+    /// Travel with the order so that its row can be written again
+    /// ([`QueuedOrder::key`]).
+    key: String,
+    reserve_secs: Option<i32>,
     partition: Partition,
     request_id: Option<String>,
     reply: Reply,
@@ -536,6 +540,8 @@ async fn insert_pending(
             written.push(Written {
                 product_id: request.product_id,
                 quantity: request.quantity,
+                key: request.key.as_str().to_owned(),
+                reserve_secs: request.reserve_secs,
                 order: Order::from(row),
                 partition,
                 request_id: request.request_id,
@@ -574,6 +580,8 @@ impl Group {
                     order_id: w.order.id,
                     customer_id: w.order.customer_id.clone(),
                     quantity: w.quantity,
+                    key: Some(w.key.clone()),
+                    reserve_secs: w.reserve_secs,
                 })
                 .collect(),
         };

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use checkline_shared::domain::{parse_id, request_hash};
+use checkline_shared::domain::{order_request_hash, parse_id};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -146,17 +146,7 @@ impl OrderRequest {
     /// the same `reserve_secs`. A v1 body and the same single line hash
     /// alike, as they did before carts existed.
     pub fn hash(&self) -> Vec<u8> {
-        let mut parts: Vec<String> = vec!["order".into()];
-        for (product_id, quantity) in &self.lines {
-            parts.push(product_id.to_string());
-            parts.push(quantity.to_string());
-        }
-        if let Some(secs) = self.reserve_secs {
-            parts.push("reserve".into());
-            parts.push(secs.to_string());
-        }
-        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-        request_hash(&parts)
+        order_request_hash(&self.lines, self.reserve_secs)
     }
 
     /// The hash of a body, or `None` if it is not a valid order request
@@ -170,6 +160,7 @@ impl OrderRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use checkline_shared::domain::request_hash;
 
     const LIMITS: Limits = Limits {
         quantity_max: 100,

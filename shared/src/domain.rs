@@ -33,6 +33,24 @@ pub fn request_hash(parts: &[&str]) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
+/// The request hash of an order: the same lines in the same order and the
+/// same `reserve_secs`. A v1 body and the same single line hash alike. Used
+/// by the API when it stores an order and by the worker when it writes
+/// again an accepted order whose row was lost.
+pub fn order_request_hash(lines: &[(Uuid, i32)], reserve_secs: Option<i32>) -> Vec<u8> {
+    let mut parts: Vec<String> = vec!["order".into()];
+    for (product_id, quantity) in lines {
+        parts.push(product_id.to_string());
+        parts.push(quantity.to_string());
+    }
+    if let Some(secs) = reserve_secs {
+        parts.push("reserve".into());
+        parts.push(secs.to_string());
+    }
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    request_hash(&parts)
+}
+
 /// The authenticated customer (the JWT `sub`): 1–64 chars of `[A-Za-z0-9_.@-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CustomerId(String);

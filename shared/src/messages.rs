@@ -19,9 +19,11 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// A queued unit of work for one product.
 ///
 /// The order or restock row already exists in PostgreSQL (written by the API
-/// before publishing); the worker decides from the row, and the message only
-/// fixes its place in the queue. The remaining fields are for observability
-/// and for tools that inspect the stream.
+/// before publishing); the worker decides from the row, and the message
+/// fixes its place in the queue. A one-line order's first message also
+/// carries what writes its row again should a PostgreSQL failover lose it
+/// ([`QueuedOrder::key`]). The remaining fields are for observability and
+/// for tools that inspect the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum QueueMessage {
@@ -77,6 +79,14 @@ pub struct QueuedOrder {
     pub order_id: Uuid,
     pub customer_id: String,
     pub quantity: i32,
+    /// The order's idempotency key. With it (and `reserve_secs`) the worker
+    /// writes the order again, pending, if its row is missing: an accept
+    /// whose commit an asynchronous failover lost. Absent in messages from
+    /// before it was carried; such an order cannot be written again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_secs: Option<i32>,
 }
 
 impl QueueMessage {
@@ -191,8 +201,45 @@ mod tests {
                 order_id: id,
                 customer_id: "c".into(),
                 quantity: 1,
+                key: Some("k".into()),
+                reserve_secs: None,
             }],
         };
         assert_ne!(lone.message_id(), group.message_id());
+    }
+
+    #[test]
+    fn a_queued_order_reads_with_or_without_its_key() {
+        // As published before orders carried their key.
+        let old = br#"{"type":"orders","product_id":"00000000-0000-0000-0000-000000000000","orders":[{"order_id":"00000000-0000-0000-0000-000000000000","customer_id":"c","quantity":2}]}"#;
+        let QueueMessage::Orders { orders, .. } = QueueMessage::decode(old).unwrap() else {
+            panic!("an orders message");
+        };
+        assert_eq!(
+            (orders[0].key.as_deref(), orders[0].reserve_secs),
+            (None, None)
+        );
+
+        let new = QueueMessage::Orders {
+            product_id: Uuid::nil(),
+            orders: vec![QueuedOrder {
+                order_id: Uuid::nil(),
+                customer_id: "c".into(),
+                quantity: 2,
+                key: Some("k-1".into()),
+                reserve_secs: Some(300),
+            }],
+        };
+        let json: serde_json::Value = serde_json::from_slice(&new.encode()).unwrap();
+        assert_eq!(json["orders"][0]["key"], "k-1");
+        assert_eq!(json["orders"][0]["reserve_secs"], 300);
+        assert_eq!(QueueMessage::decode(&new.encode()).unwrap(), new);
+        // Nothing is written for what is absent.
+        let mut bare = new;
+        if let QueueMessage::Orders { orders, .. } = &mut bare {
+            orders[0].reserve_secs = None;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&bare.encode()).unwrap();
+        assert!(json["orders"][0].get("reserve_secs").is_none());
     }
 }

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub reserved: AtomicU64,
     pub rejected: [AtomicU64; 5],
     pub duplicates: AtomicU64,
+    /// Accepted orders whose rows were missing, written again.
+    pub rewritten: AtomicU64,
     pub batches: AtomicU64,
     batch_buckets: [AtomicU64; 9],
     batch_items: AtomicU64,
@@ -134,6 +136,12 @@ impl Metrics {
                 "counter",
                 "Queued items already decided (redeliveries, republishes).",
                 get(&self.duplicates),
+            ),
+            (
+                "checkline_worker_orders_rewritten_total",
+                "counter",
+                "Accepted orders whose rows were missing (a PostgreSQL failover lost their commit), written again and decided.",
+                get(&self.rewritten),
             ),
             (
                 "checkline_worker_dead_letters_total",

@@ -26,7 +26,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::WorkerConfig;
-use crate::store::{self, QueuedKind, QueuedRef, StoreError, StrandedBefore, StreamIdentity};
+use crate::store::{
+    self, AcceptedOrder, QueuedKind, QueuedRef, StoreError, StrandedBefore, StreamIdentity,
+};
 use crate::{deadletter, notify};
 use chrono::{DateTime, Utc};
 
@@ -276,13 +278,23 @@ async fn consume(
                 sequence,
                 index: 0,
                 kind,
+                accepted: None,
             };
             match QueueMessage::decode(&message.payload) {
-                Ok(QueueMessage::Orders { orders, .. }) => {
-                    batch.extend(orders.iter().enumerate().map(|(i, o)| QueuedRef {
+                Ok(QueueMessage::Orders { orders, product_id }) => {
+                    batch.extend(orders.into_iter().enumerate().map(|(i, o)| QueuedRef {
                         sequence,
                         index: u32::try_from(i).unwrap_or(u32::MAX),
                         kind: QueuedKind::Order(o.order_id),
+                        accepted: o.key.map(|key| {
+                            Box::new(AcceptedOrder {
+                                customer_id: o.customer_id,
+                                key,
+                                product_id,
+                                quantity: o.quantity,
+                                reserve_secs: o.reserve_secs,
+                            })
+                        }),
                     }));
                 }
                 Ok(QueueMessage::Order { order_id, .. }) => {
@@ -350,6 +362,10 @@ async fn consume(
         deps.metrics.observe_batch(batch.len());
         deps.metrics.duplicates.fetch_add(
             applied.duplicates as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        deps.metrics.rewritten.fetch_add(
+            applied.rewritten as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
         for order in &applied.orders {

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use checkline_shared::db::{order_columns, OrderRow};
+use checkline_shared::domain::order_request_hash;
 use checkline_shared::domain::{Order, RestockResult, StockEvent};
 use checkline_shared::faults::Faults;
 use checkline_shared::messages::QueueMessage;
@@ -32,6 +33,22 @@ pub struct QueuedRef {
     /// Position inside a multi-order message (0 for single items).
     pub index: u32,
     pub kind: QueuedKind,
+    /// For a one-line order's first message: what writes its row again
+    /// should it be missing.
+    pub accepted: Option<Box<AcceptedOrder>>,
+}
+
+/// A one-line order as its accept published it: enough to write its row
+/// again, pending, when the row is missing. The API commits the row before
+/// it publishes, so a missing row was lost with its commit (an asynchronous
+/// PostgreSQL failover); the `202` the buyer holds is kept all the same.
+#[derive(Debug, Clone)]
+pub struct AcceptedOrder {
+    pub customer_id: String,
+    pub key: String,
+    pub product_id: Uuid,
+    pub quantity: i32,
+    pub reserve_secs: Option<i32>,
 }
 
 /// What a queue entry refers to; also the key that makes an entry count
@@ -63,6 +80,8 @@ pub struct Applied {
     pub settles: Vec<(Partition, QueueMessage)>,
     /// Messages whose order or restock was already decided (redeliveries).
     pub duplicates: usize,
+    /// Accepted orders whose rows were missing, written again and decided.
+    pub rewritten: usize,
 }
 /// The queue stream a partition is consumed from, as the worker found it.
 #[derive(Debug, Clone, Copy)]
@@ -147,7 +166,11 @@ pub async fn apply_batch(
     let mut tx = pool.begin().await?;
     advance_cursor(&mut tx, partition, token, expected_cursor, last.sequence).await?;
 
-    let (entries, duplicates) = read_entries(&mut tx, batch).await?;
+    let Read {
+        entries,
+        duplicates,
+        rewritten,
+    } = read_entries(&mut tx, batch).await?;
     if entries.is_empty() {
         tx.commit().await?;
         return Ok(Applied {
@@ -203,6 +226,7 @@ pub async fn apply_batch(
         restocks: restock_results,
         settles: settled.settles,
         duplicates,
+        rewritten,
     })
 }
 
@@ -245,6 +269,16 @@ async fn advance_cursor(
     })
 }
 
+/// What [`read_entries`] found.
+struct Read {
+    /// The batch's entries still to be applied, in queue order.
+    entries: Vec<Entry>,
+    /// Entries decided or applied already: redeliveries and copies.
+    duplicates: usize,
+    /// Accepted orders written again (see [`AcceptedOrder`]).
+    rewritten: usize,
+}
+
 /// The batch's entries still to be applied, in queue order, each at most
 /// once even if the batch holds its message twice; and how many were not
 /// (decided or applied already: redeliveries and copies).
@@ -262,7 +296,7 @@ async fn advance_cursor(
 async fn read_entries(
     tx: &mut Transaction<'_, Postgres>,
     batch: &[QueuedRef],
-) -> Result<(Vec<Entry>, usize), StoreError> {
+) -> Result<Read, StoreError> {
     let mut order_ids = Vec::new();
     let mut restock_ids = Vec::new();
     let mut return_ids = Vec::new();
@@ -307,6 +341,7 @@ async fn read_entries(
             );
         }
     }
+    let rewritten = rewrite_lost_orders(tx, batch, &mut items).await?;
     // Restocks, returns and carts are rare next to one-line orders: most
     // batches skip these round trips.
     if !restock_ids.is_empty() {
@@ -396,7 +431,106 @@ async fn read_entries(
             None => duplicates += 1,
         }
     }
-    Ok((entries, duplicates))
+    Ok(Read {
+        entries,
+        duplicates,
+        rewritten,
+    })
+}
+
+/// Writes again, pending, the one-line orders of `batch` whose rows are
+/// missing, and adds them to `items`; returns how many.
+///
+/// An order not read as pending is usually decided already (a redelivery).
+/// Its row is missing only if its accept's commit was lost (an asynchronous
+/// PostgreSQL failover promoted a standby without it) while its message
+/// reached the queue. The insert skips an order whose row exists, and one
+/// whose (customer, key) a retry after the failover has taken: at most one
+/// order per key, as ever. A product lost with it leaves the order missing.
+async fn rewrite_lost_orders(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[QueuedRef],
+    items: &mut HashMap<QueuedKind, Item>,
+) -> Result<usize, StoreError> {
+    let mut seen = HashSet::new();
+    let lost: Vec<(Uuid, &AcceptedOrder)> = batch
+        .iter()
+        .filter_map(|r| match (r.kind, r.accepted.as_deref()) {
+            (QueuedKind::Order(id), Some(accepted)) if !items.contains_key(&r.kind) => {
+                seen.insert(id).then_some((id, accepted))
+            }
+            _ => None,
+        })
+        .collect();
+    if lost.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = lost.iter().map(|(id, _)| *id).collect();
+    let customers: Vec<&str> = lost.iter().map(|(_, o)| o.customer_id.as_str()).collect();
+    let keys: Vec<&str> = lost.iter().map(|(_, o)| o.key.as_str()).collect();
+    let hashes: Vec<Vec<u8>> = lost
+        .iter()
+        .map(|(_, o)| order_request_hash(&[(o.product_id, o.quantity)], o.reserve_secs))
+        .collect();
+    let products: Vec<Uuid> = lost.iter().map(|(_, o)| o.product_id).collect();
+    let quantities: Vec<i32> = lost.iter().map(|(_, o)| o.quantity).collect();
+    let reserves: Vec<Option<i32>> = lost.iter().map(|(_, o)| o.reserve_secs).collect();
+    // The ids are UUIDv7, taken at the accept: their time is the order's.
+    let created: Vec<DateTime<Utc>> = ids.iter().map(|id| accepted_at(*id)).collect();
+    let rows: Vec<(Uuid, String, Uuid, i32, bool)> = sqlx::query_as(
+        "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, \
+                             quantity, partition, reserve_secs, created_at) \
+         SELECT u.id, u.customer_id, u.key, u.hash, u.product_id, u.quantity, p.partition, \
+                u.reserve_secs, u.created_at \
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::int[], \
+                       $7::int[], $8::timestamptz[]) \
+                AS u(id, customer_id, key, hash, product_id, quantity, reserve_secs, created_at) \
+           JOIN products p ON p.id = u.product_id \
+         ON CONFLICT DO NOTHING \
+         RETURNING id, customer_id, product_id, quantity, reserve_secs IS NOT NULL",
+    )
+    .bind(&ids)
+    .bind(&customers)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&products)
+    .bind(&quantities)
+    .bind(&reserves)
+    .bind(&created)
+    .fetch_all(&mut **tx)
+    .await?;
+    if !rows.is_empty() {
+        let ids: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
+        tracing::warn!(
+            count = rows.len(),
+            orders = ?ids,
+            "accepted orders had no row (a PostgreSQL failover lost their commit?); written again as pending and decided in turn"
+        );
+    }
+    let rewritten = rows.len();
+    for (order_id, customer_id, product_id, quantity, reserve) in rows {
+        items.insert(
+            QueuedKind::Order(order_id),
+            Item::Order {
+                order_id,
+                product_id,
+                customer_id,
+                quantity,
+                reserve,
+            },
+        );
+    }
+    Ok(rewritten)
+}
+
+/// When a UUIDv7 was made; now for any other id.
+fn accepted_at(id: Uuid) -> DateTime<Utc> {
+    id.get_timestamp()
+        .and_then(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+        })
+        .unwrap_or_else(Utc::now)
 }
 
 /// The products' rows, locked. A fixed lock order keeps two transactions

@@ -394,6 +394,8 @@ async fn a_group_is_never_dropped_as_a_duplicate_of_a_lone_republish() {
                 order_id,
                 customer_id: "hal".into(),
                 quantity: 1,
+                key: None,
+                reserve_secs: None,
             })
             .collect(),
     };
@@ -731,6 +733,8 @@ async fn an_atomic_queue_write_is_stored_whole_or_not_at_all() {
             order_id: Uuid::now_v7(),
             customer_id: "ivy".into(),
             quantity: 1,
+            key: None,
+            reserve_secs: None,
         }],
     };
     let stored = group(&products[0]);
@@ -897,5 +901,152 @@ async fn a_deaf_consumer_is_reopened_and_its_orders_decided() {
     for id in &orders {
         assert_eq!(app.decided(&buyer, id).await["status"], "confirmed");
     }
+    app.shutdown().await;
+}
+
+/// Deletes orders' rows, as a failover to a standby that never received
+/// their accept's commit would.
+async fn lose_rows(app: &TestApp, ids: &[&str]) {
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.parse().unwrap()).collect();
+    let deleted = sqlx::query("DELETE FROM orders WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&app.env.pool)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), ids.len() as u64);
+}
+
+/// The order once it exists again and is decided.
+async fn found_decided(app: &TestApp, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let order = app.read_order(token, id, Some(1)).await;
+        if order["status"] != "pending" && order["code"] != "order_not_found" {
+            return order;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {id} neither found nor decided"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The 202 is a promise even when PostgreSQL loses the accept's commit (an
+/// asynchronous standby promoted without it) after its message was queued:
+/// the worker finds no row, writes the order again from the message (its
+/// id, customer, key, request and reservation) and decides it in turn.
+#[tokio::test]
+async fn an_accepted_order_whose_row_a_failover_lost_is_written_again_and_decided() {
+    let mut app = TestApp::spawn_without_worker().await;
+    let pid = app.create_product(5, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (alice, bob) = (app.customer("alice"), app.customer("bob"));
+    let bought = app.order(&alice, "a1", &pid, 2).await;
+    assert_eq!(bought.status(), StatusCode::ACCEPTED);
+    let bought: Value = bought.json().await.unwrap();
+    let reserved = app
+        .http
+        .post(app.url("/v1/orders"))
+        .bearer_auth(&bob)
+        .header("idempotency-key", "b1")
+        .json(&json!({"product_id": pid, "quantity": 1, "reserve_secs": 300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reserved.status(), StatusCode::ACCEPTED);
+    let reserved: Value = reserved.json().await.unwrap();
+    let (a_id, b_id) = (
+        bought["id"].as_str().unwrap(),
+        reserved["id"].as_str().unwrap(),
+    );
+    lose_rows(&app, &[a_id, b_id]).await;
+    let gone = app
+        .http
+        .get(app.url(&format!("/v1/orders/{a_id}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        gone.status(),
+        StatusCode::NOT_FOUND,
+        "the row is really gone"
+    );
+
+    app.start_worker().await;
+    let (a, b) = (
+        found_decided(&app, &alice, a_id).await,
+        found_decided(&app, &bob, b_id).await,
+    );
+    assert_eq!(
+        (a["status"].as_str(), a["quantity"].as_i64()),
+        (Some("confirmed"), Some(2))
+    );
+    assert_eq!(b["status"], "reserved", "its reservation travelled with it");
+    // Accepted when the 202 said, to the millisecond of its id.
+    let at = |o: &Value| {
+        chrono::DateTime::parse_from_rfc3339(o["created_at"].as_str().unwrap()).unwrap()
+    };
+    assert!((at(&a) - at(&bought)).num_milliseconds().abs() < 1000);
+
+    // Its key is its own again: a retry is answered with it, a different
+    // body with the key is refused.
+    let retry = app.order(&alice, "a1", &pid, 2).await;
+    assert_eq!(retry.status(), StatusCode::OK);
+    assert_eq!(retry.json::<Value>().await.unwrap()["id"], a_id);
+    let other = app.order(&alice, "a1", &pid, 1).await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.count_orders(&pid).await, 2);
+    assert_eq!(
+        stock_becomes(&app, &pid, 2, Duration::from_secs(5)).await,
+        2
+    );
+    assert!(app.balanced(&pid).await);
+    app.shutdown().await;
+}
+
+/// A buyer whose order vanished with a failover and who retried before the
+/// worker got to it holds the retry's order: the lost one is not written
+/// again over its key, and one order, not two, takes stock.
+#[tokio::test]
+async fn a_retry_made_after_the_loss_keeps_the_key_and_the_lost_order_stays_lost() {
+    let mut app = TestApp::spawn_without_worker().await;
+    let pid = app.create_product(5, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let alice = app.customer("alice");
+    let first: Value = app.order(&alice, "a1", &pid, 2).await.json().await.unwrap();
+    let first_id = first["id"].as_str().unwrap();
+    lose_rows(&app, &[first_id]).await;
+    let retry = app.order(&alice, "a1", &pid, 2).await;
+    assert_eq!(
+        retry.status(),
+        StatusCode::ACCEPTED,
+        "a new order for the key"
+    );
+    let retry: Value = retry.json().await.unwrap();
+    assert_ne!(retry["id"], first["id"]);
+
+    app.start_worker().await;
+    let decided = app.decided(&alice, retry["id"].as_str().unwrap()).await;
+    assert_eq!(decided["status"], "confirmed");
+    assert_eq!(app.count_orders(&pid).await, 1);
+    assert_eq!(
+        stock_becomes(&app, &pid, 3, Duration::from_secs(5)).await,
+        3
+    );
+    let lost = app
+        .http
+        .get(app.url(&format!("/v1/orders/{first_id}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lost.status(), StatusCode::NOT_FOUND);
+    assert!(app.balanced(&pid).await);
     app.shutdown().await;
 }
