@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Url;
 use serde::Serialize;
 
+use crate::buyer::RetryPolicy;
 use crate::schedule;
 
 #[derive(Debug, Parser)]
@@ -154,6 +155,58 @@ impl Tracking {
     }
 }
 
+/// How every scenario's HTTP requests are retried and timed.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Requests")]
+pub struct RequestArgs {
+    /// Attempts per request (the first one included) when the API answers
+    /// 429/503 or the connection fails; retries reuse the same
+    /// Idempotency-Key.
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_attempts: u32,
+
+    /// Longest delay honoured from a Retry-After header.
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub max_retry_after_secs: u64,
+
+    /// Timeout of one HTTP request (a long-poll gets its wait on top).
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_timeout_secs: u64,
+}
+
+/// [`RequestArgs`], in the units the engine works with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Requests {
+    pub max_attempts: u32,
+    #[serde(serialize_with = "serialize_secs", rename = "max_retry_after_secs")]
+    pub max_retry_after: Duration,
+    #[serde(serialize_with = "serialize_secs", rename = "request_timeout_secs")]
+    pub request_timeout: Duration,
+}
+
+impl From<&RequestArgs> for Requests {
+    fn from(args: &RequestArgs) -> Self {
+        Self {
+            max_attempts: args.max_attempts,
+            max_retry_after: Duration::from_secs(args.max_retry_after_secs),
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
+        }
+    }
+}
+
+impl Requests {
+    /// When a submission is tried again.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            max_retry_after: self.max_retry_after,
+        }
+    }
+}
+
 /// Flags shared by every scenario: the load shape and how it is followed.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
@@ -212,22 +265,8 @@ pub struct LoadArgs {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub poll_concurrency: u32,
 
-    /// Attempts per order submission (the first one included) when the API
-    /// answers 429/503 or the connection fails; retries reuse the same
-    /// Idempotency-Key.
-    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Load",
-          value_parser = clap::value_parser!(u32).range(1..=1_000))]
-    pub max_attempts: u32,
-
-    /// Longest delay honoured from a Retry-After header.
-    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
-          value_parser = clap::value_parser!(u64).range(1..=3_600))]
-    pub max_retry_after_secs: u64,
-
-    /// Timeout of one HTTP request (a long-poll gets its wait on top).
-    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
-          value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub request_timeout_secs: u64,
+    #[command(flatten)]
+    pub requests: RequestArgs,
 
     /// Also write the report, checks included, as JSON to this file.
     #[arg(long, value_name = "FILE", help_heading = "Load")]
@@ -425,21 +464,8 @@ pub struct CartArgs {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub drain_timeout_secs: u64,
 
-    /// Attempts per request (the first one included) on 429/503 or a
-    /// failed connection; retries reuse the same Idempotency-Key.
-    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Load",
-          value_parser = clap::value_parser!(u32).range(1..=1_000))]
-    pub max_attempts: u32,
-
-    /// Longest delay honoured from a Retry-After header.
-    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
-          value_parser = clap::value_parser!(u64).range(1..=3_600))]
-    pub max_retry_after_secs: u64,
-
-    /// Timeout of one HTTP request (a long-poll gets its wait on top).
-    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
-          value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub request_timeout_secs: u64,
+    #[command(flatten)]
+    pub requests: RequestArgs,
 
     /// Also write the report, checks included, as JSON to this file.
     #[arg(long, value_name = "FILE", help_heading = "Load")]
@@ -503,21 +529,8 @@ pub struct ReadArgs {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub decision_timeout_secs: u64,
 
-    /// Attempts per order submission (the first one included) on 429/503
-    /// or a failed connection; retries reuse the same Idempotency-Key.
-    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Orders",
-          value_parser = clap::value_parser!(u32).range(1..=1_000))]
-    pub max_attempts: u32,
-
-    /// Longest delay honoured from a Retry-After header.
-    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Orders",
-          value_parser = clap::value_parser!(u64).range(1..=3_600))]
-    pub max_retry_after_secs: u64,
-
-    /// Timeout of one HTTP request (a long-poll gets its wait on top).
-    #[arg(long, value_name = "SECS", default_value_t = 30, help_heading = "Load",
-          value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub request_timeout_secs: u64,
+    #[command(flatten)]
+    pub requests: RequestArgs,
 
     /// Also write the report, checks included, as JSON to this file.
     #[arg(long, value_name = "FILE", help_heading = "Load")]
@@ -546,11 +559,8 @@ pub struct ReadSettings {
     pub poll_concurrency: usize,
     #[serde(serialize_with = "serialize_secs", rename = "decision_timeout_secs")]
     pub decision_timeout: Duration,
-    pub max_attempts: u32,
-    #[serde(serialize_with = "serialize_secs", rename = "max_retry_after_secs")]
-    pub max_retry_after: Duration,
-    #[serde(serialize_with = "serialize_secs", rename = "request_timeout_secs")]
-    pub request_timeout: Duration,
+    #[serde(flatten)]
+    pub requests: Requests,
     #[serde(skip)]
     pub json_out: Option<PathBuf>,
 }
@@ -595,9 +605,7 @@ impl ReadSettings {
             decisions: args.decisions,
             poll_concurrency: to_usize(args.poll_concurrency),
             decision_timeout: Duration::from_secs(args.decision_timeout_secs),
-            max_attempts: args.max_attempts,
-            max_retry_after: Duration::from_secs(args.max_retry_after_secs),
-            request_timeout: Duration::from_secs(args.request_timeout_secs),
+            requests: Requests::from(&args.requests),
             json_out: args.json_out.clone(),
         })
     }
@@ -670,11 +678,8 @@ pub struct CartSettings {
     pub decision_timeout: Duration,
     #[serde(serialize_with = "serialize_secs", rename = "drain_timeout_secs")]
     pub drain_timeout: Duration,
-    pub max_attempts: u32,
-    #[serde(serialize_with = "serialize_secs", rename = "max_retry_after_secs")]
-    pub max_retry_after: Duration,
-    #[serde(serialize_with = "serialize_secs", rename = "request_timeout_secs")]
-    pub request_timeout: Duration,
+    #[serde(flatten)]
+    pub requests: Requests,
     #[serde(skip)]
     pub json_out: Option<PathBuf>,
 }
@@ -732,9 +737,7 @@ impl CartSettings {
             concurrency: to_usize(args.concurrency),
             decision_timeout: Duration::from_secs(args.decision_timeout_secs),
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
-            max_attempts: args.max_attempts,
-            max_retry_after: Duration::from_secs(args.max_retry_after_secs),
-            request_timeout: Duration::from_secs(args.request_timeout_secs),
+            requests: Requests::from(&args.requests),
             json_out: args.json_out.clone(),
         })
     }
@@ -922,9 +925,7 @@ pub struct LoadSettings {
     pub tracking: Tracking,
     pub decision_timeout: Duration,
     pub poll_concurrency: usize,
-    pub max_attempts: u32,
-    pub max_retry_after: Duration,
-    pub request_timeout: Duration,
+    pub requests: Requests,
     pub json_out: Option<PathBuf>,
     /// `--same-key-to-every-api`: each buyer's first attempt goes to every
     /// API at once.
@@ -995,9 +996,7 @@ impl LoadSettings {
             tracking: args.decisions,
             decision_timeout: Duration::from_secs(args.decision_timeout_secs),
             poll_concurrency: to_usize(args.poll_concurrency),
-            max_attempts: args.max_attempts,
-            max_retry_after: Duration::from_secs(args.max_retry_after_secs),
-            request_timeout: Duration::from_secs(args.request_timeout_secs),
+            requests: Requests::from(&args.requests),
             json_out: args.json_out.clone(),
             same_key_to_every_api: args.same_key_to_every_api,
         })
@@ -1228,9 +1227,9 @@ mod tests {
         assert_eq!(settings.max_per_customer, Some(3));
         assert_eq!(load.decision_timeout, Duration::from_secs(5));
         assert_eq!(load.poll_concurrency, 64);
-        assert_eq!(load.max_attempts, 4);
-        assert_eq!(load.max_retry_after, Duration::from_secs(7));
-        assert_eq!(load.request_timeout, Duration::from_secs(9));
+        assert_eq!(load.requests.max_attempts, 4);
+        assert_eq!(load.requests.max_retry_after, Duration::from_secs(7));
+        assert_eq!(load.requests.request_timeout, Duration::from_secs(9));
         assert_eq!(
             load.json_out.as_deref(),
             Some(std::path::Path::new("out.json"))

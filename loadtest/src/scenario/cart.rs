@@ -16,7 +16,6 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::{Harness, Verdict};
-use crate::buyer::RetryPolicy;
 use crate::cart::checks::{self as cart_checks, CartExpectation, ProductSetup};
 use crate::cart::db::{self as cart_db, Backlog, Waited};
 use crate::cart::report::{figures, CartReport, ExpiryWait};
@@ -40,17 +39,14 @@ pub async fn run(connection: &Connection, settings: CartSettings) -> Result<Verd
     let harness = Harness::connect(
         connection,
         settings.concurrency.saturating_mul(CONNECTIONS_PER_USER),
-        settings.request_timeout,
+        settings.requests.request_timeout,
     )
     .await?;
     let products = create_products(&harness, &settings, &run_id).await?;
     let ids: Arc<[Uuid]> = products.iter().map(|(info, _)| info.id).collect();
     let ctx = Checkout {
         client: harness.client.clone(),
-        retry: RetryPolicy {
-            max_attempts: settings.max_attempts,
-            max_retry_after: settings.max_retry_after,
-        },
+        retry: settings.requests.retry(),
         reserve_secs: settings.reserve_secs,
         decision_timeout: settings.decision_timeout,
     };

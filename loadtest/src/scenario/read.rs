@@ -18,7 +18,6 @@ use uuid::Uuid;
 
 use super::system::{SystemUnderTest, Target, PRICE_CENTS};
 use super::{Harness, Verdict};
-use crate::buyer::RetryPolicy;
 use crate::checks::{self, Check, ClientView, DbWatchView, Expectation, ObservedDecision, System};
 use crate::cli::{Connection, Mode, ReadSettings, ScenarioKind, Tracking};
 use crate::client::NewProduct;
@@ -44,7 +43,7 @@ pub async fn run(connection: &Connection, settings: ReadSettings) -> Result<Verd
     let harness = Harness::connect(
         connection,
         settings.http_pool_size(),
-        settings.request_timeout,
+        settings.requests.request_timeout,
     )
     .await?;
     let (product, others) = create_products(&harness, &settings, &run_id).await?;
@@ -264,10 +263,7 @@ async fn run_orders(
             rate,
             max_in_flight: settings.max_in_flight,
         },
-        retry: RetryPolicy {
-            max_attempts: settings.max_attempts,
-            max_retry_after: settings.max_retry_after,
-        },
+        retry: settings.requests.retry(),
         decision_timeout: settings.decision_timeout,
         same_key_to_every_api: false,
     };

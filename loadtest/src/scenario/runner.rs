@@ -10,7 +10,6 @@ use uuid::Uuid;
 use super::system::SystemUnderTest;
 use super::{Harness, Verdict};
 use crate::baseline::{self, BaselineServer};
-use crate::buyer::RetryPolicy;
 use crate::checks::{self, Check, ClientView, DbWatchView, Expectation, ObservedDecision, System};
 use crate::cli::{BaselineSettings, Connection, Mode, ScenarioKind, ScenarioSettings, Tracking};
 use crate::client::ApiClient;
@@ -35,7 +34,7 @@ pub async fn run(connection: &Connection, settings: ScenarioSettings) -> Result<
     let harness = Harness::connect(
         connection,
         settings.load.http_pool_size(),
-        settings.load.request_timeout,
+        settings.load.requests.request_timeout,
     )
     .await?;
 
@@ -114,7 +113,7 @@ async fn run_baseline(
     let client = ApiClient::new(
         std::slice::from_ref(server.url()),
         settings.load.mode.max_outstanding(),
-        settings.load.request_timeout,
+        settings.load.requests.request_timeout,
     )?
     .synchronous_at(baseline::ORDERS_PATH);
     let system = SystemUnderTest::baseline(&server, client, Arc::clone(&harness.minter));
@@ -146,10 +145,7 @@ async fn execute(
     let products = system.create_products(settings, run_id).await?;
     let ids: Arc<[Uuid]> = products.iter().map(|product| product.id).collect();
     let load = &settings.load;
-    let retry = RetryPolicy {
-        max_attempts: load.max_attempts,
-        max_retry_after: load.max_retry_after,
-    };
+    let retry = load.requests.retry();
 
     // The baseline is one server: nothing to fan out to.
     let fan_out = load.same_key_to_every_api && system.kind() == System::Checkline;
@@ -333,9 +329,9 @@ fn build_report(
             max_per_customer: settings.max_per_customer,
             decisions: system.follow.tracking(),
             poll_concurrency: load.poll_concurrency,
-            max_attempts: load.max_attempts,
+            max_attempts: load.requests.max_attempts,
             decision_timeout_secs: load.decision_timeout.as_secs(),
-            request_timeout_secs: load.request_timeout.as_secs(),
+            request_timeout_secs: load.requests.request_timeout.as_secs(),
             baseline_pool: None,
             same_key_to_every_api: phase.agreement.is_some(),
         },
