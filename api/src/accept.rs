@@ -562,31 +562,83 @@ struct OrderRowWithPartition {
 }
 
 /// The orders of one product in one accept batch, in arrival order: one
-/// queue message.
+/// queue message, or a few consecutive ones in the same atomic write when
+/// their keys make them long (see [`MESSAGE_BYTES_MAX`]).
 struct Group {
     product_id: Uuid,
     partition: Partition,
     orders: Vec<Written>,
 }
 
+/// Most bytes of orders in one queue message: a quarter of NATS's default
+/// `max_payload` (1 MiB), which the server configurations keep. A group of
+/// `CHECKLINE_ACCEPT_BATCH_MAX` (up to 4,096) orders with 255-character
+/// keys would exceed it in one message.
+const MESSAGE_BYTES_MAX: usize = 256 * 1024;
+
 impl Group {
-    fn message(&self) -> (Partition, QueueMessage) {
-        let message = QueueMessage::Orders {
-            product_id: self.product_id,
-            orders: self
-                .orders
-                .iter()
-                .map(|w| QueuedOrder {
-                    order_id: w.order.id,
-                    customer_id: w.order.customer_id.clone(),
-                    quantity: w.quantity,
-                    key: Some(w.key.clone()),
-                    reserve_secs: w.reserve_secs,
-                })
-                .collect(),
-        };
-        (self.partition, message)
+    /// The group's queue messages, in arrival order.
+    fn messages(&self) -> Vec<(Partition, QueueMessage)> {
+        chunks(
+            self.orders.iter().map(Written::queued_len_bound),
+            MESSAGE_BYTES_MAX,
+        )
+        .into_iter()
+        .map(|range| {
+            let message = QueueMessage::Orders {
+                product_id: self.product_id,
+                orders: self.orders[range].iter().map(Written::queued).collect(),
+            };
+            (self.partition, message)
+        })
+        .collect()
     }
+
+    fn message_count(&self) -> usize {
+        chunks(
+            self.orders.iter().map(Written::queued_len_bound),
+            MESSAGE_BYTES_MAX,
+        )
+        .len()
+    }
+}
+
+impl Written {
+    fn queued(&self) -> QueuedOrder {
+        QueuedOrder {
+            order_id: self.order.id,
+            customer_id: self.order.customer_id.clone(),
+            quantity: self.quantity,
+            key: Some(self.key.clone()),
+            reserve_secs: self.reserve_secs,
+        }
+    }
+
+    /// At least the bytes of [`Written::queued`] in a message: every field
+    /// but the two strings fits in 128, and a key's character may be
+    /// escaped to two.
+    fn queued_len_bound(&self) -> usize {
+        128 + self.order.customer_id.len() + 2 * self.key.len()
+    }
+}
+
+/// Cuts items of the given sizes, in order, into consecutive ranges of at
+/// most `max` bytes each (an item larger than `max` goes alone).
+fn chunks(sizes: impl Iterator<Item = usize>, max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes, mut end) = (0, 0, 0);
+    for (i, size) in sizes.enumerate() {
+        if i > start && bytes + size > max {
+            ranges.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+        end = i + 1;
+    }
+    if end > start {
+        ranges.push(start..end);
+    }
+    ranges
 }
 
 /// One message per product, all of them one atomic queue write (one fsync,
@@ -615,14 +667,21 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
             }
         }
     }
-    let mut writes: Vec<Vec<Group>> = Vec::new();
+    // A product's messages stay in one write: writes go out concurrently,
+    // and only one write keeps its messages in order.
+    let mut writes: Vec<(Vec<Group>, usize)> = Vec::new();
     for group in groups {
+        let count = group.message_count();
         match writes.last_mut() {
-            Some(write) if write.len() < deps.publisher.batch_max() => write.push(group),
-            _ => writes.push(vec![group]),
+            Some((write, messages)) if *messages + count <= deps.publisher.batch_max() => {
+                write.push(group);
+                *messages += count;
+            }
+            _ => writes.push((vec![group], count)),
         }
     }
-    let sends = writes.into_iter().map(|write| async move {
+    let writes = writes.into_iter().map(|(write, _)| write);
+    let sends = writes.map(|write| async move {
         let result = publish_write(deps, &write).await;
         (write, result)
     });
@@ -653,6 +712,8 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
                         customer_id: w.order.customer_id.clone(),
                         quantity: w.quantity,
                         accepted_at: w.order.created_at,
+                        key: Some(w.key.clone()),
+                        reserve_secs: w.reserve_secs,
                     };
                     deps.requeuer
                         .submit(w.partition, message, w.request_id.clone());
@@ -671,7 +732,7 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
 /// batch that wrote their orders: a duplicate means JetStream dropped them,
 /// and the write fails.
 async fn publish_write(deps: &Deps, write: &[Group]) -> Result<(), queue::PublishError> {
-    let messages: Vec<(Partition, QueueMessage)> = write.iter().map(Group::message).collect();
+    let messages: Vec<(Partition, QueueMessage)> = write.iter().flat_map(Group::messages).collect();
     let request_id = write
         .first()
         .and_then(|g| g.orders.first())
@@ -749,6 +810,52 @@ impl Backlog {
             for (counter, value) in self.pending.iter().zip(fresh) {
                 counter.store(value, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_order_and_stay_under_the_bound() {
+        assert_eq!(
+            chunks([].into_iter(), 10),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+        assert_eq!(chunks([3, 3, 3].into_iter(), 10), vec![0..3]);
+        assert_eq!(chunks([4, 4, 4, 4].into_iter(), 10), vec![0..2, 2..4]);
+        // Larger than the bound: alone, never dropped.
+        assert_eq!(chunks([4, 20, 4].into_iter(), 10), vec![0..1, 1..2, 2..3]);
+    }
+
+    #[test]
+    fn the_largest_accept_batch_fits_nats_messages() {
+        // The worst a group can be: 4,096 orders of one product, each with
+        // the longest customer id and a 255-character key of characters
+        // JSON escapes.
+        let queued = QueuedOrder {
+            order_id: Uuid::now_v7(),
+            customer_id: "c".repeat(64),
+            quantity: 100,
+            key: Some("\"".repeat(255)),
+            reserve_secs: Some(3600),
+        };
+        let one = serde_json::to_vec(&queued).unwrap().len();
+        let bound = 128 + 64 + 2 * 255;
+        assert!(one < bound, "{one} bytes, bound {bound}");
+        let ranges = chunks(std::iter::repeat_n(bound, 4096), MESSAGE_BYTES_MAX);
+        assert_eq!(
+            ranges.iter().map(ExactSizeIterator::len).sum::<usize>(),
+            4096
+        );
+        for range in ranges {
+            let message = QueueMessage::Orders {
+                product_id: Uuid::nil(),
+                orders: vec![queued.clone(); range.len()],
+            };
+            assert!(message.encode().len() < 1024 * 1024 / 2);
         }
     }
 }

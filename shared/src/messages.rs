@@ -40,6 +40,13 @@ pub enum QueueMessage {
         customer_id: String,
         quantity: i32,
         accepted_at: DateTime<Utc>,
+        /// As in [`QueuedOrder`]: carried when the accept's own publish
+        /// failed and the order goes out alone; not by the sweep, which
+        /// republishes rows it has just read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reserve_secs: Option<i32>,
     },
     Restock {
         restock_id: Uuid,
@@ -102,6 +109,8 @@ impl QueueMessage {
             customer_id: order.customer_id.clone(),
             quantity: order.quantity?,
             accepted_at: order.created_at,
+            key: None,
+            reserve_secs: None,
         })
     }
 
@@ -194,6 +203,8 @@ mod tests {
             customer_id: "c".into(),
             quantity: 1,
             accepted_at: Utc::now(),
+            key: None,
+            reserve_secs: None,
         };
         let group = QueueMessage::Orders {
             product_id: Uuid::nil(),

@@ -297,9 +297,26 @@ async fn consume(
                         }),
                     }));
                 }
-                Ok(QueueMessage::Order { order_id, .. }) => {
-                    batch.push(single(QueuedKind::Order(order_id)))
-                }
+                Ok(QueueMessage::Order {
+                    order_id,
+                    product_id,
+                    customer_id,
+                    quantity,
+                    key,
+                    reserve_secs,
+                    ..
+                }) => batch.push(QueuedRef {
+                    accepted: key.map(|key| {
+                        Box::new(AcceptedOrder {
+                            customer_id,
+                            key,
+                            product_id,
+                            quantity,
+                            reserve_secs,
+                        })
+                    }),
+                    ..single(QueuedKind::Order(order_id))
+                }),
                 Ok(QueueMessage::Restock { restock_id, .. }) => {
                     batch.push(single(QueuedKind::Restock(restock_id)));
                 }

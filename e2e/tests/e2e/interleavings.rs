@@ -385,6 +385,8 @@ async fn a_group_is_never_dropped_as_a_duplicate_of_a_lone_republish() {
         customer_id: "hal".into(),
         quantity: 1,
         accepted_at: chrono::Utc::now(),
+        key: None,
+        reserve_secs: None,
     };
     let group = QueueMessage::Orders {
         product_id: pid,
