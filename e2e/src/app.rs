@@ -167,6 +167,19 @@ impl TestApp {
         checkline_api::auth::mint(SECRET.as_bytes(), name, &["customer"], 3600).unwrap()
     }
 
+    /// `GET /v1/admin/stats`, as the admin.
+    pub async fn stats(&self) -> Value {
+        self.http
+            .get(self.url("/v1/admin/stats"))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

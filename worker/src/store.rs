@@ -320,7 +320,7 @@ async fn read_entries(
     }
     let mut items: HashMap<QueuedKind, Item> = HashMap::new();
     if !order_ids.is_empty() {
-        let rows: Vec<(Uuid, String, Uuid, i32, bool)> = sqlx::query_as(
+        let rows: Vec<OrderItemRow> = sqlx::query_as(
             "SELECT id, customer_id, product_id, quantity, reserve_secs IS NOT NULL FROM orders \
              WHERE id = ANY($1) AND status = 'pending' AND line_count = 1 \
                AND queue_sequence IS NULL",
@@ -328,18 +328,7 @@ async fn read_entries(
         .bind(&order_ids)
         .fetch_all(&mut **tx)
         .await?;
-        for (order_id, customer_id, product_id, quantity, reserve) in rows {
-            items.insert(
-                QueuedKind::Order(order_id),
-                Item::Order {
-                    order_id,
-                    product_id,
-                    customer_id,
-                    quantity,
-                    reserve,
-                },
-            );
-        }
+        add_order_items(&mut items, rows);
     }
     let rewritten = rewrite_lost_orders(tx, batch, &mut items).await?;
     // Restocks, returns and carts are rare next to one-line orders: most
@@ -477,7 +466,7 @@ async fn rewrite_lost_orders(
     let reserves: Vec<Option<i32>> = lost.iter().map(|(_, o)| o.reserve_secs).collect();
     // The ids are UUIDv7, taken at the accept: their time is the order's.
     let created: Vec<DateTime<Utc>> = ids.iter().map(|id| accepted_at(*id)).collect();
-    let rows: Vec<(Uuid, String, Uuid, i32, bool)> = sqlx::query_as(
+    let rows: Vec<OrderItemRow> = sqlx::query_as(
         "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, product_id, \
                              quantity, partition, reserve_secs, created_at) \
          SELECT u.id, u.customer_id, u.key, u.hash, u.product_id, u.quantity, p.partition, \
@@ -508,6 +497,15 @@ async fn rewrite_lost_orders(
         );
     }
     let rewritten = rows.len();
+    add_order_items(items, rows);
+    Ok(rewritten)
+}
+
+/// A one-line order as a batch reads it: id, customer, product, quantity,
+/// and whether it reserves.
+type OrderItemRow = (Uuid, String, Uuid, i32, bool);
+
+fn add_order_items(items: &mut HashMap<QueuedKind, Item>, rows: Vec<OrderItemRow>) {
     for (order_id, customer_id, product_id, quantity, reserve) in rows {
         items.insert(
             QueuedKind::Order(order_id),
@@ -520,7 +518,6 @@ async fn rewrite_lost_orders(
             },
         );
     }
-    Ok(rewritten)
 }
 
 /// When a UUIDv7 was made; now for any other id.

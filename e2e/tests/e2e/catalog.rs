@@ -139,13 +139,14 @@ async fn past_half_the_bound_a_product_is_read_again_while_still_served() {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_buyer_who_saw_their_order_decided_never_reads_stock_from_before_it() {
-    // The stock event of the sale is lost and the bound is a minute: only
-    // the reported decision can make the read right.
+/// A sale the API instance hears nothing of through the events `faults`
+/// drops, with a bound of a minute: a product of 5 read into its memory,
+/// then alice's order of 2 accepted and on its way to a worker. Returns
+/// the app, the product's id, alice's token and the order as accepted.
+async fn a_sale_whose_events_are_lost(faults: &str) -> (TestApp, String, String, Value) {
     let mut app = TestApp::spawn_with(&[
         ("CHECKLINE_CATALOG_FRESH_MS", FOREVER),
-        ("CHECKLINE_FAULTS", "hub_drop_stock"),
+        ("CHECKLINE_FAULTS", faults),
     ])
     .await;
     let id = id_of(&app.create_product(5, None).await);
@@ -154,7 +155,15 @@ async fn a_buyer_who_saw_their_order_decided_never_reads_stock_from_before_it() 
     let alice = app.customer("alice");
     let response = app.order(&alice, "k1", &id, 2).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let order: Value = response.json().await.unwrap();
+    let order = response.json().await.unwrap();
+    (app, id, alice, order)
+}
+
+#[tokio::test]
+async fn a_buyer_who_saw_their_order_decided_never_reads_stock_from_before_it() {
+    // The stock event of the sale is lost and the bound is a minute: only
+    // the reported decision can make the read right.
+    let (app, id, alice, order) = a_sale_whose_events_are_lost("hub_drop_stock").await;
     let order = app.decided(&alice, order["id"].as_str().unwrap()).await;
     assert_eq!(order["status"], "confirmed");
     assert_eq!(stock_at(&app, &app.base, &id).await, 3);
@@ -179,31 +188,12 @@ async fn a_buyer_who_saw_their_order_decided_never_reads_stock_from_before_it() 
 async fn stats_that_show_a_sale_are_never_ahead_of_the_product_read_after_them() {
     // Both events of the sale are lost and the bound is a minute: only the
     // figures the instance reported can make the read right.
-    let mut app = TestApp::spawn_with(&[
-        ("CHECKLINE_CATALOG_FRESH_MS", FOREVER),
-        ("CHECKLINE_FAULTS", "hub_drop_stock,hub_drop_decisions"),
-    ])
-    .await;
-    let id = id_of(&app.create_product(5, None).await);
-    assert_eq!(stock_at(&app, &app.base, &id).await, 5);
-    app.start_worker().await;
-    let alice = app.customer("alice");
-    let response = app.order(&alice, "k1", &id, 2).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let (app, id, _, _) = a_sale_whose_events_are_lost("hub_drop_stock,hub_drop_decisions").await;
 
     // Watched from the admin's figures, not from the order.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let stats: Value = app
-            .http
-            .get(app.url("/v1/admin/stats"))
-            .bearer_auth(&app.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = app.stats().await;
         let product = stats["products"]
             .as_array()
             .unwrap()

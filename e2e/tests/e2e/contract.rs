@@ -345,16 +345,7 @@ async fn products_are_managed_by_admins() {
     }
     assert_eq!(seen, 5);
 
-    let stats: Value = app
-        .http
-        .get(app.url("/v1/admin/stats"))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = app.stats().await;
     assert_eq!(stats["products"].as_array().unwrap().len(), 5);
     assert_eq!(stats["partitions"].as_array().unwrap().len(), 4);
     assert_eq!(stats["products"][0]["confirmed_units"], 0);
