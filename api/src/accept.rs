@@ -737,7 +737,10 @@ async fn publish_write(deps: &Deps, write: &[Group]) -> Result<(), queue::Publis
         .first()
         .and_then(|g| g.orders.first())
         .and_then(|w| w.request_id.as_deref());
-    deps.publisher.publish_atomic(&messages, request_id).await?;
+    let started = std::time::Instant::now();
+    let published = deps.publisher.publish_atomic(&messages, request_id).await;
+    deps.metrics.publish_latency.observe(started.elapsed());
+    published?;
     if deps.config.common.faults.fail("accept_ack_lost") {
         return Err(queue::PublishError::Timeout(
             deps.config.common.publish_timeout,

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use checkline_shared::histogram::SecondsHistogram;
+
 /// A monotonic counter for `/metrics`.
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -38,12 +40,15 @@ pub struct Metrics {
     pub streams_refused: Counter,
     pub stock_streams_lagged: Counter,
     pub request_timeouts: Counter,
+    /// An accept batch's queue write, from its first message sent to the
+    /// acknowledgement of its last (JetStream's fsync included).
+    pub publish_latency: SecondsHistogram,
 }
 
 impl Metrics {
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        render_counters(&[
+        let mut out = render_counters(&[
             (
                 "checkline_orders_accepted_total",
                 "Orders queued and answered 202.",
@@ -114,7 +119,13 @@ impl Metrics {
                 "Requests answered 503 after CHECKLINE_REQUEST_TIMEOUT_MS.",
                 self.request_timeouts.get(),
             ),
-        ])
+        ]);
+        self.publish_latency.render(
+            &mut out,
+            "checkline_queue_publish_seconds",
+            "An accept batch's queue write, sent to acknowledged (JetStream's fsync included); failed writes too.",
+        );
+        out
     }
 }
 

@@ -20,7 +20,8 @@
 //! - [`infra`]: the start-up both binaries share (database, partitions, NATS,
 //!   queue stream, publisher).
 //! - [`faults`]: fault points that tests arm to force rare interleavings.
-//! - [`telemetry`] and [`shutdown`]: logging set-up and the shutdown signal.
+//! - [`telemetry`] and [`shutdown`]: logging set-up and the shutdown signal;
+//!   [`histogram`]: the latency histogram both binaries' `/metrics` show.
 
 pub mod config;
 pub mod db;
@@ -28,6 +29,7 @@ pub mod deadletter;
 pub mod domain;
 pub mod events;
 pub mod faults;
+pub mod histogram;
 pub mod infra;
 pub mod messages;
 pub mod partition;

@@ -9,11 +9,8 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::Router;
+use checkline_shared::histogram::SecondsHistogram;
 
-/// Upper bounds (seconds) of the decision latency histogram.
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 30.0,
-];
 /// Upper bounds of the batch size histogram.
 const BATCH_BUCKETS: [u64; 9] = [1, 2, 5, 10, 50, 100, 500, 1000, 10_000];
 
@@ -29,9 +26,7 @@ pub struct Metrics {
     pub batches: AtomicU64,
     batch_buckets: [AtomicU64; 9],
     batch_items: AtomicU64,
-    latency_buckets: [AtomicU64; 12],
-    latency_count: AtomicU64,
-    latency_sum_micros: AtomicU64,
+    decision_latency: SecondsHistogram,
     pub dead_letters: AtomicU64,
     pub requeued: AtomicU64,
     pub rebases: AtomicU64,
@@ -76,19 +71,8 @@ impl Metrics {
             }
         };
         if let Some(decided_at) = order.decided_at {
-            let micros = (decided_at - order.created_at)
-                .num_microseconds()
-                .unwrap_or(0)
-                .max(0);
-            let secs = micros as f64 / 1e6;
-            self.latency_count.fetch_add(1, Ordering::Relaxed);
-            self.latency_sum_micros
-                .fetch_add(micros as u64, Ordering::Relaxed);
-            for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
-                if secs <= *bound {
-                    bucket.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            let latency = (decided_at - order.created_at).to_std().unwrap_or_default();
+            self.decision_latency.observe(latency);
         }
     }
 
@@ -206,23 +190,10 @@ impl Metrics {
             get(&self.batch_items),
             get(&self.batches)
         );
-        let _ = writeln!(out, "# HELP checkline_worker_decision_latency_seconds From the order's acceptance to its decision.\n# TYPE checkline_worker_decision_latency_seconds histogram");
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(
-                out,
-                "checkline_worker_decision_latency_seconds_bucket{{le=\"{bound}\"}} {}",
-                get(bucket)
-            );
-        }
-        let count = get(&self.latency_count);
-        let _ = writeln!(
-            out,
-            "checkline_worker_decision_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "checkline_worker_decision_latency_seconds_sum {}\ncheckline_worker_decision_latency_seconds_count {count}",
-            get(&self.latency_sum_micros) as f64 / 1e6
+        self.decision_latency.render(
+            &mut out,
+            "checkline_worker_decision_latency_seconds",
+            "From the order's acceptance to its decision.",
         );
         out
     }

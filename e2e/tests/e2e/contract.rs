@@ -362,6 +362,16 @@ async fn operations_endpoints() {
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["database"], "up");
     assert_eq!(ready["checks"]["queue"], "up");
+    // One order, so that the queue write's latency has an observation.
+    let pid = app.create_product(1, None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let alice = app.customer("alice");
+    assert_eq!(
+        app.order(&alice, "m1", &pid, 1).await.status(),
+        StatusCode::ACCEPTED
+    );
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert!(metrics.headers()["content-type"]
         .to_str()
@@ -370,6 +380,9 @@ async fn operations_endpoints() {
     let text = metrics.text().await.unwrap();
     assert!(text.contains("checkline_orders_accepted_total"));
     assert!(text.contains("checkline_partition_backlog{partition=\"3\"}"));
+    assert!(text.contains("# TYPE checkline_queue_publish_seconds histogram\n"));
+    assert!(text.contains("checkline_queue_publish_seconds_bucket{le=\"+Inf\"} 1\n"));
+    assert!(text.contains("checkline_queue_publish_seconds_count 1\n"));
     let spec: Value = app
         .http
         .get(app.url("/openapi.json"))
