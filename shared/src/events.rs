@@ -43,18 +43,25 @@ pub async fn announce_returns(
     }
 }
 
-/// Publishes the current stock events of `products`, read from `pool`.
 /// Tells every API instance that an admin created or changed a product, so
-/// that none serves it (or a list page) from before the change.
-pub async fn announce_catalog_change(client: &Client, subjects: &Subjects, product_id: Uuid) {
+/// that none serves it (or a list page) from before the change. The
+/// payload names the instance that made the change (`from`), which has
+/// already dropped what it held and skips its own announcement.
+pub async fn announce_catalog_change(
+    client: &Client,
+    subjects: &Subjects,
+    product_id: Uuid,
+    from: Uuid,
+) {
     if let Err(err) = client
-        .publish(subjects.catalog_event(product_id), bytes::Bytes::new())
+        .publish(subjects.catalog_event(product_id), from.to_string().into())
         .await
     {
         tracing::debug!(error = %err, "catalog change not announced");
     }
 }
 
+/// Publishes the current stock events of `products`, read from `pool`.
 pub async fn publish_stock(
     client: &Client,
     subjects: &Subjects,

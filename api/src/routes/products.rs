@@ -422,7 +422,9 @@ pub async fn patch(
 /// read the product (and the list pages) again before serving them.
 async fn catalog_changed(state: &AppState, id: Uuid) {
     state.products.admin_changed(id);
-    checkline_shared::events::announce_catalog_change(&state.client, &state.subjects, id).await;
+    let from = state.activity.instance();
+    checkline_shared::events::announce_catalog_change(&state.client, &state.subjects, id, from)
+        .await;
 }
 
 /// Restocks travel through the product's queue like orders (`crate::restock`),
