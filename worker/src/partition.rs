@@ -286,15 +286,13 @@ async fn consume(
                         sequence,
                         index: u32::try_from(i).unwrap_or(u32::MAX),
                         kind: QueuedKind::Order(o.order_id),
-                        accepted: o.key.map(|key| {
-                            Box::new(AcceptedOrder {
-                                customer_id: o.customer_id,
-                                key,
-                                product_id,
-                                quantity: o.quantity,
-                                reserve_secs: o.reserve_secs,
-                            })
-                        }),
+                        accepted: AcceptedOrder::carried(
+                            o.key,
+                            o.customer_id,
+                            product_id,
+                            o.quantity,
+                            o.reserve_secs,
+                        ),
                     }));
                 }
                 Ok(QueueMessage::Order {
@@ -306,15 +304,13 @@ async fn consume(
                     reserve_secs,
                     ..
                 }) => batch.push(QueuedRef {
-                    accepted: key.map(|key| {
-                        Box::new(AcceptedOrder {
-                            customer_id,
-                            key,
-                            product_id,
-                            quantity,
-                            reserve_secs,
-                        })
-                    }),
+                    accepted: AcceptedOrder::carried(
+                        key,
+                        customer_id,
+                        product_id,
+                        quantity,
+                        reserve_secs,
+                    ),
                     ..single(QueuedKind::Order(order_id))
                 }),
                 Ok(QueueMessage::Restock { restock_id, .. }) => {

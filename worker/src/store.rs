@@ -51,6 +51,28 @@ pub struct AcceptedOrder {
     pub reserve_secs: Option<i32>,
 }
 
+impl AcceptedOrder {
+    /// What a queue message says of its order: `None` when it carries no
+    /// key (a sweep's republish, or a message from before keys travelled).
+    pub fn carried(
+        key: Option<String>,
+        customer_id: String,
+        product_id: Uuid,
+        quantity: i32,
+        reserve_secs: Option<i32>,
+    ) -> Option<Box<Self>> {
+        key.map(|key| {
+            Box::new(Self {
+                customer_id,
+                key,
+                product_id,
+                quantity,
+                reserve_secs,
+            })
+        })
+    }
+}
+
 /// What a queue entry refers to; also the key that makes an entry count
 /// once in a batch however often the batch holds its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
