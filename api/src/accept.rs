@@ -570,6 +570,9 @@ struct Group {
     orders: Vec<Written>,
 }
 
+/// A message and the partition it is queued in.
+type Queued = (Partition, QueueMessage);
+
 /// Most bytes of orders in one queue message: a quarter of NATS's default
 /// `max_payload` (1 MiB), which the server configurations keep. A group of
 /// `CHECKLINE_ACCEPT_BATCH_MAX` (up to 4,096) orders with 255-character
@@ -578,7 +581,7 @@ const MESSAGE_BYTES_MAX: usize = 256 * 1024;
 
 impl Group {
     /// The group's queue messages, in arrival order.
-    fn messages(&self) -> Vec<(Partition, QueueMessage)> {
+    fn messages(&self) -> Vec<Queued> {
         chunks(
             self.orders.iter().map(Written::queued_len_bound),
             MESSAGE_BYTES_MAX,
@@ -592,14 +595,6 @@ impl Group {
             (self.partition, message)
         })
         .collect()
-    }
-
-    fn message_count(&self) -> usize {
-        chunks(
-            self.orders.iter().map(Written::queued_len_bound),
-            MESSAGE_BYTES_MAX,
-        )
-        .len()
     }
 }
 
@@ -625,18 +620,19 @@ impl Written {
 /// Cuts items of the given sizes, in order, into consecutive ranges of at
 /// most `max` bytes each (an item larger than `max` goes alone).
 fn chunks(sizes: impl Iterator<Item = usize>, max: usize) -> Vec<std::ops::Range<usize>> {
-    let mut ranges = Vec::new();
-    let (mut start, mut bytes, mut end) = (0, 0, 0);
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut bytes = 0;
     for (i, size) in sizes.enumerate() {
-        if i > start && bytes + size > max {
-            ranges.push(start..i);
-            (start, bytes) = (i, 0);
+        match ranges.last_mut() {
+            Some(open) if bytes + size <= max => {
+                open.end = i + 1;
+                bytes += size;
+            }
+            _ => {
+                ranges.push(i..i + 1);
+                bytes = size;
+            }
         }
-        bytes += size;
-        end = i + 1;
-    }
-    if end > start {
-        ranges.push(start..end);
     }
     ranges
 }
@@ -669,20 +665,21 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
     }
     // A product's messages stay in one write: writes go out concurrently,
     // and only one write keeps its messages in order.
-    let mut writes: Vec<(Vec<Group>, usize)> = Vec::new();
+    let mut writes: Vec<(Vec<Group>, Vec<Queued>)> = Vec::new();
     for group in groups {
-        let count = group.message_count();
+        let messages = group.messages();
         match writes.last_mut() {
-            Some((write, messages)) if *messages + count <= deps.publisher.batch_max() => {
+            Some((write, queued))
+                if queued.len() + messages.len() <= deps.publisher.batch_max() =>
+            {
                 write.push(group);
-                *messages += count;
+                queued.extend(messages);
             }
-            _ => writes.push((vec![group], count)),
+            _ => writes.push((vec![group], messages)),
         }
     }
-    let writes = writes.into_iter().map(|(write, _)| write);
-    let sends = writes.map(|write| async move {
-        let result = publish_write(deps, &write).await;
+    let sends = writes.into_iter().map(|(write, messages)| async move {
+        let result = publish_write(deps, &write, &messages).await;
         (write, result)
     });
     for (write, result) in futures::future::join_all(sends).await {
@@ -731,14 +728,17 @@ async fn publish(deps: &Deps, written: Vec<Written>) {
 /// Publishes one atomic write. Its messages are published once, by the
 /// batch that wrote their orders: a duplicate means JetStream dropped them,
 /// and the write fails.
-async fn publish_write(deps: &Deps, write: &[Group]) -> Result<(), queue::PublishError> {
-    let messages: Vec<(Partition, QueueMessage)> = write.iter().flat_map(Group::messages).collect();
+async fn publish_write(
+    deps: &Deps,
+    write: &[Group],
+    messages: &[Queued],
+) -> Result<(), queue::PublishError> {
     let request_id = write
         .first()
         .and_then(|g| g.orders.first())
         .and_then(|w| w.request_id.as_deref());
     let started = std::time::Instant::now();
-    let published = deps.publisher.publish_atomic(&messages, request_id).await;
+    let published = deps.publisher.publish_atomic(messages, request_id).await;
     deps.metrics.publish_latency.observe(started.elapsed());
     published?;
     if deps.config.common.faults.fail("accept_ack_lost") {
