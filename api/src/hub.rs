@@ -177,15 +177,16 @@ impl Hub {
                     }
                 }
                 Some(EventSubject::Accepted(instance)) => activity.sample(instance, payload),
-                // Not its own: the instance that made the change dropped
-                // its entries before announcing it, and a second drop
-                // arriving later would only cost a read.
-                Some(EventSubject::Catalog(id))
-                    if payload.as_ref() != activity.instance().to_string().as_bytes() =>
-                {
-                    products.admin_changed(id)
+                Some(EventSubject::Catalog(id)) => {
+                    // As if the announcement had come late.
+                    faults.at("hub_catalog_late").await;
+                    // Not its own: the instance that made the change dropped
+                    // its entries before announcing it, and a second drop
+                    // arriving later would only cost a read.
+                    if payload.as_ref() != activity.instance().to_string().as_bytes() {
+                        products.admin_changed(id);
+                    }
                 }
-                Some(EventSubject::Catalog(_)) => {}
                 Some(EventSubject::Restock(id)) => {
                     if let Ok(result) = serde_json::from_slice::<RestockResult>(payload) {
                         catalog.restock_applied(result.product_id, id);

@@ -20,6 +20,7 @@
 //!
 //! Points: the API's `hub_drop_stock` (the next stock event is dropped, as
 //! if lost), `hub_drop_decisions` (the same for the next decisions event),
+//! `hub_catalog_late` (the hub waits before it takes a catalog event),
 //! `accept_batch_start`, `accept_after_door`,
 //! `accept_second_lookup`, `accept_ack_lost`, `restock_before_enqueue`,
 //! `restock_publish`, `requeue_publish`; the queue publisher's `queue_batch_gap`

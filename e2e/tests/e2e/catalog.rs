@@ -327,6 +327,28 @@ async fn a_restock_applied_is_shown_by_the_instance_that_answered_it() {
 }
 
 #[tokio::test]
+async fn an_instance_keeps_what_it_read_after_its_own_admin_change() {
+    // The instance's own announcement of the create comes back half a
+    // second late, after a read: it must not drop what that read kept.
+    let app = TestApp::spawn_with(&[
+        ("CHECKLINE_CATALOG_FRESH_MS", FOREVER),
+        ("CHECKLINE_FAULTS", "hub_catalog_late:500"),
+    ])
+    .await;
+    let id = id_of(&app.create_product(5, None).await);
+    let reads = db_reads(&app).await;
+    assert_eq!(stock_at(&app, &app.base, &id).await, 5);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(stock_at(&app, &app.base, &id).await, 5);
+    assert_eq!(
+        db_reads(&app).await,
+        reads + 1,
+        "the entry read after the change was dropped by the instance's own announcement"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn validators_answer_304_until_the_product_changes() {
     let mut app = TestApp::spawn_with(&[]).await;
     app.start_worker().await;
